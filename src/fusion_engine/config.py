@@ -1,0 +1,175 @@
+"""The gateway YAML (``config/gateway.yaml``): providers, passthrough, limits.
+
+The file is decoded into raw structs (unknown fields rejected), then validated and resolved
+against the environment into frozen ``Provider`` objects. Only providers named here are reachable:
+a request can never supply a base URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .errors import ConfigError, ConfigFileError, ProviderKeyMissingError
+from .settings import DEFAULT_OPENROUTER_BASE_URL, Secret, Settings
+from .yamlio import decode_yaml
+
+ProviderKind = Literal["openrouter", "openai"]
+
+
+class ProviderSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One OpenAI-compatible endpoint as written in the config file."""
+
+    kind: ProviderKind = "openai"
+    base_url: str | None = None
+    base_url_env: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = None
+
+
+class PassthroughSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where non-fusion model ids go."""
+
+    enabled: bool = True
+    provider: str | None = None
+
+
+class LimitsSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Size limits on a request."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 512
+    max_tools: int = 128
+    max_members: int = 16
+
+
+class RateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-key rate limits (``None`` = unlimited)."""
+
+    requests_per_minute: int | None = None
+    concurrent_fusions: int | None = None
+
+
+def _default_providers() -> dict[str, ProviderSpec]:
+    return {
+        "openrouter": ProviderSpec(
+            kind="openrouter", base_url_env="OPENROUTER_BASE_URL", api_key_env="OPENROUTER_API_KEY"
+        )
+    }
+
+
+class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole gateway config file; the defaults are what runs without a file."""
+
+    providers: dict[str, ProviderSpec] = msgspec.field(default_factory=_default_providers)
+    default_provider: str = "openrouter"
+    passthrough: PassthroughSpec = PassthroughSpec()
+    limits: LimitsSpec = LimitsSpec()
+    rate_limit: RateLimitSpec = RateLimitSpec()
+    max_cost_usd: float | None = None
+    metrics_public: bool = True
+
+
+class Provider(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider resolved against the environment, ready to call."""
+
+    name: str
+    kind: ProviderKind
+    base_url: str
+    api_key: Secret | None
+    api_key_env: str | None
+    max_concurrency: int | None = None
+
+    def require_key(self) -> Secret | None:
+        """The key to send, or ``None`` for a provider that takes none.
+
+        Raises:
+            ProviderKeyMissingError: the provider names a key variable that is not set.
+        """
+        if self.api_key_env and self.api_key is None:
+            raise ProviderKeyMissingError(self.name, self.api_key_env)
+        return self.api_key
+
+
+class ResolvedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The gateway config plus its providers resolved against the environment."""
+
+    gateway: GatewayConfig
+    providers: dict[str, Provider]
+
+    @property
+    def default_provider(self) -> Provider:
+        """The provider members use when their panel names none."""
+        return self.providers[self.gateway.default_provider]
+
+
+def load_config(settings: Settings) -> ResolvedConfig:
+    """Read the gateway YAML named by the settings (built-in defaults when the default path is
+    absent) and resolve its providers.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid; the message names the file and field.
+    """
+    path = settings.config_path
+    explicitly_named = "FUSION_CONFIG" in settings.environ
+    if not path.exists():
+        if explicitly_named:
+            raise ConfigError(f"{path}: FUSION_CONFIG names a file that does not exist")
+        return resolve_config(GatewayConfig(), settings.environ, source="<built-in defaults>")
+    gateway = decode_yaml(path, path.read_bytes(), GatewayConfig)
+    return resolve_config(gateway, settings.environ, source=str(path))
+
+
+def resolve_config(
+    gateway: GatewayConfig, environ: Mapping[str, str], *, source: str = "<config>"
+) -> ResolvedConfig:
+    """Validate cross-references in ``gateway`` and resolve each provider's URL and key.
+
+    Raises:
+        ConfigFileError: a reference or value is invalid (named by ``source`` and field).
+    """
+    providers = {
+        name: _resolve_provider(name, spec, environ, source)
+        for name, spec in gateway.providers.items()
+    }
+    if gateway.default_provider not in providers:
+        raise ConfigFileError(
+            source, "default_provider", f"unknown provider {gateway.default_provider!r}"
+        )
+    passthrough = gateway.passthrough.provider
+    if passthrough is not None and passthrough not in providers:
+        raise ConfigFileError(source, "passthrough.provider", f"unknown provider {passthrough!r}")
+    for field in ("max_body_bytes", "max_messages", "max_tools", "max_members"):
+        if getattr(gateway.limits, field) < 1:
+            raise ConfigFileError(source, f"limits.{field}", "must be at least 1")
+    return ResolvedConfig(gateway=gateway, providers=providers)
+
+
+def _resolve_provider(
+    name: str, spec: ProviderSpec, environ: Mapping[str, str], source: str
+) -> Provider:
+    where = f"providers.{name}"
+    base_url = spec.base_url
+    if spec.base_url_env:
+        base_url = environ.get(spec.base_url_env) or base_url
+    if not base_url and spec.kind == "openrouter":
+        base_url = DEFAULT_OPENROUTER_BASE_URL
+    if not base_url:
+        raise ConfigFileError(source, f"{where}.base_url", "no base_url, and base_url_env is unset")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigFileError(source, f"{where}.base_url", f"not an http(s) URL: {base_url!r}")
+    if spec.max_concurrency is not None and spec.max_concurrency < 1:
+        raise ConfigFileError(source, f"{where}.max_concurrency", "must be at least 1")
+    key = environ.get(spec.api_key_env) if spec.api_key_env else None
+    return Provider(
+        name=name,
+        kind=spec.kind,
+        base_url=base_url.rstrip("/"),
+        api_key=Secret(key) if key else None,
+        api_key_env=spec.api_key_env,
+        max_concurrency=spec.max_concurrency,
+    )

@@ -1,0 +1,397 @@
+"""FusionEngine: fan a conversation out to a panel, wait for a quorum, have a judge fuse one answer.
+
+The engine imports no web framework. It owns an ``UpstreamClient`` (one pooled aiohttp session);
+use ``async with FusionEngine() as engine`` or ``await engine.aclose()``. Cancelling ``fuse``
+cancels every upstream call still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from .config import Provider, ResolvedConfig, load_config
+from .errors import ConfigError, JudgeFailedError, UpstreamError
+from .judges import build_judge_messages, load_judge_templates
+from .panels import Panel, PanelMember, load_panels
+from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
+from .protocol import ChatCompletion, ChunkAccumulator, GenerationParams, Message
+from .quorum import best_member_answer, invalid_tool_call, panel_failure, quorum_reached
+from .results import (
+    Degraded,
+    FusionEvent,
+    FusionResult,
+    JudgeDelta,
+    JudgeStarted,
+    MemberFinished,
+    PanelResponse,
+    sum_costs,
+)
+from .settings import Settings
+from .upstream import Clock, UpstreamClient, UpstreamReply
+
+log = structlog.get_logger("fusion_engine.engine")
+
+#: Receives progress events; called synchronously, so it must be quick (queue, print).
+Listener = Callable[[FusionEvent], None]
+
+
+class FusionEngine:
+    """Runs fusions. Everything is injectable; by default it reads the environment once.
+
+    Args:
+        settings: process settings (default: from ``os.environ``).
+        config: resolved gateway config (default: the file the settings name).
+        panels: loaded panels (default: the panels directory, or the bundled panels).
+        judge_templates: ``{name: text}`` (default: the judges directory, or the bundled ones).
+        upstream: the upstream client (default: a new one, closed by ``aclose``).
+        clock: time source for deadlines (default: the upstream client's).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        config: ResolvedConfig | None = None,
+        panels: Mapping[str, Panel] | None = None,
+        judge_templates: Mapping[str, str] | None = None,
+        upstream: UpstreamClient | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_environ(os.environ)
+        self.config = config or load_config(self.settings)
+        if judge_templates is None:
+            judge_templates = load_judge_templates(_directory(self.settings.judges_dir, "judges"))
+        self.judge_templates = dict(judge_templates)
+        if panels is None:
+            panels = load_panels(
+                _directory(self.settings.panels_dir, "panels"),
+                judge_templates=self.judge_templates.keys(),
+                providers=self.config.providers.keys(),
+                max_members=self.config.gateway.limits.max_members,
+            )
+        self.panels = dict(panels)
+        self.upstream = upstream or UpstreamClient(clock=clock)
+        self.clock: Clock = clock or self.upstream.clock
+
+    async def __aenter__(self) -> FusionEngine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the upstream session."""
+        await self.upstream.aclose()
+
+    def plan(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        panel: PanelArg | None = None,
+        judge_model: str | None = None,
+        judge_template: str | None = None,
+        web_search: bool | None = None,
+        params: GenerationParams | None = None,
+    ) -> FusionPlan:
+        """Resolve a request without spending anything (see ``plan.make_plan`` for errors)."""
+        return make_plan(
+            prompt,
+            panel=panel,
+            panels=self.panels,
+            templates=self.judge_templates,
+            config=self.config,
+            judge_model=judge_model,
+            judge_template=judge_template,
+            web_search=web_search,
+            params=params,
+        )
+
+    async def fuse(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        panel: PanelArg | None = None,
+        judge_model: str | None = None,
+        judge_template: str | None = None,
+        web_search: bool | None = None,
+        params: GenerationParams | None = None,
+        listener: Listener | None = None,
+    ) -> FusionResult:
+        """Ask the panel, then the judge; return the fused answer with every call's detail.
+
+        Args:
+            prompt: a prompt string, or an OpenAI ``messages`` list (multi-turn, system prompt,
+                tool calls and results).
+            panel: a panel name (``budget`` or ``fusion/budget``), a ``Panel``, or ad-hoc members
+                (slugs, ``PanelMember``s or dicts with ``slug``/``max_tokens``...).
+            judge_model / judge_template: override the panel's judge.
+            web_search: override the panel's web-search setting.
+            params: generation parameters (sampling, tools, limits...).
+            listener: called with progress events as members finish.
+
+        Raises:
+            PanelFailedError: no member answered (``PanelTimeoutError`` if all timed out).
+            InvalidRequestError, UnknownPanelError, UnknownJudgeTemplateError,
+            ProviderKeyMissingError: the request cannot run; nothing was spent.
+        """
+        plan = self.plan(
+            prompt,
+            panel=panel,
+            judge_model=judge_model,
+            judge_template=judge_template,
+            web_search=web_search,
+            params=params,
+        )
+        return await self.run(plan, listener=listener)
+
+    async def run(
+        self, plan: FusionPlan, *, listener: Listener | None = None, stream_judge: bool = False
+    ) -> FusionResult:
+        """Execute a plan. With ``stream_judge`` the judge's chunks reach ``listener`` as they
+        arrive; a judge that fails after its first chunk then raises ``JudgeFailedError``.
+        """
+        notify = listener or _ignore
+        started = self.clock.monotonic()
+        responses = await self._collect(plan, notify)
+        answers = [response for response in responses if response.ok]
+        if not answers:
+            raise panel_failure(responses)
+        judge: PanelResponse | None = None
+        attempts: list[PanelResponse] = []
+        if not (plan.panel.skip_judge_if_single and len(answers) == 1):
+            judge, attempts = await self._judge(plan, answers, notify, stream_judge)
+        final = judge or best_member_answer(answers)
+        degraded: Degraded | None = "judge_failed" if attempts and judge is None else None
+        if degraded:
+            log.warning("judge_failed", panel=plan.panel.name, stand_in=final.model)
+        calls = [*responses, *attempts]
+        return FusionResult(
+            answer=final.content,
+            tool_calls=final.tool_calls,
+            finish_reason="tool_calls" if final.tool_calls else (final.finish_reason or "stop"),
+            panel=plan.panel.name,
+            panel_responses=responses,
+            judge_response=judge,
+            judge_attempts=attempts,
+            total_cost=sum_costs(calls),
+            total_latency_ms=(self.clock.monotonic() - started) * 1000,
+            tokens_in=sum(call.tokens_in for call in calls),
+            tokens_out=sum(call.tokens_out for call in calls),
+            degraded=degraded,
+        )
+
+    async def _collect(self, plan: FusionPlan, notify: Listener) -> list[PanelResponse]:
+        """Fan out to every member; stop at all-answered or deadline-with-quorum."""
+        members = plan.panel.models
+        tasks = {
+            asyncio.create_task(self._ask_member(plan, index, member)): index
+            for index, member in enumerate(members)
+        }
+        deadline = plan.panel.deadline_s
+        timer = asyncio.create_task(self.clock.sleep(deadline)) if deadline is not None else None
+        finished: dict[int, PanelResponse] = {}
+        started = self.clock.monotonic()
+        try:
+            pending = set(tasks)
+            while pending:
+                waiting: set[asyncio.Future[Any]] = set(pending)
+                if timer is not None and not timer.done():
+                    waiting.add(timer)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in [task for task in pending if task in done]:
+                    response = task.result()
+                    finished[response.index] = response
+                    notify(
+                        MemberFinished(
+                            response=response, finished=len(finished), total=len(members)
+                        )
+                    )
+                pending.difference_update(done)
+                if quorum_reached(
+                    finished.values(),
+                    pending=len(pending),
+                    min_responses=plan.panel.min_responses,
+                    deadline_passed=timer is not None and timer.done(),
+                ):
+                    break
+        finally:
+            await _cancel_all([*tasks, *([timer] if timer else [])])
+        elapsed_ms = (self.clock.monotonic() - started) * 1000
+        for index, member in enumerate(members):
+            if index not in finished:
+                finished[index] = PanelResponse(
+                    index=index,
+                    model=member.slug,
+                    error="cancelled: the deadline passed and the quorum had answered",
+                    error_kind="deadline",
+                    latency_ms=elapsed_ms,
+                )
+        return [finished[index] for index in range(len(members))]
+
+    async def _ask_member(self, plan: FusionPlan, index: int, member: PanelMember) -> PanelResponse:
+        provider = plan.member_providers[index]
+        body = member_body(plan, member)
+        return await self._call(index, member.slug, provider, body, plan.panel.member_timeout_s)
+
+    async def _call(
+        self, index: int, model: str, provider: Provider, body: dict[str, object], timeout_s: float
+    ) -> PanelResponse:
+        """One non-streaming call as a PanelResponse; failure is data, never an exception."""
+        started = self.clock.monotonic()
+        try:
+            reply = await self.upstream.chat(provider, body, timeout_s=timeout_s)
+        except UpstreamError as error:
+            return failed_response(index, model, error, (self.clock.monotonic() - started) * 1000)
+        return response_from_reply(index, model, reply)
+
+    async def _judge(
+        self, plan: FusionPlan, answers: list[PanelResponse], notify: Listener, stream: bool
+    ) -> tuple[PanelResponse | None, list[PanelResponse]]:
+        """Try the judge, then each fallback; return the first usable verdict and every attempt."""
+        messages = build_judge_messages(
+            plan.template,
+            plan.conversation,
+            answers,
+            shuffle=plan.panel.shuffle_answers,
+            max_input_tokens=plan.panel.judge_max_input_tokens,
+            with_tools=plan.with_tools,
+        )
+        attempts: list[PanelResponse] = []
+        for position, model in enumerate(plan.judge_chain):
+            notify(JudgeStarted(model=model, position=position))
+            body = judge_body(plan, model, messages)
+            timeout_s = plan.panel.member_timeout_s
+            if stream:
+                verdict = await self._stream_judge(plan, position, model, body, notify)
+            else:
+                verdict = await self._call(position, model, plan.judge_provider, body, timeout_s)
+            verdict = _check_verdict(verdict)
+            attempts.append(verdict)
+            if verdict.ok:
+                return verdict, attempts
+            log.warning("judge_attempt_failed", model=model, error=verdict.error)
+        return None, attempts
+
+    async def _stream_judge(
+        self, plan: FusionPlan, position: int, model: str, body: dict[str, object], notify: Listener
+    ) -> PanelResponse:
+        started = self.clock.monotonic()
+        accumulator = ChunkAccumulator()
+        relayed = False
+        try:
+            stream = self.upstream.stream(
+                plan.judge_provider, body, timeout_s=plan.panel.member_timeout_s
+            )
+            async for chunk in stream:
+                accumulator.add(chunk)
+                if chunk.choices:
+                    relayed = True
+                    notify(JudgeDelta(chunk=chunk))
+        except UpstreamError as error:
+            if relayed:
+                raise JudgeFailedError(
+                    f"the judge broke off mid-answer: {error.message}"
+                ) from error
+            return failed_response(
+                position, model, error, (self.clock.monotonic() - started) * 1000
+            )
+        latency_ms = (self.clock.monotonic() - started) * 1000
+        reply = UpstreamReply(
+            completion=accumulator.completion(), latency_ms=latency_ms, attempts=1
+        )
+        return response_from_reply(position, model, reply)
+
+
+def response_from_reply(index: int, model: str, reply: UpstreamReply) -> PanelResponse:
+    """A successful call as a PanelResponse; no text and no tool calls counts as an error."""
+    completion: ChatCompletion = reply.completion
+    choice = completion.choices[0]
+    usage = completion.usage
+    message = choice.message
+    empty = not (message.content and message.content.strip()) and not message.tool_calls
+    return PanelResponse(
+        index=index,
+        model=model,
+        content=message.content,
+        tool_calls=message.tool_calls or None,
+        reasoning=message.reasoning,
+        finish_reason=choice.finish_reason,
+        tokens_in=usage.prompt_tokens if usage else 0,
+        tokens_out=usage.completion_tokens if usage else 0,
+        latency_ms=reply.latency_ms,
+        cost_usd=usage.cost if usage else None,
+        error="empty answer" if empty else None,
+        error_kind="empty" if empty else None,
+        attempts=reply.attempts,
+    )
+
+
+def failed_response(
+    index: int, model: str, error: UpstreamError, latency_ms: float
+) -> PanelResponse:
+    """A failed call as a PanelResponse carrying the reason."""
+    kind = error.kind if error.kind in _KNOWN_KINDS else "http_error"
+    return PanelResponse(
+        index=index,
+        model=model,
+        error=error.message,
+        error_kind=kind,  # type: ignore[arg-type]  # narrowed by _KNOWN_KINDS
+        latency_ms=latency_ms,
+        attempts=error.attempts,
+    )
+
+
+_KNOWN_KINDS = frozenset(
+    {"timeout", "rate_limited", "http_error", "connection", "invalid_response"}
+)
+
+
+def _check_verdict(verdict: PanelResponse) -> PanelResponse:
+    """A judge answer whose tool calls a client could not execute counts as a failed judge."""
+    problem = invalid_tool_call(verdict.tool_calls) if verdict.ok else None
+    if problem is None:
+        return verdict
+    return PanelResponse(
+        index=verdict.index,
+        model=verdict.model,
+        tokens_in=verdict.tokens_in,
+        tokens_out=verdict.tokens_out,
+        latency_ms=verdict.latency_ms,
+        cost_usd=verdict.cost_usd,
+        error=problem,
+        error_kind="invalid_response",
+        attempts=verdict.attempts,
+    )
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[object]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _ignore(event: FusionEvent) -> None:
+    return None
+
+
+def _directory(configured: Path, bundled_name: str) -> Path:
+    """The configured directory, or the copy bundled in the wheel when it does not exist."""
+    if configured.is_dir():
+        return configured
+    bundled = Path(str(resources.files("fusion_engine") / "bundled" / bundled_name))
+    if bundled.is_dir():
+        return bundled
+    raise ConfigError(f"{configured}: directory not found (set FUSION_{bundled_name.upper()}_DIR)")

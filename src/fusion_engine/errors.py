@@ -1,0 +1,213 @@
+"""The one exception tree of Fusion Engine.
+
+Every error a caller can see is a ``FusionError``; each carries the HTTP status, OpenAI error
+``type`` and ``code`` the gateway answers with, so translation to the wire happens in one place::
+
+    FusionError                         500 server_error
+    ├── ConfigError                     500 (a gateway config, panel or judge file is invalid)
+    │   └── ConfigFileError             500 (names the file and the offending field)
+    ├── InvalidRequestError             400 invalid_request_error (carries ``param``)
+    ├── AuthenticationError             401 authentication_error
+    ├── CostLimitError                  402 cost_limit_exceeded
+    ├── NotFoundError                   404 not_found_error
+    │   ├── UnknownPanelError
+    │   └── UnknownJudgeTemplateError
+    ├── PayloadTooLargeError            413 invalid_request_error
+    ├── RateLimitedError                429 rate_limit_error (carries ``retry_after``)
+    ├── UpstreamError                   one call failed (status, provider message, retryable)
+    │   └── UpstreamTimeoutError        the call ran out of time
+    ├── PanelFailedError                502 every member failed, at least one not by timeout
+    │   └── PanelTimeoutError           504 every member failed by timeout
+    ├── JudgeFailedError                502 the judge broke off after its answer began streaming
+    └── ProviderKeyMissingError         503 the provider's API key variable is not set
+
+Foreign exceptions (aiohttp, msgspec, yaml) are translated at the module boundary with
+``raise ... from exc``; no key or authorization header ever appears in a message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import PanelResponse
+
+
+class FusionError(Exception):
+    """Base of every error Fusion Engine raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ConfigError(FusionError):
+    """A gateway config, panel or judge template is invalid."""
+
+    error_type = "configuration_error"
+    code = "invalid_configuration"
+
+
+class ConfigFileError(ConfigError):
+    """A config or panel file is invalid; the message names the file and the field."""
+
+    def __init__(self, path: str, field: str | None, problem: str) -> None:
+        where = f"{path}: {field}" if field else path
+        super().__init__(f"{where}: {problem}")
+        self.path = path
+        self.field = field
+        self.problem = problem
+
+
+class InvalidRequestError(FusionError):
+    """The caller sent something the gateway cannot use."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationError(FusionError):
+    """Missing or wrong bearer key."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class CostLimitError(FusionError):
+    """The estimated cost of the request is over the configured ceiling."""
+
+    status_code = 402
+    error_type = "cost_limit_error"
+    code = "cost_limit_exceeded"
+
+
+class NotFoundError(FusionError):
+    """A named thing (panel, model, template) does not exist."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class UnknownPanelError(NotFoundError):
+    """No panel by that name is loaded."""
+
+    code = "model_not_found"
+
+
+class UnknownJudgeTemplateError(NotFoundError):
+    """No judge template by that name is loaded."""
+
+    code = "judge_template_not_found"
+
+
+class PayloadTooLargeError(FusionError):
+    """The request body or one of its lists is over a configured limit."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RateLimitedError(FusionError):
+    """The caller is over its rate limit."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamError(FusionError):
+    """One call to an upstream provider failed.
+
+    Args:
+        message: the provider's own message (never containing our key).
+        status: the HTTP status the provider answered, or ``None`` for a connection failure.
+        retryable: whether the same call may succeed if tried again.
+        retry_after: seconds the provider asked us to wait, if it said.
+        kind: a short machine-readable reason (``http_429``, ``connection``, ``timeout``...).
+    """
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        kind: str = "upstream",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.kind = kind
+        #: How many attempts were made before giving up (set by the upstream client).
+        self.attempts = 1
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """An upstream call did not finish within its time budget."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True, kind="timeout")
+
+
+class PanelFailedError(FusionError):
+    """No member of the panel produced an answer; ``responses`` tells what each one did."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "panel_failed"
+
+    def __init__(self, message: str, *, responses: list[PanelResponse] | None = None) -> None:
+        super().__init__(message)
+        self.responses = responses or []
+
+
+class PanelTimeoutError(PanelFailedError):
+    """No member answered, and every failure was a timeout."""
+
+    status_code = 504
+    code = "panel_timeout"
+
+
+class JudgeFailedError(FusionError):
+    """The judge failed after part of its answer had already been streamed to the caller."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "judge_failed"
+
+
+class ProviderKeyMissingError(FusionError):
+    """A provider's API key environment variable is not set."""
+
+    status_code = 503
+    error_type = "service_unavailable_error"
+    code = "provider_key_missing"
+
+    def __init__(self, provider: str, variable: str) -> None:
+        super().__init__(
+            f"provider {provider!r} needs an API key: set the environment variable {variable}"
+        )
+        self.provider = provider
+        self.variable = variable

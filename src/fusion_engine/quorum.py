@@ -1,0 +1,86 @@
+"""Pure decisions over the answers so far: when to stop waiting, how a panel failed, and which
+member answer stands in when the judge cannot answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+
+from .errors import PanelFailedError, PanelTimeoutError
+from .protocol import ToolCall
+from .results import PanelResponse
+
+_WORD = re.compile(r"\w+")
+_TIMEOUT_KINDS = frozenset({"timeout", "deadline"})
+
+
+def quorum_reached(
+    finished: Iterable[PanelResponse], *, pending: int, min_responses: int, deadline_passed: bool
+) -> bool:
+    """Whether to stop waiting for members.
+
+    Everyone answered; or the deadline passed and at least ``min_responses`` members answered
+    successfully. Below the quorum we keep waiting (each member is bounded by its own timeout).
+    """
+    if pending == 0:
+        return True
+    return deadline_passed and sum(1 for response in finished if response.ok) >= min_responses
+
+
+def panel_failure(responses: Sequence[PanelResponse]) -> PanelFailedError:
+    """The error for a panel where nobody answered: 504 if every failure was a timeout, else 502."""
+    reasons = "; ".join(f"{r.model}: {r.error or 'no answer'}" for r in responses)
+    timed_out = all(response.error_kind in _TIMEOUT_KINDS for response in responses)
+    if timed_out:
+        return PanelTimeoutError(
+            f"no panel member answered in time ({reasons})", responses=list(responses)
+        )
+    return PanelFailedError(f"every panel member failed ({reasons})", responses=list(responses))
+
+
+def best_member_answer(answers: Sequence[PanelResponse]) -> PanelResponse:
+    """The answer closest to all the others (the medoid), ties to panel order.
+
+    Used when the judge fails: the answer the panel agrees with most is the safest stand-in.
+    """
+    if not answers:
+        raise ValueError("best_member_answer needs at least one answer")
+    ordered = sorted(answers, key=lambda answer: answer.index)
+    if len(ordered) <= 2:
+        return ordered[0]
+    keys = [_comparison_key(answer) for answer in ordered]
+
+    def closeness(position: int) -> float:
+        return sum(_jaccard(keys[position], other) for other in keys if other is not keys[position])
+
+    best = max(range(len(ordered)), key=lambda position: (closeness(position), -position))
+    return ordered[best]
+
+
+def _comparison_key(answer: PanelResponse) -> frozenset[str]:
+    text = answer.content or ""
+    if answer.tool_calls:
+        text += " ".join(f"{c.function.name} {c.function.arguments}" for c in answer.tool_calls)
+    return frozenset(word.lower() for word in _WORD.findall(text))
+
+
+def _jaccard(first: frozenset[str], second: frozenset[str]) -> float:
+    if not first and not second:
+        return 1.0
+    return len(first & second) / len(first | second)
+
+
+def invalid_tool_call(calls: Sequence[ToolCall] | None) -> str | None:
+    """Why these tool calls cannot be sent to a client (no name, arguments not a JSON object)."""
+    for call in calls or ():
+        if not call.function.name:
+            return "a tool call has no function name"
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except ValueError:
+            return f"tool call {call.function.name!r} has arguments that are not valid JSON"
+        if not isinstance(arguments, dict):
+            return f"tool call {call.function.name!r} has arguments that are not a JSON object"
+    return None

@@ -1,0 +1,123 @@
+"""Every environment variable Fusion Engine reads, read once into one typed struct.
+
+The environment is passed in (``Settings.from_environ(os.environ)``) so nothing here reads global
+state at import time and tests build settings from plain dicts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+CacheBackend = Literal["redis", "memory", "off"]
+LogFormat = Literal["json", "console"]
+
+DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+class Secret:
+    """A secret string whose ``repr`` and ``str`` never show the value (keys stay out of logs)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Environ(dict[str, str]):
+    """A snapshot of the process environment whose ``repr`` lists no values."""
+
+    def __repr__(self) -> str:
+        return f"Environ(<{len(self)} variables>)"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Process-wide settings, one field per environment variable of the design."""
+
+    #: Environment the settings were read from; provider keys named in the gateway config
+    #: (``api_key_env``) are looked up here, so the process environment is read once.
+    environ: Environ = msgspec.field(default_factory=Environ)
+    #: Bearer keys accepted by the server (``FUSION_SERVER_API_KEYS`` / ``FUSION_SERVER_API_KEY``).
+    server_api_keys: tuple[Secret, ...] = ()
+    #: ``FUSION_ALLOW_NO_AUTH=1`` lets an unauthenticated server bind a non-loopback address.
+    allow_no_auth: bool = False
+    redis_url: str | None = None
+    cache_backend: CacheBackend = "memory"
+    cache_ttl_s: int = 86400
+    cache_max_mb: int = 64
+    panels_dir: Path = Path("panels")
+    judges_dir: Path = Path("judges")
+    config_path: Path = Path("config/gateway.yaml")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "info"
+    log_format: LogFormat = "json"
+    prometheus_multiproc_dir: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read every Fusion Engine variable from ``environ``.
+
+        Raises:
+            ConfigError: a variable holds a value of the wrong kind.
+        """
+        env = Environ(environ)
+        keys_raw = env.get("FUSION_SERVER_API_KEYS") or env.get("FUSION_SERVER_API_KEY") or ""
+        redis_url = env.get("REDIS_URL") or None
+        cache = env.get("FUSION_CACHE") or ("redis" if redis_url else "memory")
+        if cache not in ("redis", "memory", "off"):
+            raise ConfigError(f"FUSION_CACHE must be redis, memory or off, not {cache!r}")
+        log_format = env.get("FUSION_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+        if log_format not in ("json", "console"):
+            raise ConfigError(f"FUSION_LOG_FORMAT must be json or console, not {log_format!r}")
+        return cls(
+            environ=env,
+            server_api_keys=tuple(Secret(k.strip()) for k in keys_raw.split(",") if k.strip()),
+            allow_no_auth=env.get("FUSION_ALLOW_NO_AUTH", "") in ("1", "true", "yes"),
+            redis_url=redis_url,
+            cache_backend=cache,  # type: ignore[arg-type]  # checked just above
+            cache_ttl_s=_int(env, "FUSION_CACHE_TTL_S", 86400),
+            cache_max_mb=_int(env, "FUSION_CACHE_MAX_MB", 64),
+            panels_dir=Path(env.get("FUSION_PANELS_DIR") or "panels"),
+            judges_dir=Path(env.get("FUSION_JUDGES_DIR") or "judges"),
+            config_path=Path(env.get("FUSION_CONFIG") or "config/gateway.yaml"),
+            host=env.get("FUSION_HOST") or "127.0.0.1",
+            port=_int(env, "FUSION_PORT", 8000),
+            workers=_int(env, "FUSION_WORKERS", 1),
+            log_level=(env.get("FUSION_LOG_LEVEL") or "info").lower(),
+            log_format=log_format,  # type: ignore[arg-type]  # checked just above
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from exc

@@ -1,0 +1,33 @@
+"""Server-sent events decoding, as lenient as the clients that read OpenAI streams.
+
+Lines may end in LF or CRLF; comment lines (``: OPENROUTER PROCESSING``) are skipped; several
+``data:`` lines of one event are joined with a newline; a last event missing its blank line is
+still delivered, because a truncated stream's final event is often exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+
+async def iter_sse_data(read_line: Callable[[], Awaitable[bytes]]) -> AsyncIterator[str]:
+    """Yield the data of each event; ``read_line`` raises ``StopAsyncIteration`` at the end."""
+    data_lines: list[str] = []
+    while True:
+        try:
+            raw = await read_line()
+        except StopAsyncIteration:
+            break
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data_lines:
+                yield "\n".join(data_lines)
+                data_lines = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data_lines.append(value[1:] if value.startswith(" ") else value)
+    if data_lines:
+        yield "\n".join(data_lines)

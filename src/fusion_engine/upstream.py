@@ -1,0 +1,412 @@
+"""aiohttp client for OpenAI-compatible providers: chat, streamed chat, retries, costs.
+
+One ``UpstreamClient`` holds one pooled ``aiohttp.ClientSession`` for every provider. Retries are
+hand-written rather than taken from a retry library because they must fit inside a member's time
+budget: a retry is skipped when ``Retry-After`` or the backoff would cross the remaining time.
+Every failure leaves as an ``UpstreamError`` (status, provider message, retryable); the provider key
+never appears in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import msgspec
+import structlog
+
+from .config import Provider
+from .errors import UpstreamError, UpstreamTimeoutError
+from .protocol import ChatCompletion, ChatCompletionChunk
+from .sse import iter_sse_data
+
+log = structlog.get_logger("fusion_engine.upstream")
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+#: Body keys only OpenRouter understands; never sent to a plain OpenAI-compatible server.
+OPENROUTER_ONLY_KEYS = frozenset(
+    {
+        "models", "route", "provider", "plugins", "reasoning", "usage", "transforms", "top_k",
+        "min_p", "top_a", "repetition_penalty", "session_id", "trace", "debug",
+    }
+)  # fmt: skip
+APP_URL = "https://github.com/fusion-engine/fusion-engine"
+APP_TITLE = "Fusion Engine"
+
+
+class Clock(Protocol):
+    """Time as the retry and deadline logic sees it (injectable so tests are exact)."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        """Seconds on the event loop's monotonic clock."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the event loop."""
+        await asyncio.sleep(seconds)
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """At most ``max_attempts`` attempts; backoff from ``base_s`` doubling, capped, with jitter."""
+
+    max_attempts: int = 3
+    base_s: float = 0.5
+    cap_s: float = 4.0
+    #: Each backoff is reduced by up to this fraction at random, so clients don't retry in step.
+    jitter: float = 0.25
+
+    def backoff(self, retry_number: int, rand: float) -> float:
+        """Delay before retry ``retry_number`` (0-based) given a uniform ``rand`` in [0, 1)."""
+        return min(self.base_s * 2.0**retry_number, self.cap_s) * (1 - self.jitter * rand)
+
+
+class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A successful non-streaming call."""
+
+    completion: ChatCompletion
+    latency_ms: float
+    attempts: int
+
+
+_decode_completion = msgspec.json.Decoder(ChatCompletion).decode
+_decode_chunk = msgspec.json.Decoder(ChatCompletionChunk).decode
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class UpstreamClient:
+    """Calls OpenAI-compatible chat endpoints with pooling, timeouts and bounded retries.
+
+    Args:
+        session: an existing session to share; otherwise one is created on first use and closed
+            by ``aclose``.
+        retry: the retry policy.
+        clock: time source for budgets and backoff sleeps.
+        rand: source of jitter in [0, 1).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        self._session = session
+        self._owns_session = session is None
+        self.retry = retry or RetryPolicy()
+        self.clock: Clock = clock or SystemClock()
+        self._rand = rand or random.random
+        self._limits: dict[str, asyncio.Semaphore] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
+            self._owns_session = True
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if this client created it."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def chat(
+        self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
+    ) -> UpstreamReply:
+        """One non-streaming chat completion, retried within ``timeout_s`` in total.
+
+        Raises:
+            UpstreamError: the call failed for good (``UpstreamTimeoutError`` when out of time).
+            ProviderKeyMissingError: the provider's key variable is not set.
+        """
+        payload = _encode(prepare_body(provider, body, stream=False))
+        headers = request_headers(provider)
+        started = self.clock.monotonic()
+        deadline = started + timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                completion = await self._attempt_chat(provider, payload, headers, deadline)
+            except UpstreamError as error:
+                await self._wait_before_retry(provider, error, attempt, deadline)
+                continue
+            latency_ms = (self.clock.monotonic() - started) * 1000
+            return UpstreamReply(completion=completion, latency_ms=latency_ms, attempts=attempt)
+
+    async def stream(
+        self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Stream a chat completion's chunks as they arrive.
+
+        Connecting is retried like ``chat``; once the first chunk has been yielded nothing is
+        retried, and a mid-stream failure raises ``UpstreamError``.
+        """
+        payload = _encode(prepare_body(provider, body, stream=True))
+        headers = request_headers(provider)
+        deadline = self.clock.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._open(provider, payload, headers, deadline)
+            except UpstreamError as error:
+                await self._wait_before_retry(provider, error, attempt, deadline)
+                continue
+            break
+        try:
+            async for chunk in self._read_chunks(provider, response, deadline):
+                yield chunk
+        finally:
+            # Closing (not releasing) drops the connection, which is what stops an upstream
+            # from generating (and billing) when our consumer went away.
+            response.close()
+            self._release(provider)
+
+    async def _attempt_chat(
+        self, provider: Provider, payload: bytes, headers: Mapping[str, str], deadline: float
+    ) -> ChatCompletion:
+        response = await self._open(provider, payload, headers, deadline)
+        try:
+            raw = await self._within(deadline, response.read())
+        finally:
+            response.release()
+            self._release(provider)
+        try:
+            completion = _decode_completion(raw)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(
+                f"{provider.name} sent a malformed response ({exc})", status=200,
+                kind="invalid_response",
+            ) from exc  # fmt: skip
+        choice_error = completion.choices[0].error if completion.choices else None
+        if choice_error is not None:
+            status = choice_error.code if isinstance(choice_error.code, int) else 502
+            raise UpstreamError(
+                f"{provider.name}: {choice_error.message}", status=status,
+                retryable=status in RETRYABLE_STATUSES, kind="http_error",
+            )  # fmt: skip
+        if not completion.choices:
+            raise UpstreamError(f"{provider.name} sent no choices", kind="invalid_response")
+        return completion
+
+    async def _open(
+        self, provider: Provider, payload: bytes, headers: Mapping[str, str], deadline: float
+    ) -> aiohttp.ClientResponse:
+        """Send the request and return a 2xx response, holding a concurrency slot."""
+        url = f"{provider.base_url}/chat/completions"
+        await self._acquire(provider, deadline)
+        try:
+            response = await self._within(
+                deadline, self._client().post(url, data=payload, headers=headers)
+            )
+        except aiohttp.ClientError as exc:
+            self._release(provider)
+            raise UpstreamError(
+                f"cannot reach {provider.name}: {type(exc).__name__}", retryable=True,
+                kind="connection",
+            ) from exc  # fmt: skip
+        except BaseException:
+            self._release(provider)
+            raise
+        if response.status >= 400:
+            try:
+                error = await self._within(deadline, error_from_response(provider, response))
+            finally:
+                response.release()
+                self._release(provider)
+            raise error
+        return response
+
+    async def _read_chunks(
+        self, provider: Provider, response: aiohttp.ClientResponse, deadline: float
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        finished = False
+        lines = response.content.__aiter__()
+        try:
+            async for data in iter_sse_data(lambda: self._within(deadline, anext(lines))):
+                if data == "[DONE]":
+                    return
+                chunk = _parse_chunk(provider, data)
+                finished = finished or any(c.finish_reason for c in chunk.choices)
+                yield chunk
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"{provider.name} stream broke off: {type(exc).__name__}", kind="connection"
+            ) from exc
+        if not finished:
+            raise UpstreamError(
+                f"{provider.name} stream ended before the answer was complete",
+                kind="invalid_response",
+            )
+
+    async def _wait_before_retry(
+        self, provider: Provider, error: UpstreamError, attempt: int, deadline: float
+    ) -> None:
+        """Sleep before the next attempt, or re-raise ``error`` when no retry fits."""
+        remaining = deadline - self.clock.monotonic()
+        error.attempts = attempt
+        if not error.retryable or attempt >= self.retry.max_attempts:
+            raise error
+        delay = error.retry_after
+        if delay is None:
+            delay = self.retry.backoff(attempt - 1, self._rand())
+        if delay >= remaining:
+            raise error
+        log.debug(
+            "upstream_retry", provider=provider.name, attempt=attempt, delay_s=round(delay, 3),
+            reason=error.kind, status=error.status,
+        )  # fmt: skip
+        await self.clock.sleep(delay)
+
+    async def _within(self, deadline: float, awaitable: Awaitable[T]) -> T:
+        remaining = deadline - self.clock.monotonic()
+        if remaining <= 0:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise UpstreamTimeoutError("the call ran out of time")
+        try:
+            async with asyncio.timeout(remaining):
+                return await awaitable
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"no answer within {remaining:.1f}s") from exc
+
+    async def _acquire(self, provider: Provider, deadline: float) -> None:
+        if provider.max_concurrency is None:
+            return
+        semaphore = self._limits.setdefault(
+            provider.name, asyncio.Semaphore(provider.max_concurrency)
+        )
+        await self._within(deadline, semaphore.acquire())
+
+    def _release(self, provider: Provider) -> None:
+        if provider.max_concurrency is not None:
+            self._limits[provider.name].release()
+
+
+def prepare_body(provider: Provider, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
+    """The JSON body for ``provider``: OpenRouter gets usage accounting, others lose its keys."""
+    prepared = {key: value for key, value in body.items() if value is not None}
+    prepared["stream"] = stream
+    if provider.kind == "openrouter":
+        prepared.setdefault("usage", {"include": True})
+    else:
+        for key in OPENROUTER_ONLY_KEYS.intersection(prepared):
+            del prepared[key]
+        if stream:
+            prepared.setdefault("stream_options", {"include_usage": True})
+    if not stream:
+        prepared.pop("stream_options", None)
+    return prepared
+
+
+def request_headers(provider: Provider) -> dict[str, str]:
+    """Auth and attribution headers.
+
+    Raises:
+        ProviderKeyMissingError: the provider needs a key that is not configured.
+    """
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    key = provider.require_key()
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key.reveal()}"
+    if provider.kind == "openrouter":
+        headers.update(
+            {"HTTP-Referer": APP_URL, "X-OpenRouter-Title": APP_TITLE, "X-Title": APP_TITLE}
+        )
+    return headers
+
+
+async def error_from_response(
+    provider: Provider, response: aiohttp.ClientResponse
+) -> UpstreamError:
+    """Translate a non-2xx response into an ``UpstreamError`` (any body shape, even HTML)."""
+    status = response.status
+    text = (await response.read()).decode("utf-8", "replace")
+    message = redact(error_message(text) or f"HTTP {status}", provider)
+    should_retry = response.headers.get("x-should-retry", "").lower()
+    retryable = status in RETRYABLE_STATUSES
+    if should_retry in ("true", "false"):
+        retryable = should_retry == "true"
+    kind = "rate_limited" if status == 429 else "http_error"
+    return UpstreamError(
+        f"{provider.name} answered {status}: {message}", status=status, retryable=retryable,
+        retry_after=retry_after_seconds(response.headers), kind=kind,
+    )  # fmt: skip
+
+
+def error_message(text: str) -> str | None:
+    """The human message in an error body of any known shape (OpenAI, OpenRouter, flat, string).
+
+    Non-JSON bodies (a CDN's HTML page) yield ``None``: their text is not worth showing.
+    """
+    try:
+        body = _decode_any(text)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, str):
+            return error[:500]
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+    return None
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` or ``Retry-After`` (seconds) as seconds; HTTP dates are ignored."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue
+        if value >= 0:
+            return value
+    return None
+
+
+def redact(message: str, provider: Provider) -> str:
+    """Remove the provider's key from a message, in case a provider echoes it."""
+    if provider.api_key is not None:
+        message = message.replace(provider.api_key.reveal(), "***")
+    return message
+
+
+def _parse_chunk(provider: Provider, data: str) -> ChatCompletionChunk:
+    try:
+        chunk = _decode_chunk(data)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(
+            f"{provider.name} sent a malformed stream event", kind="invalid_response"
+        ) from exc
+    if chunk.error:
+        message = chunk.error if isinstance(chunk.error, str) else error_message(data)
+        raise UpstreamError(
+            f"{provider.name} failed mid-stream: {redact(message or 'unknown error', provider)}",
+            kind="http_error",
+        )
+    return chunk

@@ -1,0 +1,42 @@
+# Fusion Engine — every target sets up what it needs (a .venv in this folder) by itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run test lint format bench redis clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its extras
+
+run: $(STAMP) ## show the panels and how to run a fusion (the gateway lands in a later release)
+	$(BIN)/fusion panels
+	@echo
+	@echo 'Run a fusion:  OPENROUTER_API_KEY=sk-or-... $(BIN)/fusion run "Why is the sky blue?" -p budget -v'
+
+test: $(STAMP) redis ## run the whole test suite
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff, formatting and mypy --strict
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy --strict src
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP) ## measure the engine's overhead against the fake upstream
+	$(BIN)/python bench/bench_engine.py
+
+redis: ## make sure a Redis answers on 127.0.0.1:6379 (starts one if needed)
+	@scripts/ensure-redis.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

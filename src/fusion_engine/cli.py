@@ -91,15 +91,27 @@ def _panels_command(args: argparse.Namespace) -> int:
             f"{panel.judge_model}\n[dim]{panel.judge_template}[/dim]",
             _estimated_cost(panel),
         )
-    Console().print(table)
+    _stdout().print(table)
     return 0
+
+
+def _stdout() -> Console:
+    """Stdout; wide when it is not a terminal, so piped tables keep whole model names."""
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=160)
+    return console
 
 
 def _estimated_cost(panel: Panel) -> str:
     cost = panel.estimated_cost_per_query
     if cost is None:
         return "-"
-    return f"${cost.min:.2f}–{cost.max:.2f} / {cost.unit}"
+    return f"${_amount(cost.min)}–{_amount(cost.max)} / {cost.unit}"
+
+
+def _amount(value: float) -> str:
+    return f"{value:.2f}" if value == 0 or value >= 0.1 else f"{value:.3f}"
 
 
 async def _run_command(args: argparse.Namespace, err: Console) -> int:
@@ -166,7 +178,7 @@ class _Progress:
 
 
 def _print_result(result: FusionResult, *, as_json: bool, verbose: bool) -> None:
-    out = Console(highlight=False, soft_wrap=True)
+    out = _stdout()
     if as_json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(result)).decode() + "\n")
         return

@@ -15,7 +15,7 @@ import msgspec
 
 from .errors import ConfigError, ConfigFileError, ProviderKeyMissingError
 from .settings import DEFAULT_OPENROUTER_BASE_URL, Secret, Settings
-from .yamlio import decode_yaml
+from .yamlio import convert_at, load_yaml_mapping
 
 ProviderKind = Literal["openrouter", "openai"]
 
@@ -119,7 +119,19 @@ def load_config(settings: Settings) -> ResolvedConfig:
         if explicitly_named:
             raise ConfigError(f"{path}: FUSION_CONFIG names a file that does not exist")
         return resolve_config(GatewayConfig(), settings.environ, source="<built-in defaults>")
-    gateway = decode_yaml(path, path.read_bytes(), GatewayConfig)
+    document = load_yaml_mapping(path, path.read_bytes())
+    # Providers are converted one by one so an error names the provider (msgspec reports a
+    # dict key only as "[...]").
+    raw_providers = document.pop("providers", None)
+    gateway = convert_at(document, GatewayConfig, path)
+    if raw_providers is not None:
+        if not isinstance(raw_providers, dict):
+            raise ConfigFileError(str(path), "providers", "must be a mapping of name to provider")
+        providers = {
+            str(name): convert_at(spec, ProviderSpec, path, prefix=f"providers.{name}")
+            for name, spec in raw_providers.items()
+        }
+        gateway = msgspec.structs.replace(gateway, providers=providers)
     return resolve_config(gateway, settings.environ, source=str(path))
 
 

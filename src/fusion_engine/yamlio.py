@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-import msgspec.yaml
+import yaml
 
 from .errors import ConfigFileError
 
@@ -18,21 +18,40 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
 _MISSING_FIELD = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
-def decode_yaml(path: Path, data: bytes, struct_type: type[T]) -> T:
-    """Decode ``data`` (the bytes of ``path``) into ``struct_type``.
+def load_yaml_mapping(path: Path, data: bytes) -> dict[str, Any]:
+    """Parse ``data`` (the bytes of ``path``) as a YAML mapping.
 
     Raises:
-        ConfigFileError: the YAML is malformed or does not fit the struct; the message carries
-            the file path and the dotted field path (``models[1].temperature``).
+        ConfigFileError: malformed YAML, or a document that is not a mapping.
     """
     try:
-        return msgspec.yaml.decode(data, type=struct_type)
+        document = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        summary = " ".join(str(exc).split())
+        raise ConfigFileError(str(path), None, f"invalid YAML: {summary}") from exc
+    if not isinstance(document, dict):
+        raise ConfigFileError(str(path), None, "the file must hold a YAML mapping")
+    return document
+
+
+def convert_at(value: Any, struct_type: type[T], path: Path, *, prefix: str = "") -> T:
+    """Convert parsed YAML into ``struct_type``; errors carry ``path`` and the dotted field.
+
+    Raises:
+        ConfigFileError: naming the file and the field (``models[1].temperature``).
+    """
+    try:
+        return msgspec.convert(value, struct_type, strict=True)
     except msgspec.ValidationError as exc:
         field, problem = split_validation_error(str(exc))
+        if prefix:
+            field = f"{prefix}.{field}" if field else prefix
         raise ConfigFileError(str(path), field, problem) from exc
-    except msgspec.DecodeError as exc:
-        first_line = str(exc).strip().splitlines()
-        raise ConfigFileError(str(path), None, "invalid YAML: " + " ".join(first_line)) from exc
+
+
+def decode_yaml(path: Path, data: bytes, struct_type: type[T]) -> T:
+    """Parse and convert a whole YAML file into ``struct_type``."""
+    return convert_at(load_yaml_mapping(path, data), struct_type, path)
 
 
 def split_validation_error(message: str) -> tuple[str | None, str]:

@@ -119,7 +119,10 @@ class UpstreamClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30)
+            # Every member of every fusion usually goes to one host (the provider), and LLM calls
+            # last seconds to minutes, so a per-host cap would queue fusions behind each other;
+            # per-provider caps come from the config's max_concurrency instead.
+            connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None)
             )

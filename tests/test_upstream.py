@@ -15,7 +15,6 @@ import aiohttp
 import aioresponses.core as aioresponses_core
 import pytest
 from aiohttp import web
-from aiohttp.http_exceptions import LineTooLong
 from aiohttp.test_utils import TestServer
 from aioresponses import aioresponses
 from multidict import CIMultiDict
@@ -423,12 +422,6 @@ async def test_no_time_left_raises_a_timeout_without_sending(
     assert requests_to(mocked) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=aiohttp.ClientPayloadError,
-    reason="BUG: upstream.py _attempt_chat (line 192) and error_from_response (line 346) let "
-    "aiohttp.ClientPayloadError from response.read() escape instead of an UpstreamError",
-)
 @pytest.mark.parametrize("status", [200, 500])
 async def test_a_body_that_breaks_off_is_an_upstream_error(
     client: UpstreamClient, mocked: aioresponses, status: int
@@ -541,11 +534,6 @@ async def test_a_key_echoed_mid_stream_is_redacted(
     assert "bad key ***" in caught.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: upstream.py _attempt_chat (lines 206-209) puts choices[0].error.message into "
-    "the UpstreamError without redact(), so an echoed key leaks",
-)
 async def test_a_key_echoed_in_a_choice_error_is_redacted(
     client: UpstreamClient, mocked: aioresponses
 ) -> None:
@@ -559,11 +547,6 @@ async def test_a_key_echoed_in_a_choice_error_is_redacted(
     assert KEY not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: upstream.py error_message (lines 371/373) truncates to 500 chars before "
-    "redact() runs, so a key straddling the cut survives as a prefix",
-)
 async def test_a_key_cut_by_truncation_is_not_partly_leaked(
     client: UpstreamClient, mocked: aioresponses
 ) -> None:
@@ -1029,11 +1012,6 @@ async def test_stream_pre_start_errors_follow_the_chat_rules(
     assert clock.sleeps == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: upstream.py stream() (lines 178-180) never sets UpstreamError.attempts for a "
-    "mid-stream failure, so it reports 1 although the connect was retried",
-)
 async def test_mid_stream_error_reports_the_attempts_made(
     client: UpstreamClient, mocked: aioresponses
 ) -> None:
@@ -1055,12 +1033,6 @@ async def _one_huge_event(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LineTooLong,
-    reason="BUG: upstream.py _read_chunks (line 246) reads SSE lines with aiohttp's readline, "
-    "which raises LineTooLong (not an UpstreamError) for any event over 512 KiB",
-)
 async def test_an_event_over_half_a_megabyte_is_read(client: UpstreamClient) -> None:
     """A 1 MB data line (e.g. a base64 image delta) from a real socket is delivered whole."""
     app = web.Application()
@@ -1223,10 +1195,10 @@ def test_error_message(text: str, expected: str | None) -> None:
     assert error_message(text) == expected
 
 
-def test_error_message_is_capped_at_500_chars() -> None:
-    """A very long provider message is cut to 500 characters."""
-    assert error_message(json.dumps({"error": {"message": "y" * 2000}})) == "y" * 500
-    assert error_message(json.dumps({"error": "z" * 2000})) == "z" * 500
+def test_long_provider_messages_are_capped_after_redaction() -> None:
+    """A very long provider message is cut to 500 characters (plus an ellipsis) by redact()."""
+    assert error_message(json.dumps({"error": {"message": "y" * 2000}})) == "y" * 2000
+    assert redact("z" * 2000, OPENROUTER) == "z" * 500 + "…"
 
 
 def test_redact() -> None:

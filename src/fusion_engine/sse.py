@@ -24,8 +24,7 @@ async def iter_sse_data(read_line: Callable[[], Awaitable[bytes]]) -> AsyncItera
                 yield "\n".join(data_lines)
                 data_lines = []
             continue
-        if line.startswith(":"):
-            continue
+        # A comment line (": ...") parses as the empty field name and is ignored with the rest.
         field, _, value = line.partition(":")
         if field == "data":
             data_lines.append(value[1:] if value.startswith(" ") else value)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import aiohttp.http_exceptions
 import msgspec
 import structlog
 
@@ -35,6 +36,7 @@ OPENROUTER_ONLY_KEYS = frozenset(
         "min_p", "top_a", "repetition_penalty", "session_id", "trace", "debug",
     }
 )  # fmt: skip
+READ_BUFSIZE = 4 * 1024 * 1024
 APP_URL = "https://github.com/fusion-engine/fusion-engine"
 APP_TITLE = "Fusion Engine"
 
@@ -124,7 +126,11 @@ class UpstreamClient:
             # per-provider caps come from the config's max_concurrency instead.
             connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Lines up to 2x this are read whole: a streamed event carrying a large tool
+                # call or an image must not break the stream (aiohttp's default is 256 KiB).
+                read_bufsize=READ_BUFSIZE,
             )
             self._owns_session = True
         return self._session
@@ -181,6 +187,9 @@ class UpstreamClient:
         try:
             async for chunk in self._read_chunks(provider, response, deadline):
                 yield chunk
+        except UpstreamError as error:
+            error.attempts = attempt
+            raise
         finally:
             # Closing (not releasing) drops the connection, which is what stops an upstream
             # from generating (and billing) when our consumer went away.
@@ -193,6 +202,8 @@ class UpstreamClient:
         response = await self._open(provider, payload, headers, deadline)
         try:
             raw = await self._within(deadline, response.read())
+        except aiohttp.ClientError as exc:
+            raise _broken_off(provider, exc) from exc
         finally:
             response.release()
             self._release(provider)
@@ -207,7 +218,7 @@ class UpstreamClient:
         if choice_error is not None:
             status = choice_error.code if isinstance(choice_error.code, int) else 502
             raise UpstreamError(
-                f"{provider.name}: {choice_error.message}", status=status,
+                f"{provider.name}: {redact(choice_error.message, provider)}", status=status,
                 retryable=status in RETRYABLE_STATUSES, kind="http_error",
             )  # fmt: skip
         if not completion.choices:
@@ -236,6 +247,8 @@ class UpstreamClient:
         if response.status >= 400:
             try:
                 error = await self._within(deadline, error_from_response(provider, response))
+            except aiohttp.ClientError as exc:
+                raise _broken_off(provider, exc) from exc
             finally:
                 response.release()
                 self._release(provider)
@@ -254,7 +267,8 @@ class UpstreamClient:
                 chunk = _parse_chunk(provider, data)
                 finished = finished or any(c.finish_reason for c in chunk.choices)
                 yield chunk
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            # HttpProcessingError: an event line longer than the read buffer (LineTooLong).
             raise UpstreamError(
                 f"{provider.name} stream broke off: {type(exc).__name__}", kind="connection"
             ) from exc
@@ -371,9 +385,9 @@ def error_message(text: str) -> str | None:
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, str):
-            return error[:500]
+            return error
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:500]
+            return str(error["message"])
     return None
 
 
@@ -392,11 +406,22 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def redact(message: str, provider: Provider) -> str:
-    """Remove the provider's key from a message, in case a provider echoes it."""
+def redact(message: str, provider: Provider, *, limit: int = 500) -> str:
+    """Remove the provider's key from a message (in case a provider echoes it), then shorten it.
+
+    Redaction comes first so a key straddling the cut cannot survive as a prefix.
+    """
     if provider.api_key is not None:
         message = message.replace(provider.api_key.reveal(), "***")
-    return message
+    return message if len(message) <= limit else message[:limit] + "…"
+
+
+def _broken_off(provider: Provider, exc: BaseException) -> UpstreamError:
+    """A response body that broke off while being read: worth another attempt."""
+    return UpstreamError(
+        f"{provider.name} response broke off: {type(exc).__name__}", retryable=True,
+        kind="connection",
+    )  # fmt: skip
 
 
 def _parse_chunk(provider: Provider, data: str) -> ChatCompletionChunk:

@@ -10,7 +10,8 @@ from typing import Any
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.settings import Settings
 from fusion_engine.testing import FakeUpstream
-from fusion_engine.upstream import Clock, RetryPolicy, UpstreamClient
+from fusion_engine.timing import Clock, RetryPolicy
+from fusion_engine.upstream import UpstreamClient
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.02)

@@ -23,18 +23,16 @@ from yarl import URL
 from fusion_engine.config import Provider
 from fusion_engine.errors import ProviderKeyMissingError, UpstreamError, UpstreamTimeoutError
 from fusion_engine.protocol import ChatCompletionChunk, ChunkAccumulator
+from fusion_engine.provider_errors import error_message, redact, retry_after_seconds
 from fusion_engine.settings import Secret
 from fusion_engine.sse import iter_sse_data
+from fusion_engine.timing import RetryPolicy
 from fusion_engine.upstream import (
     APP_TITLE,
     APP_URL,
-    RetryPolicy,
     UpstreamClient,
-    error_message,
     prepare_body,
-    redact,
     request_headers,
-    retry_after_seconds,
 )
 
 KEY = "sk-secret-123"

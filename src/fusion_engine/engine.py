@@ -35,7 +35,8 @@ from .results import (
     sum_costs,
 )
 from .settings import Settings
-from .upstream import Clock, UpstreamClient, UpstreamReply
+from .timing import Clock
+from .upstream import UpstreamClient, UpstreamReply
 
 log = structlog.get_logger("fusion_engine.engine")
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -23,12 +22,13 @@ import structlog
 from .config import Provider
 from .errors import UpstreamError, UpstreamTimeoutError
 from .protocol import ChatCompletion, ChatCompletionChunk
+from .provider_errors import RETRYABLE_STATUSES, error_from_response, error_message, redact
 from .sse import iter_sse_data
+from .timing import Clock, RetryPolicy, SystemClock
 
 log = structlog.get_logger("fusion_engine.upstream")
 T = TypeVar("T")
 
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 #: Body keys only OpenRouter understands; never sent to a plain OpenAI-compatible server.
 OPENROUTER_ONLY_KEYS = frozenset(
     {
@@ -41,44 +41,6 @@ APP_URL = "https://github.com/fusion-engine/fusion-engine"
 APP_TITLE = "Fusion Engine"
 
 
-class Clock(Protocol):
-    """Time as the retry and deadline logic sees it (injectable so tests are exact)."""
-
-    def monotonic(self) -> float:
-        """Seconds on a monotonic clock."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
-        ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        """Seconds on the event loop's monotonic clock."""
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` on the event loop."""
-        await asyncio.sleep(seconds)
-
-
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """At most ``max_attempts`` attempts; backoff from ``base_s`` doubling, capped, with jitter."""
-
-    max_attempts: int = 3
-    base_s: float = 0.5
-    cap_s: float = 4.0
-    #: Each backoff is reduced by up to this fraction at random, so clients don't retry in step.
-    jitter: float = 0.25
-
-    def backoff(self, retry_number: int, rand: float) -> float:
-        """Delay before retry ``retry_number`` (0-based) given a uniform ``rand`` in [0, 1)."""
-        return min(self.base_s * 2.0**retry_number, self.cap_s) * (1 - self.jitter * rand)
-
-
 class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
     """A successful non-streaming call."""
 
@@ -89,7 +51,6 @@ class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
 
 _decode_completion = msgspec.json.Decoder(ChatCompletion).decode
 _decode_chunk = msgspec.json.Decoder(ChatCompletionChunk).decode
-_decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -353,67 +314,6 @@ def request_headers(provider: Provider) -> dict[str, str]:
             {"HTTP-Referer": APP_URL, "X-OpenRouter-Title": APP_TITLE, "X-Title": APP_TITLE}
         )
     return headers
-
-
-async def error_from_response(
-    provider: Provider, response: aiohttp.ClientResponse
-) -> UpstreamError:
-    """Translate a non-2xx response into an ``UpstreamError`` (any body shape, even HTML)."""
-    status = response.status
-    text = (await response.read()).decode("utf-8", "replace")
-    message = redact(error_message(text) or f"HTTP {status}", provider)
-    should_retry = response.headers.get("x-should-retry", "").lower()
-    retryable = status in RETRYABLE_STATUSES
-    if should_retry in ("true", "false"):
-        retryable = should_retry == "true"
-    kind = "rate_limited" if status == 429 else "http_error"
-    return UpstreamError(
-        f"{provider.name} answered {status}: {message}", status=status, retryable=retryable,
-        retry_after=retry_after_seconds(response.headers), kind=kind,
-    )  # fmt: skip
-
-
-def error_message(text: str) -> str | None:
-    """The human message in an error body of any known shape (OpenAI, OpenRouter, flat, string).
-
-    Non-JSON bodies (a CDN's HTML page) yield ``None``: their text is not worth showing.
-    """
-    try:
-        body = _decode_any(text)
-    except msgspec.DecodeError:
-        return None
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, str):
-            return error
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return None
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """``retry-after-ms`` or ``Retry-After`` (seconds) as seconds; HTTP dates are ignored."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) * scale
-        except ValueError:
-            continue
-        if value >= 0:
-            return value
-    return None
-
-
-def redact(message: str, provider: Provider, *, limit: int = 500) -> str:
-    """Remove the provider's key from a message (in case a provider echoes it), then shorten it.
-
-    Redaction comes first so a key straddling the cut cannot survive as a prefix.
-    """
-    if provider.api_key is not None:
-        message = message.replace(provider.api_key.reveal(), "***")
-    return message if len(message) <= limit else message[:limit] + "…"
 
 
 def _broken_off(provider: Provider, exc: BaseException) -> UpstreamError:

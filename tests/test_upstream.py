@@ -203,7 +203,7 @@ async def collect(
     client: UpstreamClient, provider: Provider = OPENROUTER, *, timeout_s: float = 30
 ) -> list[ChatCompletionChunk]:
     async with aclosing(client.stream(provider, BODY, timeout_s=timeout_s)) as stream:
-        return [c async for c in stream]
+        return [event.chunk async for event in stream]
 
 
 # --- retries and backoff -----------------------------------------------------------------------
@@ -804,7 +804,7 @@ async def test_leaving_a_stream_early_closes_the_response_and_frees_the_slot(
     mocked.post(CHAT_URL, payload=completion())
     async with aclosing(client.stream(limited, BODY, timeout_s=30)) as stream:
         async for first in stream:
-            assert first.choices[0].delta.content == "a"
+            assert first.chunk.choices[0].delta.content == "a"
             break
     assert calls == ["close"]
     async with asyncio.timeout(1):  # a leaked slot would hang here
@@ -897,7 +897,7 @@ async def test_stream_ending_with_neither_done_nor_finish_is_an_error(
     async def consume() -> None:
         async with aclosing(client.stream(OPENROUTER, BODY, timeout_s=30)) as stream:
             async for c in stream:
-                seen.append(c)
+                seen.append(c.chunk)
 
     with pytest.raises(UpstreamError) as caught:
         await consume()

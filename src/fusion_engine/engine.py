@@ -296,11 +296,11 @@ class FusionEngine:
             stream = self.upstream.stream(
                 plan.judge_provider, body, timeout_s=plan.panel.member_timeout_s
             )
-            async for chunk in stream:
-                accumulator.add(chunk)
-                if chunk.choices:
+            async for event in stream:
+                accumulator.add(event.chunk)
+                if event.chunk.choices:
                     relayed = True
-                    notify(JudgeDelta(chunk=chunk))
+                    notify(JudgeDelta(chunk=event.chunk))
         except UpstreamError as error:
             if relayed:
                 raise JudgeFailedError(

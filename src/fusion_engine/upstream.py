@@ -42,11 +42,19 @@ APP_TITLE = "Fusion Engine"
 
 
 class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
-    """A successful non-streaming call."""
+    """A successful non-streaming call; ``raw`` is the body exactly as the provider sent it."""
 
     completion: ChatCompletion
     latency_ms: float
     attempts: int
+    raw: bytes = b""
+
+
+class StreamEvent(msgspec.Struct, frozen=True):
+    """One streamed event: its JSON text as the provider sent it, and the parsed chunk."""
+
+    data: str
+    chunk: ChatCompletionChunk
 
 
 _decode_completion = msgspec.json.Decoder(ChatCompletion).decode
@@ -118,17 +126,19 @@ class UpstreamClient:
         while True:
             attempt += 1
             try:
-                completion = await self._attempt_chat(provider, payload, headers, deadline)
+                completion, raw = await self._attempt_chat(provider, payload, headers, deadline)
             except UpstreamError as error:
                 await self._wait_before_retry(provider, error, attempt, deadline)
                 continue
             latency_ms = (self.clock.monotonic() - started) * 1000
-            return UpstreamReply(completion=completion, latency_ms=latency_ms, attempts=attempt)
+            return UpstreamReply(
+                completion=completion, latency_ms=latency_ms, attempts=attempt, raw=raw
+            )
 
     async def stream(
         self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """Stream a chat completion's chunks as they arrive.
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream a chat completion's events as they arrive.
 
         Connecting is retried like ``chat``; once the first chunk has been yielded nothing is
         retried, and a mid-stream failure raises ``UpstreamError``.
@@ -146,8 +156,8 @@ class UpstreamClient:
                 continue
             break
         try:
-            async for chunk in self._read_chunks(provider, response, deadline):
-                yield chunk
+            async for event in self._read_events(provider, response, deadline):
+                yield event
         except UpstreamError as error:
             error.attempts = attempt
             raise
@@ -159,7 +169,7 @@ class UpstreamClient:
 
     async def _attempt_chat(
         self, provider: Provider, payload: bytes, headers: Mapping[str, str], deadline: float
-    ) -> ChatCompletion:
+    ) -> tuple[ChatCompletion, bytes]:
         response = await self._open(provider, payload, headers, deadline)
         try:
             raw = await self._within(deadline, response.read())
@@ -184,7 +194,7 @@ class UpstreamClient:
             )  # fmt: skip
         if not completion.choices:
             raise UpstreamError(f"{provider.name} sent no choices", kind="invalid_response")
-        return completion
+        return completion, raw
 
     async def _open(
         self, provider: Provider, payload: bytes, headers: Mapping[str, str], deadline: float
@@ -216,9 +226,9 @@ class UpstreamClient:
             raise error
         return response
 
-    async def _read_chunks(
+    async def _read_events(
         self, provider: Provider, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> AsyncIterator[StreamEvent]:
         finished = False
         lines = response.content.__aiter__()
         try:
@@ -227,7 +237,7 @@ class UpstreamClient:
                     return
                 chunk = _parse_chunk(provider, data)
                 finished = finished or any(c.finish_reason for c in chunk.choices)
-                yield chunk
+                yield StreamEvent(data, chunk)
         except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             # HttpProcessingError: an event line longer than the read buffer (LineTooLong).
             raise UpstreamError(

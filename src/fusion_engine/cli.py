@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     panels = commands.add_parser("panels", help="list the panels")
     panels.add_argument("--json", action="store_true", help="print the panels as JSON")
+
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
+    serve.add_argument("--host", help="address to bind (FUSION_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (FUSION_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (FUSION_WORKERS, default 1)")
+    serve.add_argument(
+        "--dev", action="store_true", help="one process with uvicorn, no gunicorn (local use)"
+    )
     return parser
 
 
@@ -65,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "panels":
             return _panels_command(args)
+        if args.command == "serve":
+            return serve(args)
         return asyncio.run(_run_command(args, err))
     except FusionError as error:
         err.print(f"fusion: error: {escape(error.message)}", soft_wrap=True)
@@ -72,6 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("fusion: interrupted")
         return 130
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the configuration here, then hand over to gunicorn (or uvicorn with --dev)."""
+    from .server.serving import run_server
+
+    overrides = {
+        name: str(value)
+        for name, value in (
+            ("FUSION_HOST", args.host), ("FUSION_PORT", args.port),
+            ("FUSION_WORKERS", args.workers),
+        )
+        if value is not None
+    }  # fmt: skip
+    return run_server({**os.environ, **overrides}, dev=args.dev)
 
 
 def _panels_command(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ objects (``Message``) so every field a client sent, known to us or not, reaches 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -17,6 +18,10 @@ from .errors import InvalidRequestError
 
 #: One conversation message exactly as the client sent it (a JSON object).
 Message = dict[str, Any]
+
+_AT_PATH = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_MISSING_FIELD = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -301,3 +306,16 @@ class ChunkAccumulator:
         )
         choice = Choice(message=message, finish_reason=self.finish_reason)
         return ChatCompletion(id=self.id, model=self.model, choices=[choice], usage=self.usage)
+
+
+def split_validation_error(message: str) -> tuple[str | None, str]:
+    """Split msgspec's ``"Expected `int`, got `str` - at `$.a[0].b`"`` into field and problem."""
+    match = _AT_PATH.match(message)
+    problem = match.group("problem") if match else message
+    path = (match.group("path") if match else None) or ""
+    field = path.lstrip(".")
+    for pattern in (_UNKNOWN_FIELD, _MISSING_FIELD):
+        named = pattern.search(problem)
+        if named:
+            field = f"{field}.{named.group('name')}" if field else named.group("name")
+    return (field or None), problem

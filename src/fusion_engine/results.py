@@ -53,7 +53,8 @@ class PanelResponse(msgspec.Struct, kw_only=True, frozen=True):
         return self.error is None and bool(self.content or self.tool_calls)
 
 
-Degraded = Literal["judge_failed", "judge_skipped_single"]
+#: Why the answer is not the judge's: every judge failed and a member answer stands in.
+Degraded = Literal["judge_failed"]
 
 
 class FusionResult(msgspec.Struct, kw_only=True, frozen=True):

@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     log_format: LogFormat = "json"
     prometheus_multiproc_dir: str | None = None
+    #: ``FUSION_KEEPALIVE_S``: how long a fused stream holds its status line, and the interval
+    #: of keep-alive comments after that.
+    keepalive_s: float = 5.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -110,6 +113,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             log_level=(env.get("FUSION_LOG_LEVEL") or "info").lower(),
             log_format=log_format,  # type: ignore[arg-type]  # checked just above
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            keepalive_s=_positive_float(env, "FUSION_KEEPALIVE_S", 5.0),
         )
 
 
@@ -121,3 +125,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from exc
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, not {raw!r}")
+    return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -137,7 +137,7 @@ class UpstreamClient:
 
     async def stream(
         self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Stream a chat completion's events as they arrive.
 
         Connecting is retried like ``chat``; once the first chunk has been yielded nothing is

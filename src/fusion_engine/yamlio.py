@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,12 +9,9 @@ import msgspec
 import yaml
 
 from .errors import ConfigFileError
+from .protocol import split_validation_error
 
 T = TypeVar("T")
-
-_AT_PATH = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
-_MISSING_FIELD = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
 def load_yaml_mapping(path: Path, data: bytes) -> dict[str, Any]:
@@ -52,16 +48,3 @@ def convert_at(value: Any, struct_type: type[T], path: Path, *, prefix: str = ""
 def decode_yaml(path: Path, data: bytes, struct_type: type[T]) -> T:
     """Parse and convert a whole YAML file into ``struct_type``."""
     return convert_at(load_yaml_mapping(path, data), struct_type, path)
-
-
-def split_validation_error(message: str) -> tuple[str | None, str]:
-    """Split msgspec's ``"Expected `int`, got `str` - at `$.a[0].b`"`` into field and problem."""
-    match = _AT_PATH.match(message)
-    problem = match.group("problem") if match else message
-    path = (match.group("path") if match else None) or ""
-    field = path.lstrip(".")
-    for pattern in (_UNKNOWN_FIELD, _MISSING_FIELD):
-        named = pattern.search(problem)
-        if named:
-            field = f"{field}.{named.group('name')}" if field else named.group("name")
-    return (field or None), problem

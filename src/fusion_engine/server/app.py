@@ -1,0 +1,89 @@
+"""``create_app``: the Litestar application, built from settings with no import-time state."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.types import ExceptionHandlersMap
+
+from .. import __version__
+from ..engine import FusionEngine
+from ..settings import Settings
+from .chat import chat_completions
+from .errors import EXCEPTION_HANDLERS
+from .fuse import fuse
+from .gateway import Gateway
+from .info import health, list_models, list_panels, ready, show_panel
+from .request_id import add_request_id
+from .runs import ClientGone
+
+#: nginx's "client closed request": logged, never seen by the client that left.
+CLIENT_CLOSED = 499
+
+
+def create_app(settings: Settings | None = None, *, engine: FusionEngine | None = None) -> Litestar:
+    """Build the gateway.
+
+    Panels, judge templates and the gateway config are loaded here, before the app serves,
+    so a broken set fails at start with a message naming the file and field.
+
+    Args:
+        settings: process settings (default: read from ``os.environ`` once).
+        engine: a ready engine (tests inject one); default: built from the settings.
+
+    Raises:
+        ConfigError: the config, a panel or a judge template is invalid.
+    """
+    settings = settings or Settings.from_environ(os.environ)
+    engine = engine or FusionEngine(settings=settings)
+    gateway = Gateway(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            gateway.draining = True
+            await engine.aclose()
+
+    exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}
+    return Litestar(
+        route_handlers=[
+            chat_completions,
+            fuse,
+            list_models,
+            list_panels,
+            show_panel,
+            health,
+            ready,
+        ],
+        lifespan=[lifespan],
+        state=State({"gateway": gateway}),
+        exception_handlers=exception_handlers,
+        before_send=[add_request_id],
+        request_max_body_size=engine.config.gateway.limits.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Fusion Engine",
+            version=__version__,
+            description="OpenAI-compatible gateway that fuses a panel of models into one answer.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        logging_config=None,
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for ASGI servers (``gunicorn 'fusion_engine.server.app:create_app_from_env()'``)."""
+    return create_app(Settings.from_environ(os.environ))
+
+
+def _client_gone(request: Request[Any, Any, Any], exc: ClientGone) -> Response[bytes]:
+    return Response(content=b"", status_code=CLIENT_CLOSED)

@@ -1,0 +1,148 @@
+"""``POST /v1/chat/completions``: fused for ``fusion/<panel>``, passed through otherwise."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+
+from ..errors import FusionError, InvalidRequestError, PayloadTooLargeError
+from ..plan import MODEL_PREFIX, FusionPlan, PanelArg
+from ..protocol import GenerationParams, split_validation_error
+from .auth import api_key_guard
+from .errors import json_response
+from .gateway import Gateway, gateway_of
+from .passthrough import passthrough
+from .runs import until_disconnect
+from .schema import CHAT_REQUEST_FIELDS, ChatRequest, FusionOptions, completion_of
+from .streaming import fused_stream
+
+_decode = msgspec.json.Decoder().decode
+
+
+@post(
+    "/v1/chat/completions",
+    guards=[api_key_guard],
+    status_code=200,
+    summary="OpenAI-compatible chat completion",
+)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Fuse a panel's answers for ``fusion/<panel>``; pass any other model through."""
+    gateway = gateway_of(request)
+    raw = decode_object(await request.body())
+    chat = parse_chat_request(raw)
+    check_limits(chat, gateway)
+    if not chat.model.startswith(MODEL_PREFIX):
+        return await passthrough(request, gateway, raw, chat)
+    if chat.n is not None and chat.n > 1:
+        raise InvalidRequestError("fused completions return one choice: n must be 1", param="n")
+    options = chat.fusion or FusionOptions()
+    plan = plan_fusion(gateway, chat, options, extra=_extra_fields(raw))
+    model = f"{MODEL_PREFIX}{plan.panel.name}"
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if chat.stream:
+        include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        return await fused_stream(
+            request, gateway, plan,
+            completion_id=completion_id, created=created, model=model,
+            include_usage=include_usage, detail=options.detail,
+        )  # fmt: skip
+    result = await until_disconnect(request, gateway.engine.run(plan))
+    body = completion_of(
+        result, completion_id=completion_id, created=created, model=model, detail=options.detail
+    )
+    headers = {"X-Fusion-Degraded": str(result.degraded)} if result.degraded else None
+    return json_response(body, headers=headers)
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    Raises:
+        InvalidRequestError: not JSON, or not an object.
+    """
+    try:
+        raw = _decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return raw
+
+
+def parse_chat_request(raw: dict[str, Any]) -> ChatRequest:
+    """The typed view of a chat request, with each type error naming its field.
+
+    Raises:
+        InvalidRequestError: a field is missing or of the wrong type.
+    """
+    try:
+        chat = msgspec.convert(raw, ChatRequest)
+    except msgspec.ValidationError as exc:
+        field, problem = split_validation_error(str(exc))
+        raise InvalidRequestError(f"{field}: {problem}" if field else problem, param=field) from exc
+    if chat.stream_options is not None and not chat.stream:
+        raise InvalidRequestError(
+            "stream_options is only allowed with stream: true", param="stream_options"
+        )
+    if not chat.messages:
+        raise InvalidRequestError("'messages' must contain at least one message", param="messages")
+    return chat
+
+
+def check_limits(chat: ChatRequest, gateway: Gateway) -> None:
+    """Refuse requests over the configured list limits (413)."""
+    limits = gateway.config.gateway.limits
+    if len(chat.messages) > limits.max_messages:
+        raise PayloadTooLargeError(
+            f"{len(chat.messages)} messages is over the limit of {limits.max_messages}",
+            param="messages",
+        )
+    if chat.tools is not None and len(chat.tools) > limits.max_tools:
+        raise PayloadTooLargeError(
+            f"{len(chat.tools)} tools is over the limit of {limits.max_tools}", param="tools"
+        )
+
+
+def plan_fusion(
+    gateway: Gateway, chat: ChatRequest, options: FusionOptions, *, extra: dict[str, Any]
+) -> FusionPlan:
+    """Resolve the request into a fusion plan (errors carry the request's field names)."""
+    panel: PanelArg = chat.model
+    if options.models is not None:
+        panel = options.models
+    params = GenerationParams(
+        temperature=chat.temperature,
+        top_p=chat.top_p,
+        seed=chat.seed,
+        max_tokens=chat.max_tokens,
+        max_completion_tokens=chat.max_completion_tokens,
+        stop=chat.stop,
+        response_format=chat.response_format,
+        tools=chat.tools,
+        tool_choice=chat.tool_choice,
+        parallel_tool_calls=chat.parallel_tool_calls,
+        user=chat.user,
+        extra=extra,
+    )
+    try:
+        return gateway.engine.plan(
+            chat.messages,
+            panel=panel,
+            judge_model=options.judge_model,
+            judge_template=options.judge_template,
+            web_search=options.web_search,
+            params=params,
+        )
+    except FusionError as error:
+        if error.param == "panel":
+            error.param = "model"
+        raise
+
+
+def _extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fields the gateway does not read, forwarded to every call unchanged."""
+    return {key: value for key, value in raw.items() if key not in CHAT_REQUEST_FIELDS}

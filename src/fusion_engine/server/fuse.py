@@ -1,0 +1,103 @@
+"""``POST /fuse``: the whole FusionResult as JSON, or SSE progress events with ``stream``.
+
+Events: ``member`` (a PanelResponse as each member finishes), ``judge`` (each delta of the
+judge's text), ``result`` (the final FusionResult) and ``error``. The web UI uses this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from ..errors import InvalidRequestError
+from ..plan import FusionPlan, PanelArg
+from ..protocol import GenerationParams, split_validation_error
+from ..results import JudgeDelta, MemberFinished
+from .auth import api_key_guard
+from .chat import decode_object
+from .errors import error_payload, json_response
+from .gateway import Gateway, gateway_of
+from .runs import Failed, Finished, FusionRun, until_disconnect
+from .schema import FuseRequest
+from .streaming import KEEPALIVE, SSE_HEADERS
+
+_encode = msgspec.json.Encoder().encode
+
+
+@post("/fuse", guards=[api_key_guard], status_code=200, summary="Run a fusion, get every detail")
+async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Fuse a prompt or conversation; the answer is the full FusionResult."""
+    gateway = gateway_of(request)
+    body = parse_fuse_request(decode_object(await request.body()))
+    plan = plan_from(gateway, body)
+    if not body.stream:
+        result = await until_disconnect(request, gateway.engine.run(plan))
+        return json_response(result)
+    run = FusionRun(gateway.engine, plan, stream_judge=True)
+    return Stream(
+        _progress(run, gateway.settings.keepalive_s),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+def parse_fuse_request(raw: dict[str, Any]) -> FuseRequest:
+    """The typed /fuse body; exactly one of prompt and messages.
+
+    Raises:
+        InvalidRequestError: naming the field at fault.
+    """
+    try:
+        body = msgspec.convert(raw, FuseRequest)
+    except msgspec.ValidationError as exc:
+        field, problem = split_validation_error(str(exc))
+        raise InvalidRequestError(f"{field}: {problem}" if field else problem, param=field) from exc
+    if (body.prompt is None) == (body.messages is None):
+        raise InvalidRequestError("give exactly one of 'prompt' and 'messages'", param="prompt")
+    if (body.panel is None) == (body.models is None):
+        raise InvalidRequestError("give exactly one of 'panel' and 'models'", param="panel")
+    return body
+
+
+def plan_from(gateway: Gateway, body: FuseRequest) -> FusionPlan:
+    """The plan for a /fuse body."""
+    panel: PanelArg = body.panel if body.panel is not None else (body.models or [])
+    prompt = body.prompt if body.prompt is not None else (body.messages or [])
+    return gateway.engine.plan(
+        prompt,
+        panel=panel,
+        judge_model=body.judge_model,
+        judge_template=body.judge_template,
+        web_search=body.web_search,
+        params=GenerationParams(tools=body.tools, tool_choice=body.tool_choice),
+    )
+
+
+def _event(name: str, payload: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
+
+
+async def _progress(run: FusionRun, keepalive_s: float) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            item = await run.next_item(keepalive_s)
+            if item is None:
+                yield KEEPALIVE
+            elif isinstance(item, MemberFinished):
+                yield _event("member", item.response)
+            elif isinstance(item, JudgeDelta):
+                text = "".join(choice.delta.content or "" for choice in item.chunk.choices)
+                if text:
+                    yield _event("judge", {"delta": text})
+            elif isinstance(item, Finished):
+                yield _event("result", item.result)
+                return
+            elif isinstance(item, Failed):
+                yield _event("error", error_payload(item.error))
+                return
+    finally:
+        await run.cancel()

@@ -1,0 +1,28 @@
+"""Gunicorn settings for the gateway: uvicorn workers (uvloop when installed), one app per worker.
+
+Used by ``fusion serve`` (``-c python:fusion_engine.server.gunicorn_conf``) and by
+``config/gunicorn.conf.py`` for a plain ``gunicorn -c config/gunicorn.conf.py``. Values come
+from the same environment variables as everything else (FUSION_HOST, FUSION_PORT,
+FUSION_WORKERS, FUSION_LOG_LEVEL).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fusion_engine.settings import Settings
+
+_settings = Settings.from_environ(os.environ)
+
+wsgi_app = "fusion_engine.server.app:create_app_from_env()"
+_host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
+bind = [f"{_host}:{_settings.port}"]
+workers = _settings.workers
+# UvicornWorker runs uvicorn with loop="auto", which picks uvloop when it is installed.
+worker_class = "uvicorn_worker.UvicornWorker"
+# Fusions can take minutes: give in-flight requests time to finish on a graceful stop.
+graceful_timeout = 120
+timeout = 60
+keepalive = 5
+loglevel = _settings.log_level
+accesslog = None

@@ -1,0 +1,100 @@
+"""Read-only routes: models, panels, health and readiness (no key needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get
+
+from ..errors import UnknownPanelError
+from ..panels import Panel
+from ..plan import MODEL_PREFIX
+from .errors import json_response
+from .gateway import gateway_of
+
+
+class ModelCard(msgspec.Struct, frozen=True):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    created: int
+    owned_by: str = "fusion-engine"
+    object: str = "model"
+
+
+class ModelList(msgspec.Struct, frozen=True):
+    """``GET /v1/models``: OpenAI's list shape."""
+
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class PanelList(msgspec.Struct, frozen=True):
+    """``GET /panels``."""
+
+    data: list[Panel]
+    object: str = "list"
+
+
+class Health(msgspec.Struct, frozen=True):
+    """``GET /health``: liveness and what is configured."""
+
+    status: str
+    provider_key_configured: bool
+    panels: int
+    cache: str
+    version: str
+
+
+@get("/v1/models", summary="The fusion panels, as OpenAI models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """One ``fusion/<panel>`` model per loaded panel."""
+    gateway = gateway_of(request)
+    cards = [
+        ModelCard(id=f"{MODEL_PREFIX}{name}", created=gateway.started_at)
+        for name in gateway.engine.panels
+    ]
+    return json_response(ModelList(data=cards))
+
+
+@get("/panels", summary="Every loaded panel")
+async def list_panels(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The panels with members, judge and estimated cost."""
+    return json_response(PanelList(data=list(gateway_of(request).engine.panels.values())))
+
+
+@get("/panels/{name:str}", summary="One panel")
+async def show_panel(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    """One panel by name (``fusion/`` prefix allowed)."""
+    panels = gateway_of(request).engine.panels
+    panel = panels.get(name.removeprefix(MODEL_PREFIX))
+    if panel is None:
+        raise UnknownPanelError(f"unknown panel {name!r}", param="name")
+    return json_response(panel)
+
+
+@get("/health", summary="Liveness")
+async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """200 while the process serves; says whether the provider key is set."""
+    from .. import __version__
+
+    gateway = gateway_of(request)
+    return json_response(
+        Health(
+            status="ok",
+            provider_key_configured=gateway.config.default_provider.api_key is not None,
+            panels=len(gateway.engine.panels),
+            cache=gateway.settings.cache_backend,
+            version=__version__,
+        )
+    )
+
+
+@get("/ready", summary="Readiness")
+async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """200 once panels are loaded (they load before the app serves) unless draining, else 503."""
+    gateway = gateway_of(request)
+    if gateway.draining:
+        return json_response({"status": "unavailable"}, 503)
+    return json_response({"status": "ready"})

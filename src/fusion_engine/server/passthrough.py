@@ -1,0 +1,97 @@
+"""Any model id that is not ``fusion/...`` goes to the passthrough provider, as sent.
+
+Success bodies and stream events go back exactly as the provider sent them, except that a
+usage-only chunk is dropped unless the client asked for ``stream_options.include_usage``. Errors
+are normalised to OpenAI's shape by the error handlers. The client's bearer key is never
+forwarded: the provider's own key is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.response import Stream
+
+from ..config import Provider
+from ..errors import FusionError, NotFoundError
+from ..upstream import StreamEvent
+from .errors import error_payload
+from .gateway import Gateway
+from .runs import until_disconnect
+from .schema import ChatRequest
+from .streaming import DONE, SSE_HEADERS, sse_data
+
+#: An unfused call has no panel budget; this matches the openai SDK's own default timeout.
+PASSTHROUGH_TIMEOUT_S = 600.0
+
+
+def passthrough_provider(gateway: Gateway, model: str) -> Provider:
+    """The provider non-fusion models go to.
+
+    Raises:
+        NotFoundError: passthrough is disabled, so the model is unknown here.
+    """
+    settings = gateway.config.gateway.passthrough
+    if not settings.enabled:
+        raise NotFoundError(
+            f"the model {model!r} does not exist: only fusion/<panel> models are served here",
+            param="model",
+        )
+    name = settings.provider or gateway.config.gateway.default_provider
+    return gateway.config.providers[name]
+
+
+async def passthrough(
+    request: Request[Any, Any, Any], gateway: Gateway, raw: dict[str, Any], chat: ChatRequest
+) -> Response[Any]:
+    """Relay the request to the passthrough provider and its answer back."""
+    provider = passthrough_provider(gateway, chat.model)
+    upstream = gateway.engine.upstream
+    if not chat.stream:
+        reply = await until_disconnect(
+            request, upstream.chat(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S)
+        )
+        return Response(content=reply.raw, media_type=MediaType.JSON)
+    include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+    events = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S)
+    # The first event is awaited before answering, so a provider error before the stream
+    # starts reaches the client as a proper status, not as an in-band event.
+    try:
+        first = await until_disconnect(request, anext(events))
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await events.aclose()
+        raise
+    return Stream(
+        _relay(first, events, include_usage=include_usage),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+async def _relay(
+    first: StreamEvent | None, events: AsyncGenerator[StreamEvent, None], *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    async with aclosing(events):
+        try:
+            if first is not None:
+                for event in _keep(first, include_usage):
+                    yield event
+            async for item in events:
+                for event in _keep(item, include_usage):
+                    yield event
+        except FusionError as error:
+            yield sse_data(error_payload(error))
+            return
+    yield DONE
+
+
+def _keep(event: StreamEvent, include_usage: bool) -> list[bytes]:
+    chunk = event.chunk
+    if not chunk.choices and chunk.usage is not None and not include_usage:
+        return []
+    return [b"data: " + event.data.encode() + b"\n\n"]

@@ -1,0 +1,37 @@
+"""``X-Request-Id`` on every reply: the client's value when it is sane, else a fresh one."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
+
+HEADER = "x-request-id"
+_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def request_id(scope: Scope | dict[str, Any]) -> str:
+    """The request's id, chosen once per request and remembered in the scope's state."""
+    state = scope.setdefault("state", {})
+    chosen: str | None = state.get("request_id")
+    if chosen is None:
+        chosen = _from_headers(scope.get("headers", ())) or uuid.uuid4().hex
+        state["request_id"] = chosen
+    return chosen
+
+
+def _from_headers(headers: Any) -> str | None:
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _ACCEPTABLE.match(text) else None
+    return None
+
+
+async def add_request_id(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: stamp the id on the response start of every HTTP reply."""
+    if message["type"] == "http.response.start":
+        MutableScopeHeaders.from_message(message)[HEADER] = request_id(scope)

@@ -1,0 +1,101 @@
+"""Running a fusion for an HTTP request: in a task, reporting through a queue, cancellable.
+
+Streaming routes read ``FusionRun`` items as they come; non-streaming routes use
+``until_disconnect`` because a non-streaming Litestar handler runs to its end even when the client
+has gone, so we watch the ASGI receive channel for ``http.disconnect`` and cancel the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request
+
+from ..engine import FusionEngine
+from ..errors import FusionError
+from ..plan import FusionPlan
+from ..results import FusionEvent, FusionResult
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected; the work was cancelled and nobody is listening for a reply."""
+
+
+class Finished(msgspec.Struct, frozen=True):
+    """The fusion's result."""
+
+    result: FusionResult
+
+
+class Failed(msgspec.Struct, frozen=True):
+    """The fusion failed with an error the client should see."""
+
+    error: FusionError
+
+
+RunItem = FusionEvent | Finished | Failed
+
+
+class FusionRun:
+    """One fusion running in a task; ``next_item`` yields its events, then Finished or Failed."""
+
+    def __init__(self, engine: FusionEngine, plan: FusionPlan, *, stream_judge: bool) -> None:
+        self._queue: asyncio.Queue[RunItem] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(engine, plan, stream_judge))
+
+    async def _run(self, engine: FusionEngine, plan: FusionPlan, stream_judge: bool) -> None:
+        try:
+            result = await engine.run(
+                plan, listener=self._queue.put_nowait, stream_judge=stream_judge
+            )
+        except FusionError as error:
+            self._queue.put_nowait(Failed(error))
+        else:
+            self._queue.put_nowait(Finished(result))
+
+    async def next_item(self, timeout_s: float) -> RunItem | None:
+        """The next item, or ``None`` if nothing came within ``timeout_s``."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout_s)
+        except TimeoutError:
+            if self._task.done() and self._task.exception() is not None:
+                raise self._task.exception() from None  # type: ignore[misc]
+            return None
+
+    async def cancel(self) -> None:
+        """Stop the fusion and every upstream call it still has open."""
+        if not self._task.done():
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first.
+
+    Raises:
+        ClientGone: the client went away and ``work`` was cancelled.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

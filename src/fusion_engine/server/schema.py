@@ -1,0 +1,238 @@
+"""The gateway's request and response bodies, as msgspec structs.
+
+Requests are decoded twice from one parse: into a raw ``dict`` (every field the client sent, to be
+forwarded) and into a typed struct (what the gateway itself reads). Responses follow the OpenAI
+shapes of ``../shared/wire.md``; ``UNSET`` fields are left out of the JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..protocol import ToolCall
+from ..results import FusionResult, PanelResponse
+
+Detail = Literal["full", "none"]
+
+
+class FusionOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The optional ``fusion`` object of a chat request (the openai SDK's ``extra_body``)."""
+
+    web_search: bool | None = None
+    detail: Detail = "full"
+    models: list[str | dict[str, Any]] | None = None
+    judge_model: str | None = None
+    judge_template: str | None = None
+
+
+class StreamOptions(msgspec.Struct, frozen=True):
+    """``stream_options``; unknown keys (``include_obfuscation``...) are ignored."""
+
+    include_usage: bool = False
+
+
+class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of ``POST /v1/chat/completions`` the gateway reads; others travel in ``extra``."""
+
+    model: str
+    messages: list[Any]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+    fusion: FusionOptions | None = None
+
+
+#: Field names ChatRequest reads; everything else in a request body is forwarded untouched.
+CHAT_REQUEST_FIELDS = frozenset(ChatRequest.__struct_fields__)
+
+
+class FuseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /fuse``: a prompt or messages, and a panel or models."""
+
+    prompt: str | None = None
+    messages: list[Any] | None = None
+    panel: str | None = None
+    models: list[str | dict[str, Any]] | None = None
+    judge_model: str | None = None
+    judge_template: str | None = None
+    web_search: bool | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """OpenAI's error object: all four keys always present."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+class AssistantMessage(msgspec.Struct, frozen=True):
+    """The fused reply's message; ``content`` and ``refusal`` are always present (maybe null)."""
+
+    content: str | None
+    role: str = "assistant"
+    refusal: None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+
+
+class CompletionChoice(msgspec.Struct, frozen=True):
+    """The one choice of a fused reply."""
+
+    message: AssistantMessage
+    finish_reason: str
+    index: int = 0
+    logprobs: None = None
+
+
+class UsageOut(msgspec.Struct, frozen=True):
+    """``usage``: totals over every call of the fusion, with ``cost`` (null when unknown)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float | None
+
+
+class FusionDetail(msgspec.Struct, frozen=True, kw_only=True):
+    """The extra top-level ``fusion`` field: the same data as the library's FusionResult."""
+
+    panel: str | None
+    members: list[PanelResponse]
+    judge: PanelResponse | None
+    judge_attempts: list[PanelResponse]
+    total_cost: float | None
+    total_latency_ms: float
+    degraded: str | None
+    cached: bool
+
+
+class ChatCompletionOut(msgspec.Struct, frozen=True, kw_only=True):
+    """A non-streaming fused ``chat.completion``."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageOut
+    fusion: FusionDetail
+    object: str = "chat.completion"
+    system_fingerprint: None = None
+
+
+class FunctionDeltaOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A tool call's function fragment; the name only in the first fragment."""
+
+    arguments: str = ""
+    name: str | None = None
+
+
+class ToolCallDeltaOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A tool-call fragment; ``id`` and ``type`` only in the first fragment of a call."""
+
+    index: int
+    function: FunctionDeltaOut
+    id: str | None = None
+    type: str | None = None
+
+
+class DeltaOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a chunk adds to the message."""
+
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
+
+
+class ChunkChoiceOut(msgspec.Struct, frozen=True):
+    """The one choice of a fused chunk."""
+
+    delta: DeltaOut
+    finish_reason: str | None = None
+    index: int = 0
+    logprobs: None = None
+
+
+class ChunkOut(msgspec.Struct, frozen=True, kw_only=True):
+    """A fused ``chat.completion.chunk``; ``fusion`` rides on the finishing chunk."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoiceOut]
+    object: str = "chat.completion.chunk"
+    usage: UsageOut | UnsetType = UNSET
+    fusion: FusionDetail | UnsetType = UNSET
+
+
+def usage_of(result: FusionResult) -> UsageOut:
+    """Token and cost totals of a fusion."""
+    return UsageOut(
+        prompt_tokens=result.tokens_in,
+        completion_tokens=result.tokens_out,
+        total_tokens=result.tokens_in + result.tokens_out,
+        cost=result.total_cost,
+    )
+
+
+def fusion_detail(result: FusionResult, detail: Detail) -> FusionDetail:
+    """The ``fusion`` field; ``detail="none"`` drops what members and judges wrote."""
+    members, judge, attempts = result.panel_responses, result.judge_response, result.judge_attempts
+    if detail == "none":
+        members = [_without_text(member) for member in members]
+        attempts = [_without_text(attempt) for attempt in attempts]
+        judge = _without_text(judge) if judge is not None else None
+    return FusionDetail(
+        panel=result.panel,
+        members=members,
+        judge=judge,
+        judge_attempts=attempts,
+        total_cost=result.total_cost,
+        total_latency_ms=result.total_latency_ms,
+        degraded=result.degraded,
+        cached=result.cached,
+    )
+
+
+def _without_text(response: PanelResponse) -> PanelResponse:
+    return msgspec.structs.replace(response, content=None, tool_calls=None, reasoning=None)
+
+
+def completion_of(
+    result: FusionResult, *, completion_id: str, created: int, model: str, detail: Detail
+) -> ChatCompletionOut:
+    """A FusionResult as a ``chat.completion`` with the ``fusion`` field."""
+    message = AssistantMessage(
+        content=result.answer, tool_calls=result.tool_calls if result.tool_calls else UNSET
+    )
+    return ChatCompletionOut(
+        id=completion_id,
+        created=created,
+        model=model,
+        choices=[CompletionChoice(message=message, finish_reason=result.finish_reason)],
+        usage=usage_of(result),
+        fusion=fusion_detail(result, detail),
+    )

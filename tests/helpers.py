@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,3 +86,95 @@ async def eventually(condition: Callable[[], bool], *, timeout_s: float = 5.0) -
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+
+
+class FakeInThread:
+    """A FakeUpstream served from its own thread and event loop.
+
+    End-to-end tests drive the gateway with the blocking openai client; the fake must keep
+    answering meanwhile, so it cannot share the test's loop. Scripting and reading records
+    from the test thread only touches plain lists and dicts.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.fake = FakeUpstream()
+        self._call(self.fake.start())
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def close(self) -> None:
+        self._call(self.fake.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class GatewayProcess:
+    """`fusion serve` (gunicorn + uvicorn worker) in a subprocess, on a free port."""
+
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix="gateway-", suffix=".log", delete=False
+        )
+        full_env = {
+            "PATH": os.environ.get("PATH", ""),
+            **env,
+            "FUSION_HOST": "127.0.0.1",
+            "FUSION_PORT": str(self.port),
+            "FUSION_WORKERS": str(workers),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fusion_engine.cli", "serve"],
+            env=full_env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/ready", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway did not become ready:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> bool:
+    """Poll ``condition`` from a blocking test; True once it holds, False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()

@@ -14,79 +14,25 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from common import ROOT, closed_loop, cpu_seconds, percentile, start_fake, stop
+
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_fake(delay_ms: int) -> tuple[subprocess.Popen[bytes], str]:
-    """The fake upstream in its own process, pinned to CPU 1 where taskset exists."""
-    port = free_port()
-    command = [sys.executable, "-m", "fusion_engine.testing.fake_upstream", "--port", str(port)]
-    command += ["--delay-ms", str(delay_ms)]
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        command = ["taskset", "-c", "1", *command]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{base_url}/models", timeout=1).close()
-            return process, base_url
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("the fake upstream did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run_load(
     engine: FusionEngine, panel: Panel, requests: int, concurrency: int
 ) -> dict[str, float]:
-    latencies: list[float] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for number in range(requests):
-        queue.put_nowait(number)
-
-    async def worker() -> None:
-        while not queue.empty():
-            number = queue.get_nowait()
-            started = time.perf_counter()
-            await engine.fuse(f"question {number}", panel=panel)
-            latencies.append((time.perf_counter() - started) * 1000)
+    async def fuse(number: int) -> None:
+        await engine.fuse(f"question {number}", panel=panel)
 
     cpu_before = time.process_time()
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    elapsed, latencies = await closed_loop(fuse, requests, concurrency)
     return {
         "requests_per_s": requests / elapsed,
         "p50_ms": percentile(latencies, 0.50),
@@ -96,8 +42,8 @@ async def run_load(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    fake, base_url = start_fake(args.delay_ms)
-    if shutil.which("taskset"):
+    fake, base_url = start_fake(args.delay_ms, cpu=1)
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
     settings = Settings.from_environ(
         {
@@ -138,13 +84,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         results["fake_upstream_cpu_s"] = cpu_seconds(fake.pid) - fake_cpu_start
         print(f"fake upstream CPU: {results['fake_upstream_cpu_s']:.1f} s over the whole run")
     finally:
-        fake.terminate()
-        fake.wait(10)
+        stop(fake)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--delay-ms", type=int, default=50)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)

@@ -500,3 +500,14 @@ async def test_system_prompt_is_folded_into_the_judge_instructions(fake: FakeUps
     assert [m["role"] for m in judge_messages] == ["system", "user", "user"]
     assert "Answer in French." in judge_messages[0]["content"]
     assert judge_messages[1] == conversation[1]
+
+
+async def test_streamed_judge_is_bounded_by_its_time_budget(fake: FakeUpstream) -> None:
+    """A judge stream that dribbles past member_timeout_s is cut off, not awaited forever."""
+    fake.script(A, Reply(text="member answer"))
+    fake.script(JUDGE, Reply(text="a b c d e f g h i j k l", chunk_size=2, chunk_delay_s=0.2))
+    async with make_engine(fake) as engine:
+        plan = engine.plan("q", panel=panel(A, member_timeout_s=0.5))
+        with pytest.raises(JudgeFailedError, match="ran out of time"):
+            await engine.run(plan, listener=lambda event: None, stream_judge=True)
+    await eventually(lambda: JUDGE in fake.cancelled)

@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import json
 import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -1209,16 +1209,9 @@ def test_redact() -> None:
 # --- sse.iter_sse_data -------------------------------------------------------------------------
 
 
-def _reader(raw: bytes) -> Callable[[], Any]:
-    lines = iter(raw.splitlines(keepends=True))
-
-    async def read_line() -> bytes:
-        try:
-            return next(lines)
-        except StopIteration:
-            raise StopAsyncIteration from None
-
-    return read_line
+async def _reader(raw: bytes) -> AsyncIterator[bytes]:
+    for line in raw.splitlines(keepends=True):
+        yield line
 
 
 async def _events(raw: bytes) -> list[str]:

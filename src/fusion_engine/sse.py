@@ -7,17 +7,13 @@ still delivered, because a truncated stream's final event is often exactly that.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 
 
-async def iter_sse_data(read_line: Callable[[], Awaitable[bytes]]) -> AsyncIterator[str]:
-    """Yield the data of each event; ``read_line`` raises ``StopAsyncIteration`` at the end."""
+async def iter_sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """Yield the data of each event read from ``lines`` (each ending in LF or CRLF)."""
     data_lines: list[str] = []
-    while True:
-        try:
-            raw = await read_line()
-        except StopAsyncIteration:
-            break
+    async for raw in lines:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line:
             if data_lines:

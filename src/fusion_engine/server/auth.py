@@ -37,7 +37,12 @@ def check_bearer(authorization: str | None, keys: Sequence[Secret]) -> None:
         raise AuthenticationError("invalid API key")
 
 
-def api_key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Litestar guard: the gateway's configured keys must match the request's bearer key."""
+async def api_key_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Litestar guard: the gateway's configured keys must match the request's bearer key.
+
+    Async on purpose: Litestar runs a sync guard in a worker thread, a thread hop per request.
+    """
     keys: tuple[Secret, ...] = connection.app.state.gateway.settings.server_api_keys
     check_bearer(connection.headers.get("authorization"), keys)

@@ -15,10 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its extras
 
-run: $(STAMP) ## show the panels and how to run a fusion (the gateway lands in a later release)
-	$(BIN)/fusion panels
-	@echo
-	@echo 'Run a fusion:  OPENROUTER_API_KEY=sk-or-... $(BIN)/fusion run "Why is the sky blue?" -p budget -v'
+run: $(STAMP) ## run the gateway on http://127.0.0.1:8000 with the in-memory cache
+	FUSION_CACHE=memory $(BIN)/fusion serve --host 127.0.0.1 --port 8000
 
 test: $(STAMP) redis ## run the whole test suite
 	$(BIN)/pytest
@@ -32,8 +30,9 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-bench: $(STAMP) ## measure the engine's overhead against the fake upstream
+bench: $(STAMP) ## measure what the engine and the gateway add over their upstream calls
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_gateway.py
 
 redis: ## make sure a Redis answers on 127.0.0.1:6379 (starts one if needed)
 	@scripts/ensure-redis.sh

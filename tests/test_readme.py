@@ -1,0 +1,95 @@
+"""The README's commands work as printed (against a gateway on the fake upstream)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from .helpers import ROOT, FakeInThread, GatewayProcess
+
+README = (ROOT / "README.md").read_text()
+PRINTED_BASE = "http://127.0.0.1:8000"
+
+
+def code_block(after_heading: str, language: str, *, after_text: str = "") -> str:
+    """The first ```language block following a heading (and a line of text, if given)."""
+    section = README[README.index(after_heading) :]
+    if after_text:
+        section = section[section.index(after_text) :]
+    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    assert match, f"no {language} block after {after_heading!r}"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[GatewayProcess]:
+    upstream = FakeInThread()
+    process = GatewayProcess(
+        {"OPENROUTER_BASE_URL": upstream.fake.base_url, "OPENROUTER_API_KEY": "x"}
+    )
+    yield process
+    process.stop()
+    upstream.close()
+
+
+def test_curl_examples_work(gateway: GatewayProcess) -> None:
+    """Each curl command of "Try it without a key" succeeds and prints what it promises."""
+    script = code_block("### Try it without a key", "sh", after_text="from another terminal")
+    commands = script.replace("\\\n", "").strip().splitlines()
+    assert len(commands) >= 4
+    outputs = []
+    for command in commands:
+        assert command.startswith("curl ")
+        ran = subprocess.run(
+            ["bash", "-c", command.replace(PRINTED_BASE, gateway.base_url) + " --fail-with-body"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ran.returncode == 0, (command, ran.stdout, ran.stderr)
+        outputs.append(ran.stdout)
+    models, completion, stream, fused, health = outputs
+    assert "fusion/budget" in {m["id"] for m in json.loads(models)["data"]}
+    assert json.loads(completion)["object"] == "chat.completion"
+    assert stream.rstrip().endswith("data: [DONE]")
+    assert len(json.loads(fused)["panel_responses"]) == 3
+    assert json.loads(health)["status"] == "ok"
+
+
+def test_quick_start_python_runs(gateway: GatewayProcess) -> None:
+    """The 30-second openai example runs and prints the answer, usage and fusion detail."""
+    code = code_block("## In 30 seconds", "python").replace(PRINTED_BASE, gateway.base_url)
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "'panel': 'budget'" in ran.stdout
+    assert "cost=" in ran.stdout
+
+
+def test_library_example_runs() -> None:
+    """The "As a library" example runs against the fake upstream and prints each member."""
+    upstream = FakeInThread()
+    try:
+        code = code_block("## As a library", "python")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "OPENROUTER_BASE_URL": upstream.fake.base_url,
+            "OPENROUTER_API_KEY": "x",
+        }
+        ran = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=env,
+        )
+    finally:
+        upstream.close()
+    assert ran.returncode == 0, ran.stderr
+    assert "deepseek/deepseek-v4-flash True" in ran.stdout
+    assert "total cost:" in ran.stdout

@@ -1,0 +1,114 @@
+"""Server pieces that need no running server: auth, chunk writing, passthrough switch, binding."""
+
+from __future__ import annotations
+
+import pytest
+
+from fusion_engine.config import GatewayConfig, PassthroughSpec, resolve_config
+from fusion_engine.engine import FusionEngine
+from fusion_engine.errors import AuthenticationError, ConfigError, NotFoundError
+from fusion_engine.protocol import (
+    ChatCompletionChunk,
+    ChunkChoice,
+    Delta,
+    FunctionCallDelta,
+    ToolCallDelta,
+)
+from fusion_engine.server.auth import check_bearer
+from fusion_engine.server.gateway import Gateway
+from fusion_engine.server.passthrough import passthrough_provider
+from fusion_engine.server.request_id import request_id
+from fusion_engine.server.serving import check_auth_binding, is_loopback
+from fusion_engine.server.streaming import ChunkWriter
+from fusion_engine.settings import Secret, Settings
+
+KEYS = (Secret("first-key"), Secret("second-key"))
+
+
+def test_no_keys_means_open() -> None:
+    """Without configured keys every request passes (the bind check guards exposure)."""
+    check_bearer(None, ())
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer nope", "Token first-key", "first-key"]
+)
+def test_bad_or_missing_key_is_refused_without_echo(header: str | None) -> None:
+    """Anything but 'Bearer <configured key>' is refused, and the message never repeats it."""
+    with pytest.raises(AuthenticationError) as raised:
+        check_bearer(header, KEYS)
+    assert "nope" not in raised.value.message
+    assert raised.value.status_code == 401
+
+
+def test_any_configured_key_is_accepted() -> None:
+    """Every configured key works, whatever its position; the scheme is case-insensitive."""
+    check_bearer("Bearer first-key", KEYS)
+    check_bearer("bearer second-key", KEYS)
+
+
+def test_tool_call_fragments_carry_id_and_name_once() -> None:
+    """Even when the upstream repeats id and name, our fragments carry them only once."""
+    writer = ChunkWriter(completion_id="chatcmpl-1", created=1, model="fusion/p")
+
+    def fragment(arguments: str) -> ChatCompletionChunk:
+        call = ToolCallDelta(
+            index=0, id="call_9", type="function",
+            function=FunctionCallDelta(name="lookup", arguments=arguments),
+        )  # fmt: skip
+        return ChatCompletionChunk(choices=[ChunkChoice(delta=Delta(tool_calls=[call]))])
+
+    out = [chunk for part in ('{"q":', '"x"}') for chunk in writer.from_judge(fragment(part))]
+    first, second = (chunk.choices[0].delta.tool_calls or [] for chunk in out)
+    assert (first[0].id, first[0].function.name) == ("call_9", "lookup")
+    assert (second[0].id, second[0].function.name) == (None, None)
+    assert out[0].choices[0].delta.role == "assistant"
+    assert out[1].choices[0].delta.role is None
+    assert {chunk.id for chunk in out} == {"chatcmpl-1"}
+
+
+def test_passthrough_can_be_switched_off() -> None:
+    """With passthrough disabled, a non-fusion model is a 404 naming the model."""
+    config = resolve_config(GatewayConfig(passthrough=PassthroughSpec(enabled=False)), {})
+    engine = FusionEngine(
+        settings=Settings.from_environ({}),
+        config=config,
+        panels={},
+        judge_templates={"default": "x"},
+    )
+    with pytest.raises(NotFoundError) as raised:
+        passthrough_provider(Gateway(engine.settings, engine), "vendor/model")
+    assert raised.value.param == "model"
+    assert "vendor/model" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+     ("0.0.0.0", False), ("10.1.2.3", False), ("example.org", False)],
+)  # fmt: skip
+def test_is_loopback(host: str, loopback: bool) -> None:
+    """Only loopback addresses count as private to this machine."""
+    assert is_loopback(host) is loopback
+
+
+def test_open_gateway_refuses_public_bind() -> None:
+    """No keys on a public address is refused unless explicitly allowed."""
+    with pytest.raises(ConfigError, match="FUSION_SERVER_API_KEYS"):
+        check_auth_binding(Settings.from_environ({"FUSION_HOST": "0.0.0.0"}))
+    check_auth_binding(
+        Settings.from_environ({"FUSION_HOST": "0.0.0.0", "FUSION_ALLOW_NO_AUTH": "1"})
+    )
+    check_auth_binding(
+        Settings.from_environ({"FUSION_HOST": "0.0.0.0", "FUSION_SERVER_API_KEY": "k"})
+    )
+
+
+def test_request_id_is_chosen_once_per_request() -> None:
+    """A sane client id is kept; an unsafe one is replaced; either way it is stable."""
+    scope: dict[str, object] = {"headers": [(b"x-request-id", b"client-id_1.2")]}
+    assert request_id(scope) == "client-id_1.2"
+    unsafe: dict[str, object] = {"headers": [(b"x-request-id", b"x" * 129)]}
+    chosen = request_id(unsafe)
+    assert chosen != "x" * 129
+    assert request_id(unsafe) == chosen

@@ -43,18 +43,24 @@ from common import (
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+ERRORS: dict[str, int] = {}
+
+
 def caller(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], *, stream: bool
 ) -> Callable[[int], Awaitable[None]]:
-    """One request of a workload; fails loudly on a non-200."""
+    """One request of a workload; a non-200 or a broken connection is counted as an error."""
     payload = json.dumps({**body, "stream": stream}).encode()
     headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
 
     async def call(_: int) -> None:
-        async with session.post(url, data=payload, headers=headers) as reply:
-            await reply.read()
-            if reply.status != 200:
-                raise SystemExit(f"{url} answered {reply.status}")
+        try:
+            async with session.post(url, data=payload, headers=headers) as reply:
+                await reply.read()
+                if reply.status != 200:
+                    ERRORS[f"http {reply.status}"] = ERRORS.get(f"http {reply.status}", 0) + 1
+        except aiohttp.ClientError as error:
+            ERRORS[type(error).__name__] = ERRORS.get(type(error).__name__, 0) + 1
 
     return call
 
@@ -119,6 +125,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for concurrency in args.concurrency:
                     figures = await measure(call, args.requests, concurrency, args.repeats, pid)
                     report(results, name, concurrency, figures, rounds)
+        results["errors"] = dict(ERRORS)
+        print(f"errors: {ERRORS or 'none'}")
         results["fake_upstream_cpu_s"] = cpu_seconds(fake.pid) - fake_cpu_start
         print(f"fake upstream CPU over the run: {results['fake_upstream_cpu_s']:.1f} s")
     finally:

@@ -54,6 +54,7 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
             "FUSION_JUDGES_DIR": str(ROOT / "judges"),
             "FUSION_CONFIG": str(FILES / "gateway.yaml"),
             "FUSION_KEEPALIVE_S": "0.5",
+            "FUSION_CACHE": "off",
         }
     )
     yield process

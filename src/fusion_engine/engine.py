@@ -42,6 +42,8 @@ log = structlog.get_logger("fusion_engine.engine")
 
 #: Receives progress events; called synchronously, so it must be quick (queue, print).
 Listener = Callable[[FusionEvent], None]
+#: Told about every upstream call (members, judges, stragglers cancelled at the deadline).
+CallObserver = Callable[[PanelResponse], None]
 
 
 class FusionEngine:
@@ -54,6 +56,7 @@ class FusionEngine:
         judge_templates: ``{name: text}`` (default: the judges directory, or the bundled ones).
         upstream: the upstream client (default: a new one, closed by ``aclose``).
         clock: time source for deadlines (default: the upstream client's).
+        on_call: told about every upstream call, e.g. to record metrics.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class FusionEngine:
         judge_templates: Mapping[str, str] | None = None,
         upstream: UpstreamClient | None = None,
         clock: Clock | None = None,
+        on_call: CallObserver | None = None,
     ) -> None:
         self.settings = settings or Settings.from_environ(os.environ)
         self.config = config or load_config(self.settings)
@@ -81,6 +85,7 @@ class FusionEngine:
         self.panels = dict(panels)
         self.upstream = upstream or UpstreamClient(clock=clock)
         self.clock: Clock = clock or self.upstream.clock
+        self.on_call: CallObserver = on_call or _ignore_call
 
     async def __aenter__(self) -> FusionEngine:
         return self
@@ -240,6 +245,7 @@ class FusionEngine:
                     error_kind="deadline",
                     latency_ms=elapsed_ms,
                 )
+                self.on_call(finished[index])
         return [finished[index] for index in range(len(members))]
 
     async def _ask_member(self, plan: FusionPlan, index: int, member: PanelMember) -> PanelResponse:
@@ -255,8 +261,13 @@ class FusionEngine:
         try:
             reply = await self.upstream.chat(provider, body, timeout_s=timeout_s)
         except UpstreamError as error:
-            return failed_response(index, model, error, (self.clock.monotonic() - started) * 1000)
-        return response_from_reply(index, model, reply)
+            response = failed_response(
+                index, model, error, (self.clock.monotonic() - started) * 1000
+            )
+        else:
+            response = response_from_reply(index, model, reply)
+        self.on_call(response)
+        return response
 
     async def _judge(
         self, plan: FusionPlan, answers: list[PanelResponse], notify: Listener, stream: bool
@@ -385,6 +396,10 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[object]]) -> None:
 
 
 def _ignore(event: FusionEvent) -> None:
+    return None
+
+
+def _ignore_call(response: PanelResponse) -> None:
     return None
 
 

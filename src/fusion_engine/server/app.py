@@ -20,7 +20,9 @@ from .chat import chat_completions
 from .errors import EXCEPTION_HANDLERS
 from .fuse import fuse
 from .gateway import Gateway
-from .info import health, list_models, list_panels, ready, show_panel
+from .info import health, list_models, list_panels, metrics_route, ready, show_panel
+from .logs import configure_logging
+from .observe import request_observer
 from .request_id import add_request_id
 from .runs import ClientGone
 
@@ -45,13 +47,14 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
     engine = engine or FusionEngine(settings=settings)
     gateway = Gateway(settings, engine)
 
+    configure_logging(settings)
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            gateway.draining = True
-            await engine.aclose()
+            await gateway.aclose()
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}
     return Litestar(
@@ -63,7 +66,9 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             show_panel,
             health,
             ready,
+            metrics_route(public=engine.config.gateway.metrics_public),
         ],
+        middleware=[request_observer(gateway.metrics)],
         lifespan=[lifespan],
         state=State({"gateway": gateway}),
         exception_handlers=exception_handlers,

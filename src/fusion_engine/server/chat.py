@@ -15,9 +15,10 @@ from ..protocol import GenerationParams, split_validation_error
 from .auth import api_key_guard
 from .errors import json_response
 from .gateway import Gateway, gateway_of
+from .observe import facts_of, record_result
 from .passthrough import passthrough
 from .runs import until_disconnect
-from .schema import CHAT_REQUEST_FIELDS, ChatRequest, FusionOptions, completion_of
+from .schema import CHAT_REQUEST_FIELDS, ChatRequest, FusionOptions, completion_of, fused_headers
 from .streaming import fused_stream
 
 _decode = msgspec.json.Decoder().decode
@@ -41,21 +42,26 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
         raise InvalidRequestError("fused completions return one choice: n must be 1", param="n")
     options = chat.fusion or FusionOptions()
     plan = plan_fusion(gateway, chat, options, extra=_extra_fields(raw))
+    facts_of(request).panel = plan.panel.name
     model = f"{MODEL_PREFIX}{plan.panel.name}"
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    cache_control = request.headers.get("cache-control")
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         return await fused_stream(
             request, gateway, plan,
             completion_id=completion_id, created=created, model=model,
-            include_usage=include_usage, detail=options.detail,
+            include_usage=include_usage, detail=options.detail, cache_control=cache_control,
         )  # fmt: skip
-    result = await until_disconnect(request, gateway.engine.run(plan))
+    result, outcome = await until_disconnect(
+        request,
+        gateway.cache.run(plan, lambda: gateway.engine.run(plan), cache_control=cache_control),
+    )
+    record_result(facts_of(request), result, outcome)
     body = completion_of(
         result, completion_id=completion_id, created=created, model=model, detail=options.detail
     )
-    headers = {"X-Fusion-Degraded": str(result.degraded)} if result.degraded else None
-    return json_response(body, headers=headers)
+    return json_response(body, headers=fused_headers(result, outcome))
 
 
 def decode_object(body: bytes) -> dict[str, Any]:

@@ -16,13 +16,14 @@ from litestar.response import Stream
 from ..errors import InvalidRequestError
 from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
-from ..results import JudgeDelta, MemberFinished
+from ..results import FusionResult, JudgeDelta, MemberFinished
 from .auth import api_key_guard
 from .chat import decode_object
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
+from .observe import facts_of, record_result
 from .runs import Failed, Finished, FusionRun, until_disconnect
-from .schema import FuseRequest
+from .schema import FuseRequest, fused_headers
 from .streaming import KEEPALIVE, SSE_HEADERS
 
 _encode = msgspec.json.Encoder().encode
@@ -34,15 +35,31 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     gateway = gateway_of(request)
     body = parse_fuse_request(decode_object(await request.body()))
     plan = plan_from(gateway, body)
+    facts = facts_of(request)
+    facts.panel = plan.panel.name
+    cache_control = request.headers.get("cache-control")
     if not body.stream:
-        result = await until_disconnect(request, gateway.engine.run(plan))
-        return json_response(result)
-    run = FusionRun(gateway.engine, plan, stream_judge=True)
+        result, outcome = await until_disconnect(
+            request,
+            gateway.cache.run(plan, lambda: gateway.engine.run(plan), cache_control=cache_control),
+        )
+        record_result(facts, result, outcome)
+        return json_response(result, headers=fused_headers(result, outcome))
+    ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control))
+    headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
+    if ticket.result is not None:
+        record_result(facts, ticket.result, ticket.outcome)
+        return Stream(_single(ticket.result), media_type="text/event-stream", headers=headers)
+    run = FusionRun(gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket)
     return Stream(
         _progress(run, gateway.settings.keepalive_s),
         media_type="text/event-stream",
-        headers=SSE_HEADERS,
+        headers=headers,
     )
+
+
+async def _single(result: FusionResult) -> AsyncIterator[bytes]:
+    yield _event("result", result)
 
 
 def parse_fuse_request(raw: dict[str, Any]) -> FuseRequest:

@@ -1,15 +1,22 @@
-"""What the routes share: the engine, settings and config of one worker."""
+"""What the routes share: the engine, cache, metrics and settings of one worker."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import structlog
 from litestar import Request
 
+from ..cache import ResultCache, build_backend
 from ..config import ResolvedConfig
 from ..engine import FusionEngine
+from ..panels import Panel
+from ..results import PanelResponse
 from ..settings import Settings
+from .metrics import Metrics
+
+log = structlog.get_logger("fusion_engine.upstream")
 
 
 class Gateway:
@@ -18,6 +25,20 @@ class Gateway:
     def __init__(self, settings: Settings, engine: FusionEngine) -> None:
         self.settings = settings
         self.engine = engine
+        self.metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
+        self.refresh_labels()
+        engine.on_call = self.observe_call
+        backend = build_backend(
+            settings.cache_backend,
+            redis_url=settings.redis_url,
+            max_mb=settings.cache_max_mb,
+            on_error=self.metrics.cache_requests.labels("error").inc,
+        )
+        self.cache = ResultCache(
+            backend,
+            settings.cache_ttl_s,
+            on_lookup=lambda result: self.metrics.cache_requests.labels(result).inc(),
+        )
         self.started_at = int(time.time())
         #: Set when the worker is shutting down, so /ready stops attracting traffic.
         self.draining = False
@@ -26,6 +47,43 @@ class Gateway:
     def config(self) -> ResolvedConfig:
         """The resolved gateway config."""
         return self.engine.config
+
+    def refresh_labels(self) -> None:
+        """Metric labels follow the loaded panels (after start and after every reload)."""
+        self.metrics.known_panels = set(self.engine.panels)
+        self.metrics.known_models = configured_models(self.engine.panels.values())
+
+    def observe_call(self, response: PanelResponse) -> None:
+        """Every member and judge call: metrics, and one debug log line."""
+        self.metrics.observe_call(response)
+        log.debug(
+            "upstream_call",
+            model=response.model,
+            ok=response.ok,
+            error_kind=response.error_kind,
+            latency_ms=round(response.latency_ms, 1),
+            tokens_in=response.tokens_in,
+            tokens_out=response.tokens_out,
+            cost_usd=response.cost_usd,
+            attempts=response.attempts,
+        )
+
+    async def aclose(self) -> None:
+        """Stop serving: close the cache and the upstream session."""
+        self.draining = True
+        await self.cache.aclose()
+        await self.engine.aclose()
+
+
+def configured_models(panels: Any) -> set[str]:
+    """Every member, judge and fallback judge slug of ``panels``."""
+    models: set[str] = set()
+    panel: Panel
+    for panel in panels:
+        models.update(member.slug for member in panel.models)
+        models.add(panel.judge_model)
+        models.update(panel.judge_fallback_models)
+    return models
 
 
 def gateway_of(request: Request[Any, Any, Any]) -> Gateway:

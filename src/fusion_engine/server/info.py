@@ -10,6 +10,7 @@ from litestar import Request, Response, get
 from ..errors import UnknownPanelError
 from ..panels import Panel
 from ..plan import MODEL_PREFIX
+from .auth import api_key_guard
 from .errors import json_response
 from .gateway import gateway_of
 
@@ -89,6 +90,18 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
             version=__version__,
         )
     )
+
+
+def metrics_route(*, public: bool) -> Any:
+    """``GET /metrics``; behind the API key when the config says ``metrics_public: false``."""
+
+    @get("/metrics", guards=[] if public else [api_key_guard], summary="Prometheus metrics")
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Every ``fusion_*`` family, summed over the workers."""
+        body, content_type = gateway_of(request).metrics.exposition()
+        return Response(content=body, media_type=content_type)
+
+    return metrics
 
 
 @get("/ready", summary="Readiness")

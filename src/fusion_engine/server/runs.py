@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
+from ..cache import CacheTicket, ResultCache
 from ..engine import FusionEngine
 from ..errors import FusionError
 from ..plan import FusionPlan
@@ -42,10 +43,23 @@ RunItem = FusionEvent | Finished | Failed
 
 
 class FusionRun:
-    """One fusion running in a task; ``next_item`` yields its events, then Finished or Failed."""
+    """One fusion running in a task; ``next_item`` yields its events, then Finished or Failed.
 
-    def __init__(self, engine: FusionEngine, plan: FusionPlan, *, stream_judge: bool) -> None:
+    With a cache ticket, the result is handed to the cache (and to identical requests waiting
+    for it); a failure or cancellation releases them.
+    """
+
+    def __init__(
+        self,
+        engine: FusionEngine,
+        plan: FusionPlan,
+        *,
+        stream_judge: bool,
+        cache: ResultCache | None = None,
+        ticket: CacheTicket | None = None,
+    ) -> None:
         self._queue: asyncio.Queue[RunItem] = asyncio.Queue()
+        self._cache, self._ticket = cache, ticket
         self._task = asyncio.create_task(self._run(engine, plan, stream_judge))
 
     async def _run(self, engine: FusionEngine, plan: FusionPlan, stream_judge: bool) -> None:
@@ -53,10 +67,16 @@ class FusionRun:
             result = await engine.run(
                 plan, listener=self._queue.put_nowait, stream_judge=stream_judge
             )
-        except FusionError as error:
+        except BaseException as error:
+            if self._cache is not None and self._ticket is not None:
+                self._cache.abandon(self._ticket, error)
+            if not isinstance(error, FusionError):
+                raise
             self._queue.put_nowait(Failed(error))
-        else:
-            self._queue.put_nowait(Finished(result))
+            return
+        if self._cache is not None and self._ticket is not None:
+            await self._cache.finish(self._ticket, result)
+        self._queue.put_nowait(Finished(result))
 
     async def next_item(self, timeout_s: float) -> RunItem | None:
         """The next item, or ``None`` if nothing came within ``timeout_s``."""

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ..cache import CacheResult
 from ..protocol import ToolCall
 from ..results import FusionResult, PanelResponse
 
@@ -236,3 +237,11 @@ def completion_of(
         usage=usage_of(result),
         fusion=fusion_detail(result, detail),
     )
+
+
+def fused_headers(result: FusionResult | None, outcome: CacheResult) -> dict[str, str]:
+    """``X-Fusion-Cache``, and ``X-Fusion-Degraded`` when a member answer stood in."""
+    headers: dict[str, str] = {"X-Fusion-Cache": outcome}
+    if result is not None and result.degraded:
+        headers["X-Fusion-Degraded"] = result.degraded
+    return headers

@@ -15,11 +15,13 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
+from ..cache import CacheResult
 from ..plan import FusionPlan
 from ..protocol import ChatCompletionChunk
 from ..results import FusionResult, JudgeDelta, MemberFinished
 from .errors import error_payload, error_response
 from .gateway import Gateway
+from .observe import RequestFacts, facts_of, record_result
 from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
 from .schema import (
     ChunkChoiceOut,
@@ -28,6 +30,7 @@ from .schema import (
     Detail,
     FunctionDeltaOut,
     ToolCallDeltaOut,
+    fused_headers,
     fusion_detail,
     usage_of,
 )
@@ -126,9 +129,22 @@ async def fused_stream(
     model: str,
     include_usage: bool,
     detail: Detail,
+    cache_control: str | None,
 ) -> Response[Any]:
-    """Start the fusion; answer with an SSE stream, or a JSON error if it fails fast."""
-    run = FusionRun(gateway.engine, plan, stream_judge=True)
+    """Answer with an SSE stream: replayed from the cache, or live from a new fusion (or a
+    JSON error if the fusion fails within the hold interval)."""
+    facts = facts_of(request)
+    ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control))
+    facts.cache = ticket.outcome
+    writer = ChunkWriter(completion_id=completion_id, created=created, model=model)
+    headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
+    if ticket.result is not None:
+        record_result(facts, ticket.result, ticket.outcome)
+        replay = _render(
+            Finished(ticket.result), writer, include_usage=include_usage, detail=detail
+        )
+        return Stream(_aiter(replay), media_type="text/event-stream", headers=headers)
+    run = FusionRun(gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket)
     keepalive_s = gateway.settings.keepalive_s
     try:
         held = await until_disconnect(request, _hold(run, keepalive_s))
@@ -137,13 +153,19 @@ async def fused_stream(
         raise
     if held and isinstance(held[-1], Failed):
         return error_response(held[-1].error)
-    writer = ChunkWriter(completion_id=completion_id, created=created, model=model)
-    headers = dict(SSE_HEADERS)
     finished = next((item for item in held if isinstance(item, Finished)), None)
-    if finished is not None and finished.result.degraded:
-        headers["X-Fusion-Degraded"] = finished.result.degraded
-    events = _events(run, held, writer, keepalive_s, include_usage=include_usage, detail=detail)
+    if finished is not None:
+        headers.update(fused_headers(finished.result, ticket.outcome))
+    events = _events(
+        run, held, writer, keepalive_s,
+        include_usage=include_usage, detail=detail, facts=facts, outcome=ticket.outcome,
+    )  # fmt: skip
     return Stream(events, media_type="text/event-stream", headers=headers)
+
+
+async def _aiter(events: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
 
 
 async def _hold(run: FusionRun, keepalive_s: float) -> list[RunItem]:
@@ -169,22 +191,26 @@ async def _events(
     *,
     include_usage: bool,
     detail: Detail,
+    facts: RequestFacts,
+    outcome: CacheResult,
 ) -> AsyncIterator[bytes]:
     """The SSE body; cancelling it (client gone) cancels the fusion."""
+
+    def items() -> Iterator[RunItem]:
+        yield from held
+
     try:
-        for item in held:
+        pending: Iterator[RunItem] = items()
+        while True:
+            item = next(pending, None) or await run.next_item(keepalive_s)
+            if item is None:
+                yield KEEPALIVE
+                continue
+            if isinstance(item, Finished):
+                record_result(facts, item.result, outcome)
             for event in _render(item, writer, include_usage=include_usage, detail=detail):
                 yield event
             if isinstance(item, Finished | Failed):
-                return
-        while True:
-            next_item = await run.next_item(keepalive_s)
-            if next_item is None:
-                yield KEEPALIVE
-                continue
-            for event in _render(next_item, writer, include_usage=include_usage, detail=detail):
-                yield event
-            if isinstance(next_item, Finished | Failed):
                 return
     finally:
         await run.cancel()

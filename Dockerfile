@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+# Fusion Engine gateway image.
+#
+#   docker build -t fusion-engine .
+#   docker run -p 8000:8000 -e OPENROUTER_API_KEY=sk-or-... -e FUSION_SERVER_API_KEYS=key1 fusion-engine
+#
+# The image binds 0.0.0.0, and `fusion serve` refuses a non-loopback address without bearer keys:
+# pass FUSION_SERVER_API_KEYS (or, for a private network only, FUSION_ALLOW_NO_AUTH=1). Keys always
+# come from the environment at run time, never from the image.
+
+# --- builder: the project and its server extra in a venv, from wheels ----------------------------
+FROM python:3.11-slim AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# Dependencies come as binary wheels only (no compiler in either stage); the project itself is
+# pure Python and is built by hatchling in pip's throwaway build environment.
+# (`./[server]` is this directory with its extra: the versions are bounded in pyproject.toml.)
+COPY pyproject.toml README.md ./
+COPY src/ src/
+COPY panels/ panels/
+COPY judges/ judges/
+RUN pip install --no-cache-dir --only-binary=:all: "./[server]"
+
+# --- runtime ---------------------------------------------------------------------------------------
+FROM python:3.11-slim
+
+# The home directory is /tmp, the one writable place under a read-only root filesystem:
+# gunicorn puts its control socket in $HOME/.gunicorn/ (it logs an error when it cannot).
+RUN groupadd --system --gid 10001 fusion \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin fusion
+
+COPY --from=builder /opt/venv /opt/venv
+
+WORKDIR /app
+COPY panels/ /app/panels/
+COPY judges/ /app/judges/
+COPY config/ /app/config/
+# The prometheus-client multiprocess directory must exist and be writable by the workers
+# (Kubernetes mounts an emptyDir here so the root filesystem can stay read-only).
+RUN install -d -o fusion -g fusion -m 0750 /tmp/prometheus
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    FUSION_HOST=0.0.0.0 \
+    FUSION_PORT=8000 \
+    FUSION_PANELS_DIR=/app/panels \
+    FUSION_JUDGES_DIR=/app/judges \
+    FUSION_CONFIG=/app/config/gateway.yaml \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+
+USER 10001:10001
+EXPOSE 8000
+
+# python:3.11-slim has no curl: urllib fails (exit 1) on a refused connection or a non-2xx reply.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+
+ENTRYPOINT ["fusion", "serve"]

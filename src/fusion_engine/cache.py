@@ -1,0 +1,346 @@
+"""The result cache: Redis, a bounded in-memory LRU, or off; key derivation and policy.
+
+The key hashes everything that changes an answer: the panel's effective definition (members,
+judge chain, providers, the judge template's *content*), the conversation, tools and generation
+parameters — so editing a panel or a template never serves a stale answer. Values are
+msgspec-encoded FusionResults. Redis failures fail open: the request is served uncached, the
+failure is counted, and logged at most once per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
+
+import msgspec
+import structlog
+
+from .errors import FusionError
+from .plan import FusionPlan
+from .results import FusionResult
+
+log = structlog.get_logger("fusion_engine.cache")
+
+#: What a lookup did, as the ``X-Fusion-Cache`` header and the metric label say it.
+CacheResult = Literal["hit", "miss", "bypass", "off"]
+KEY_PREFIX = "fusion:result:v1:"
+#: Redis must answer within this long or the request goes on without the cache.
+REDIS_TIMEOUT_S = 0.25
+ERROR_LOG_INTERVAL_S = 30.0
+
+_encode_result = msgspec.msgpack.Encoder().encode
+_decode_result = msgspec.msgpack.Decoder(FusionResult).decode
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+class CacheBackend(Protocol):
+    """Where cached bytes live."""
+
+    @property
+    def name(self) -> Literal["redis", "memory", "off"]:
+        """Which kind of store this is."""
+        ...
+
+    async def get(self, key: str) -> bytes | None:
+        """The stored value, or ``None`` (absent, expired, or the store is unreachable)."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Store ``value`` for ``ttl_s`` seconds (best effort)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class OffCache:
+    """No cache at all."""
+
+    name: Literal["off"] = "off"
+
+    async def get(self, key: str) -> bytes | None:
+        return None
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryCache:
+    """An in-process LRU bounded by the total size of its values, with per-entry expiry."""
+
+    name: Literal["memory"] = "memory"
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._size = 0
+        self._clock = clock
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if expires_at <= self._clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if len(value) > self._max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (self._clock() + ttl_s, value)
+        self._size += len(value)
+        while self._size > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self._size -= len(value)
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the stored values."""
+        return self._size
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self._size = 0
+
+
+class RedisCache:
+    """Redis through ``redis.asyncio``; every failure is swallowed, counted and rate-logged."""
+
+    name: Literal["redis"] = "redis"
+
+    def __init__(self, url: str, *, on_error: Callable[[], None] | None = None) -> None:
+        from redis.asyncio import Redis  # the server extra; imported only when configured
+
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            retry_on_timeout=False,
+        )
+        self._on_error = on_error or (lambda: None)
+        self._last_logged = -ERROR_LOG_INTERVAL_S
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await asyncio.wait_for(self._redis.get(key), REDIS_TIMEOUT_S)
+        except Exception as error:  # fail open: any Redis trouble means "not cached"
+            self._failed("get", error)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        try:
+            await asyncio.wait_for(self._redis.set(key, value, ex=ttl_s), REDIS_TIMEOUT_S)
+        except Exception as error:
+            self._failed("set", error)
+
+    def _failed(self, operation: str, error: BaseException) -> None:
+        self._on_error()
+        now = time.monotonic()
+        if now - self._last_logged >= ERROR_LOG_INTERVAL_S:
+            self._last_logged = now
+            log.warning("cache_unavailable", operation=operation, error=type(error).__name__)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def cache_key(plan: FusionPlan) -> str:
+    """A hash of everything that changes the answer to ``plan`` (pure)."""
+    panel = plan.panel
+    material: dict[str, Any] = {
+        "members": panel.models,
+        "providers": [(p.name, p.kind, p.base_url) for p in plan.member_providers],
+        "judge_chain": plan.judge_chain,
+        "judge_provider": (plan.judge_provider.name, plan.judge_provider.base_url),
+        "judge_template": plan.template,
+        "judge_temperature": panel.judge_temperature,
+        "judge_max_input_tokens": panel.judge_max_input_tokens,
+        "shuffle_answers": panel.shuffle_answers,
+        "skip_judge_if_single": panel.skip_judge_if_single,
+        "min_responses": panel.min_responses,
+        "deadline_s": panel.deadline_s,
+        "provider_options": panel.provider_options,
+        "web_search": plan.web_search,
+        "conversation": plan.conversation,
+        "params": plan.params,
+    }
+    return KEY_PREFIX + hashlib.sha256(_canonical(material)).hexdigest()
+
+
+def cache_policy(plan: FusionPlan, cache_control: str | None) -> tuple[bool, bool]:
+    """Whether to read and whether to write the cache for this request (pure).
+
+    A panel with ``cache: false`` never uses it; web-search answers are fresh by nature, so they
+    are cached only when the panel says ``cache: true`` explicitly. ``Cache-Control: no-cache``
+    skips the read, ``no-store`` the write.
+    """
+    if plan.panel.cache is False or (plan.web_search and plan.panel.cache is not True):
+        return False, False
+    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
+    return "no-cache" not in directives, "no-store" not in directives
+
+
+class CacheTicket(msgspec.Struct, kw_only=True):
+    """One request's dealings with the cache, from ``begin`` to ``finish`` or ``abandon``.
+
+    ``result`` is set on a hit. On a miss this request leads: identical requests arriving
+    meanwhile wait for its result instead of fusing again.
+    """
+
+    outcome: CacheResult
+    result: FusionResult | None = None
+    key: str | None = None
+    write: bool = False
+    leader: asyncio.Future[FusionResult] | None = None
+
+
+class ResultCache:
+    """FusionResults in a backend, with identical concurrent fusions coalesced in-process.
+
+    Args:
+        backend: where values live.
+        ttl_s: entry lifetime.
+        on_lookup: called with each lookup's result (``hit``/``miss``/``bypass``/``off``).
+    """
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        ttl_s: int,
+        *,
+        on_lookup: Callable[[CacheResult], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self._ttl_s = ttl_s
+        self._on_lookup = on_lookup or (lambda result: None)
+        self._inflight: dict[str, asyncio.Future[FusionResult]] = {}
+
+    async def run(
+        self,
+        plan: FusionPlan,
+        fuse: Callable[[], Awaitable[FusionResult]],
+        *,
+        cache_control: str | None = None,
+    ) -> tuple[FusionResult, CacheResult]:
+        """The cached result for ``plan``, or ``fuse()``'s, stored for next time."""
+        ticket = await self.begin(plan, cache_control)
+        if ticket.result is not None:
+            return ticket.result, ticket.outcome
+        try:
+            result = await fuse()
+        except BaseException as error:
+            self.abandon(ticket, error)
+            raise
+        await self.finish(ticket, result)
+        return result, ticket.outcome
+
+    async def begin(self, plan: FusionPlan, cache_control: str | None = None) -> CacheTicket:
+        """Look ``plan`` up: a hit (stored, or an identical fusion finishing meanwhile), or a
+        miss that makes this request the leader for its key."""
+        read, write = cache_policy(plan, cache_control)
+        if self.backend.name == "off" or not (read or write):
+            ticket = CacheTicket(outcome="off" if self.backend.name == "off" else "bypass")
+            self._on_lookup(ticket.outcome)
+            return ticket
+        key = cache_key(plan)
+        if read:
+            hit = await self._read(key)
+            if hit is not None:
+                self._on_lookup("hit")
+                return CacheTicket(outcome="hit", result=hit, key=key)
+        self._on_lookup("miss")
+        leader: asyncio.Future[FusionResult] = asyncio.get_running_loop().create_future()
+        self._inflight.setdefault(key, leader)
+        return CacheTicket(outcome="miss", key=key, write=write, leader=leader)
+
+    async def _read(self, key: str) -> FusionResult | None:
+        stored = await self.lookup(key)
+        if stored is not None:
+            return stored
+        running = self._inflight.get(key)
+        if running is None:
+            return None
+        try:
+            result = await asyncio.shield(running)
+        except _LeaderGone:
+            return None  # the leading request left: this one runs its own fusion
+        return msgspec.structs.replace(result, cached=True)
+
+    async def finish(self, ticket: CacheTicket, result: FusionResult) -> None:
+        """Hand a leader's result to its followers and store it (when allowed)."""
+        self._release(ticket)
+        if ticket.leader is not None and not ticket.leader.done():
+            ticket.leader.set_result(result)
+        if ticket.write and ticket.key is not None:
+            await self.store(ticket.key, result)
+
+    def abandon(self, ticket: CacheTicket, error: BaseException) -> None:
+        """The leader failed: a fusion error fails followers alike (no second spend); a leader
+        that was cancelled (its client left) lets each follower run its own fusion."""
+        self._release(ticket)
+        if ticket.leader is not None and not ticket.leader.done():
+            shared = error if isinstance(error, FusionError) else _LeaderGone()
+            ticket.leader.set_exception(shared)
+            ticket.leader.exception()  # mark retrieved: no "never retrieved" warning
+
+    def _release(self, ticket: CacheTicket) -> None:
+        if ticket.key is not None and self._inflight.get(ticket.key) is ticket.leader:
+            del self._inflight[ticket.key]
+
+    async def lookup(self, key: str) -> FusionResult | None:
+        """The stored result for ``key``, marked ``cached``; a corrupt entry counts as absent."""
+        raw = await self.backend.get(key)
+        if raw is None:
+            return None
+        try:
+            return msgspec.structs.replace(_decode_result(raw), cached=True)
+        except msgspec.DecodeError:
+            log.warning("cache_entry_unreadable", key=key)
+            return None
+
+    async def store(self, key: str, result: FusionResult) -> None:
+        """Store ``result`` under ``key``; degraded answers are not worth keeping."""
+        if result.degraded:
+            return
+        await self.backend.set(key, _encode_result(result), self._ttl_s)
+
+    async def aclose(self) -> None:
+        """Close the backend."""
+        await self.backend.aclose()
+
+
+class _LeaderGone(Exception):
+    """The request that was running a coalesced fusion failed or left."""
+
+
+def build_backend(
+    kind: Literal["redis", "memory", "off"],
+    *,
+    redis_url: str | None,
+    max_mb: int,
+    on_error: Callable[[], None] | None = None,
+) -> CacheBackend:
+    """The backend the settings ask for."""
+    if kind == "redis" and redis_url:
+        return RedisCache(redis_url, on_error=on_error)
+    if kind == "off":
+        return OffCache()
+    return MemoryCache(max_mb * 1024 * 1024)

@@ -1,0 +1,114 @@
+"""Prometheus metrics, defined once, with labels from a closed set.
+
+Hand-written on prometheus-client rather than Litestar's Prometheus plugin because the design
+fixes the family names and labels (``fusion_*``, panel and model from config only). Under
+gunicorn with several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker imports
+prometheus-client, and ``/metrics`` sums every worker through ``MultiProcessCollector``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from ..results import PanelResponse
+
+#: From tens of milliseconds (cache hits, fast models) to minutes (long fusions).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+PASSTHROUGH = "passthrough"
+AD_HOC = "ad-hoc"
+NO_PANEL = "-"
+
+
+class Metrics:
+    """Every ``fusion_*`` family, registered in a registry of their own."""
+
+    def __init__(
+        self,
+        *,
+        known_models: Collection[str] = (),
+        known_panels: Collection[str] = (),
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
+        self.known_models = set(known_models)
+        self.known_panels = set(known_panels)
+        registry = self.registry
+        self.requests = Counter(
+            "fusion_requests_total", "Requests by route, panel and HTTP status.",
+            ["route", "panel", "status"], registry=registry,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "fusion_request_duration_seconds", "Time to the last byte of a reply.",
+            ["route", "panel"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.upstream_requests = Counter(
+            "fusion_upstream_requests_total", "Upstream calls by model and outcome.",
+            ["model", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.upstream_duration = Histogram(
+            "fusion_upstream_duration_seconds", "Upstream call latency, retries included.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.upstream_tokens = Counter(
+            "fusion_upstream_tokens_total", "Tokens by model and kind (prompt, completion).",
+            ["model", "kind"], registry=registry,
+        )  # fmt: skip
+        self.upstream_cost = Counter(
+            "fusion_upstream_cost_usd_total", "Cost the providers reported, in USD.",
+            ["model"], registry=registry,
+        )  # fmt: skip
+        self.cache_requests = Counter(
+            "fusion_cache_requests_total", "Cache lookups by result (error: store unreachable).",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "fusion_inflight_requests", "Requests being served right now.",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.config_reloads = Counter(
+            "fusion_config_reloads_total", "Panel and judge reloads by result (ok, error).",
+            ["result"], registry=registry,
+        )  # fmt: skip
+
+    def model_label(self, model: str) -> str:
+        """A configured member or judge slug as is; anything a request made up is ``ad-hoc``."""
+        return model if model in self.known_models else AD_HOC
+
+    def panel_label(self, panel: str | None) -> str:
+        """A loaded panel's name, or ``-``."""
+        return panel if panel in self.known_panels else NO_PANEL
+
+    def observe_call(self, response: PanelResponse) -> None:
+        """Record one member or judge call."""
+        self.observe_upstream(self.model_label(response.model), response)
+
+    def observe_upstream(self, label: str, response: PanelResponse) -> None:
+        """Record one upstream call under ``label``."""
+        outcome = "ok" if response.ok else (response.error_kind or "error")
+        self.upstream_requests.labels(label, outcome).inc()
+        self.upstream_duration.labels(label).observe(response.latency_ms / 1000)
+        if response.tokens_in:
+            self.upstream_tokens.labels(label, "prompt").inc(response.tokens_in)
+        if response.tokens_out:
+            self.upstream_tokens.labels(label, "completion").inc(response.tokens_out)
+        if response.cost_usd:
+            self.upstream_cost.labels(label).inc(response.cost_usd)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition: every worker's values when running multiprocess."""
+        registry = self.registry
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST

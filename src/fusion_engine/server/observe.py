@@ -1,0 +1,104 @@
+"""Per-request accounting: one log line and the request metrics for every routed request.
+
+An ASGI middleware times the request to its last byte (streams included), reads the status
+from the response start, and takes what the handler learnt (panel, cost, cache result) from
+``RequestFacts`` in the scope state. Log lines carry the request id through structlog's context.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..cache import CacheResult
+from ..results import FusionResult
+from .metrics import Metrics
+from .request_id import request_id
+
+log = structlog.get_logger("fusion_engine.server")
+_FACTS = "fusion_facts"
+
+
+class RequestFacts(msgspec.Struct, kw_only=True):
+    """What a handler learnt about its request, for the log line and the metrics."""
+
+    panel: str | None = None
+    cache: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    degraded: str | None = None
+
+
+def facts_of(request: Request[Any, Any, Any]) -> RequestFacts:
+    """This request's facts, created on first use."""
+    state = request.scope.setdefault("state", {})
+    facts: RequestFacts = state.setdefault(_FACTS, RequestFacts())
+    return facts
+
+
+def request_observer(metrics: Metrics) -> Any:
+    """Litestar middleware factory recording every routed request."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def observed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+            structlog.contextvars.bind_contextvars(request_id=request_id(scope))
+
+            async def watch(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            metrics.inflight.inc()
+            try:
+                await app(scope, receive, watch)
+            finally:
+                metrics.inflight.dec()
+                _account(metrics, scope, status, time.perf_counter() - started)
+                structlog.contextvars.unbind_contextvars("request_id")
+
+        return observed
+
+    return middleware
+
+
+def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
+    facts: RequestFacts = scope.get("state", {}).get(_FACTS) or RequestFacts()
+    handler = scope.get("route_handler")
+    route = sorted(handler.paths)[0] if handler is not None else scope.get("path", "-")
+    panel = metrics.panel_label(facts.panel)
+    metrics.requests.labels(route, panel, str(status)).inc()
+    metrics.request_duration.labels(route, panel).observe(seconds)
+    log.info(
+        "request",
+        method=scope.get("method"),
+        route=route,
+        status=status,
+        latency_ms=round(seconds * 1000, 2),
+        panel=facts.panel,
+        cache=facts.cache,
+        cost_usd=facts.cost_usd,
+        tokens_in=facts.tokens_in,
+        tokens_out=facts.tokens_out,
+        degraded=facts.degraded,
+    )
+
+
+def record_result(facts: RequestFacts, result: FusionResult, outcome: CacheResult) -> None:
+    """Note a fusion's figures for the request's log line."""
+    facts.cache = outcome
+    facts.cost_usd = result.total_cost
+    facts.tokens_in, facts.tokens_out = result.tokens_in, result.tokens_out
+    facts.degraded = result.degraded

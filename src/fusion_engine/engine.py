@@ -72,20 +72,41 @@ class FusionEngine:
     ) -> None:
         self.settings = settings or Settings.from_environ(os.environ)
         self.config = config or load_config(self.settings)
-        if judge_templates is None:
-            judge_templates = load_judge_templates(_directory(self.settings.judges_dir, "judges"))
+        if judge_templates is None or panels is None:
+            loaded_templates, loaded_panels = self.read_definitions()
+            judge_templates = loaded_templates if judge_templates is None else judge_templates
+            panels = loaded_panels if panels is None else panels
         self.judge_templates = dict(judge_templates)
-        if panels is None:
-            panels = load_panels(
-                _directory(self.settings.panels_dir, "panels"),
-                judge_templates=self.judge_templates.keys(),
-                providers=self.config.providers.keys(),
-                max_members=self.config.gateway.limits.max_members,
-            )
         self.panels = dict(panels)
         self.upstream = upstream or UpstreamClient(clock=clock)
         self.clock: Clock = clock or self.upstream.clock
         self.on_call: CallObserver = on_call or _ignore_call
+
+    def read_definitions(self) -> tuple[dict[str, str], dict[str, Panel]]:
+        """Judge templates and panels from their directories (or the bundled copies).
+
+        Raises:
+            ConfigError: a directory is missing, or a file is invalid (named with its field).
+        """
+        templates = load_judge_templates(_directory(self.settings.judges_dir, "judges"))
+        panels = load_panels(
+            _directory(self.settings.panels_dir, "panels"),
+            judge_templates=templates.keys(),
+            providers=self.config.providers.keys(),
+            max_members=self.config.gateway.limits.max_members,
+        )
+        return templates, panels
+
+    def reload(self) -> None:
+        """Re-read templates and panels; on any error the current set stays as it was.
+
+        Raises:
+            ConfigError: the new set is invalid (and was not applied).
+        """
+        templates, panels = self.read_definitions()
+        # Plans already made keep the panel and template text they resolved; new requests
+        # see the whole new set at once.
+        self.judge_templates, self.panels = templates, panels
 
     async def __aenter__(self) -> FusionEngine:
         return self

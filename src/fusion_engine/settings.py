@@ -79,6 +79,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: ``FUSION_KEEPALIVE_S``: how long a fused stream holds its status line, and the interval
     #: of keep-alive comments after that.
     keepalive_s: float = 5.0
+    #: ``FUSION_RELOAD_INTERVAL_S``: how often panels and judge templates are checked for
+    #: edits; ``0`` turns the watch off.
+    reload_interval_s: float = 3.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -114,6 +117,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             log_format=log_format,  # type: ignore[arg-type]  # checked just above
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             keepalive_s=_positive_float(env, "FUSION_KEEPALIVE_S", 5.0),
+            reload_interval_s=_float(env, "FUSION_RELOAD_INTERVAL_S", 3.0),
         )
 
 
@@ -127,7 +131,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from exc
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -135,6 +139,13 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, not {raw!r}")
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, not {raw!r}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value == 0:
+        raise ConfigError(f"{name} must be greater than 0")
     return value

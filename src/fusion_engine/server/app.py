@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from .gateway import Gateway
 from .info import health, list_models, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
 from .observe import request_observer
+from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone
 
@@ -51,9 +53,15 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        watcher = None
+        if settings.reload_interval_s > 0:
+            watcher = asyncio.create_task(watch_definitions(gateway, settings.reload_interval_s))
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await gateway.aclose()
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}

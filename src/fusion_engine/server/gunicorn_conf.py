@@ -26,3 +26,11 @@ timeout = 60
 keepalive = 5
 loglevel = _settings.log_level
 accesslog = None
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker exited: its live gauges must stop counting in the multiprocess sum."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

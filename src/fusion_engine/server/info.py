@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
@@ -46,6 +47,8 @@ class Health(msgspec.Struct, frozen=True):
     panels: int
     cache: str
     version: str
+    #: The worker process that answered (several workers share one port).
+    pid: int
 
 
 @get("/v1/models", summary="The fusion panels, as OpenAI models")
@@ -88,6 +91,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
             panels=len(gateway.engine.panels),
             cache=gateway.settings.cache_backend,
             version=__version__,
+            pid=os.getpid(),
         )
     )
 

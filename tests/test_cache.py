@@ -1,0 +1,382 @@
+"""The result cache: the same tests against the in-memory LRU and a real Redis, key derivation,
+policy, coalescing, and failing open when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import msgspec
+import pytest
+
+from fusion_engine.cache import (
+    CacheBackend,
+    MemoryCache,
+    OffCache,
+    RedisCache,
+    ResultCache,
+    cache_key,
+    cache_policy,
+)
+from fusion_engine.config import GatewayConfig, resolve_config
+from fusion_engine.errors import PanelFailedError
+from fusion_engine.panels import Panel, PanelMember
+from fusion_engine.plan import FusionPlan, make_plan
+from fusion_engine.protocol import GenerationParams
+from fusion_engine.results import FusionResult, PanelResponse
+
+from .helpers import free_port, wait_until
+
+REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own; tests never flush anything
+CONFIG = resolve_config(GatewayConfig(), {"OPENROUTER_API_KEY": "k"})
+TEMPLATES = {"default": "Judge well.", "tool_synthesis": "Pick the next tool call."}
+
+
+def redis_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def plan_for(
+    question: str = "q",
+    *,
+    members: tuple[str, ...] = ("a/one", "b/two"),
+    templates: dict[str, str] | None = None,
+    params: GenerationParams | None = None,
+    **panel_options: object,
+) -> FusionPlan:
+    panel = Panel(
+        name=str(panel_options.pop("name", "p")),
+        models=[PanelMember(slug=slug) for slug in members],
+        judge_model="j/judge",
+        **panel_options,  # type: ignore[arg-type]
+    )
+    return make_plan(
+        [{"role": "user", "content": question}],
+        panel=panel,
+        panels={},
+        templates=templates or TEMPLATES,
+        config=CONFIG,
+        params=params,
+    )
+
+
+def result(answer: str = "fused", **fields: object) -> FusionResult:
+    member = PanelResponse(index=0, model="a/one", content="x", cost_usd=0.001)
+    return FusionResult(answer=answer, panel_responses=[member], total_cost=0.001, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
+    """Each cache test runs against the in-memory LRU and a real Redis."""
+    if request.param == "memory":
+        yield MemoryCache(max_bytes=1 << 20)
+        return
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    redis = RedisCache(REDIS_URL)
+    yield redis
+    await redis.aclose()
+
+
+# --- key and policy (pure) -------------------------------------------------------------------
+
+
+def test_key_is_stable_for_the_same_request() -> None:
+    """Two identical requests share a key; the panel's name and description do not matter."""
+    assert cache_key(plan_for()) == cache_key(plan_for())
+    assert cache_key(plan_for(name="x", description="a")) == cache_key(plan_for(name="y"))
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        lambda: plan_for("another question"),
+        lambda: plan_for(members=("a/one", "c/three")),
+        lambda: plan_for(members=("b/two", "a/one")),
+        lambda: plan_for(templates={"default": "Judge differently.", "tool_synthesis": "x"}),
+        lambda: plan_for(params=GenerationParams(temperature=0.1)),
+        lambda: plan_for(
+            params=GenerationParams(tools=[{"type": "function", "function": {"name": "f"}}])
+        ),
+        lambda: plan_for(params=GenerationParams(extra={"logit_bias": {"1": 1}})),
+        lambda: plan_for(judge_fallback_models=["j/backup"]),
+        lambda: plan_for(judge_temperature=0.0),
+    ],
+)
+def test_key_changes_with_whatever_changes_the_answer(changed: object) -> None:
+    """Question, members, order, template text, parameters, tools and judge settings all count."""
+    assert callable(changed)
+    assert cache_key(changed()) != cache_key(plan_for())
+
+
+def test_policy() -> None:
+    """Cache-Control and the panel's cache/web_search settings decide reads and writes."""
+    assert cache_policy(plan_for(), None) == (True, True)
+    assert cache_policy(plan_for(), "no-cache") == (False, True)
+    assert cache_policy(plan_for(), "max-age=0, no-store") == (True, False)
+    assert cache_policy(plan_for(cache=False), None) == (False, False)
+    assert cache_policy(plan_for(web_search=True), None) == (False, False)
+    assert cache_policy(plan_for(web_search=True, cache=True), None) == (True, True)
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+async def test_round_trip_and_miss(backend: CacheBackend) -> None:
+    """A stored value comes back; an unknown key is a miss."""
+    key = f"fusion:test:{uuid.uuid4().hex}"
+    assert await backend.get(key) is None
+    await backend.set(key, b"value", 60)
+    assert await backend.get(key) == b"value"
+
+
+async def test_entries_expire() -> None:
+    """Memory entries expire after their TTL (on the injected clock)."""
+    now = [100.0]
+    cache = MemoryCache(max_bytes=1000, clock=lambda: now[0])
+    await cache.set("k", b"v", 10)
+    now[0] += 9.9
+    assert await cache.get("k") == b"v"
+    now[0] += 0.2
+    assert await cache.get("k") is None
+    assert cache.size_bytes == 0
+
+
+async def test_redis_entries_carry_the_ttl() -> None:
+    """Redis entries are written with FUSION_CACHE_TTL_S as their expiry."""
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    from redis.asyncio import Redis
+
+    cache = ResultCache(RedisCache(REDIS_URL), ttl_s=123)
+    plan = plan_for(f"ttl {uuid.uuid4().hex}")
+    await cache.run(plan, lambda: _resolved(result()))
+    client = Redis.from_url(REDIS_URL)
+    try:
+        assert 120 <= await client.ttl(cache_key(plan)) <= 123
+    finally:
+        await client.aclose()
+        await cache.aclose()
+
+
+async def test_memory_cache_is_bounded_and_least_recently_used_goes_first() -> None:
+    """Past its byte limit the LRU drops the entry used longest ago."""
+    cache = MemoryCache(max_bytes=30)
+    await cache.set("a", b"x" * 10, 60)
+    await cache.set("b", b"x" * 10, 60)
+    await cache.set("c", b"x" * 10, 60)
+    await cache.get("a")  # a is now the most recent
+    await cache.set("d", b"x" * 10, 60)
+    assert await cache.get("b") is None
+    assert await cache.get("a") is not None
+    assert cache.size_bytes <= 30
+    await cache.set("huge", b"x" * 31, 60)
+    assert await cache.get("huge") is None
+
+
+# --- ResultCache ---------------------------------------------------------------------------------
+
+
+async def _resolved(value: FusionResult) -> FusionResult:
+    return value
+
+
+async def test_miss_then_hit(backend: CacheBackend) -> None:
+    """The first request fuses and stores; the second is served from the cache, marked cached."""
+    outcomes: list[str] = []
+    cache = ResultCache(backend, ttl_s=60, on_lookup=outcomes.append)
+    plan = plan_for(f"hit {uuid.uuid4().hex}")
+    calls = 0
+
+    async def fuse() -> FusionResult:
+        nonlocal calls
+        calls += 1
+        return result()
+
+    first, first_outcome = await cache.run(plan, fuse)
+    second, second_outcome = await cache.run(plan, fuse)
+    assert (first_outcome, second_outcome) == ("miss", "hit")
+    assert calls == 1
+    assert second.answer == first.answer and second.cached and not first.cached
+    assert second.panel_responses == first.panel_responses
+    assert outcomes == ["miss", "hit"]
+
+
+async def test_no_cache_and_no_store(backend: CacheBackend) -> None:
+    """no-store fuses without storing; no-cache fuses again and refreshes the entry."""
+    cache = ResultCache(backend, ttl_s=60)
+    plan = plan_for(f"cc {uuid.uuid4().hex}")
+    await cache.run(plan, lambda: _resolved(result("first")), cache_control="no-store")
+    assert await cache.lookup(cache_key(plan)) is None
+    await cache.run(plan, lambda: _resolved(result("second")))
+    refreshed, outcome = await cache.run(
+        plan, lambda: _resolved(result("third")), cache_control="no-cache"
+    )
+    assert (refreshed.answer, outcome) == ("third", "miss")
+    stored = await cache.lookup(cache_key(plan))
+    assert stored is not None and stored.answer == "third"
+
+
+async def test_bypass_and_off() -> None:
+    """A panel with cache: false bypasses; the off backend says off."""
+    bypassed = ResultCache(MemoryCache(1 << 20), ttl_s=60)
+    _, outcome = await bypassed.run(plan_for(cache=False), lambda: _resolved(result()))
+    assert outcome == "bypass"
+    _, outcome = await bypassed.run(plan_for(cache=False), lambda: _resolved(result()))
+    assert outcome == "bypass"
+    _, off = await ResultCache(OffCache(), ttl_s=60).run(plan_for(), lambda: _resolved(result()))
+    assert off == "off"
+
+
+async def test_degraded_results_are_not_stored(backend: CacheBackend) -> None:
+    """A stand-in answer (judge failed) is served but not kept."""
+    cache = ResultCache(backend, ttl_s=60)
+    plan = plan_for(f"degraded {uuid.uuid4().hex}")
+    await cache.run(plan, lambda: _resolved(result(degraded="judge_failed")))
+    assert await cache.lookup(cache_key(plan)) is None
+
+
+async def test_corrupt_entry_counts_as_a_miss(backend: CacheBackend) -> None:
+    """Garbage under a key is ignored, not an error."""
+    cache = ResultCache(backend, ttl_s=60)
+    plan = plan_for(f"corrupt {uuid.uuid4().hex}")
+    await backend.set(cache_key(plan), b"\x00not msgpack", 60)
+    fused, outcome = await cache.run(plan, lambda: _resolved(result("fresh")))
+    assert (fused.answer, outcome) == ("fresh", "miss")
+
+
+async def test_identical_concurrent_requests_are_coalesced(backend: CacheBackend) -> None:
+    """Five identical requests at once run one fusion; the others get its result."""
+    cache = ResultCache(backend, ttl_s=60)
+    plan = plan_for(f"coalesce {uuid.uuid4().hex}")
+    calls = 0
+    release = asyncio.Event()
+
+    async def slow_fuse() -> FusionResult:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return result("shared")
+
+    tasks = [asyncio.create_task(cache.run(plan, slow_fuse)) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    release.set()
+    outcomes = await asyncio.gather(*tasks)
+    assert calls == 1
+    assert {fused.answer for fused, _ in outcomes} == {"shared"}
+    assert sorted(outcome for _, outcome in outcomes) == ["hit", "hit", "hit", "hit", "miss"]
+
+
+async def test_failed_leader_fails_followers_without_a_second_spend() -> None:
+    """If the coalesced fusion fails, the waiting requests get the same error."""
+    cache = ResultCache(MemoryCache(1 << 20), ttl_s=60)
+    plan = plan_for()
+    calls = 0
+    release = asyncio.Event()
+
+    async def failing() -> FusionResult:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        raise PanelFailedError("every panel member failed")
+
+    tasks = [asyncio.create_task(cache.run(plan, failing)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert calls == 1
+    assert all(isinstance(outcome, PanelFailedError) for outcome in outcomes)
+
+
+async def test_cancelled_leader_lets_a_follower_run() -> None:
+    """If the leading request is cancelled (client gone), a waiting request fuses itself."""
+    cache = ResultCache(MemoryCache(1 << 20), ttl_s=60)
+    plan = plan_for()
+    started = asyncio.Event()
+
+    async def never() -> FusionResult:
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    leader = asyncio.create_task(cache.run(plan, never))
+    await started.wait()
+    follower = asyncio.create_task(cache.run(plan, lambda: _resolved(result("own"))))
+    await asyncio.sleep(0.02)
+    leader.cancel()
+    fused, outcome = await asyncio.wait_for(follower, 5)
+    assert (fused.answer, outcome) == ("own", "miss")
+
+
+# --- Redis going away ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of this test's own, on a free port (the shared one is never touched)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    assert wait_until(lambda: _answers(port), timeout_s=10)
+    yield process, f"redis://127.0.0.1:{port}/0"
+    process.kill()
+    process.wait(5)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+async def test_redis_stopped_mid_test_fails_open(
+    private_redis: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    """Redis dies: lookups and stores fail quietly, requests are still served, errors counted."""
+    process, url = private_redis
+    errors = 0
+
+    def count() -> None:
+        nonlocal errors
+        errors += 1
+
+    cache = ResultCache(RedisCache(url, on_error=count), ttl_s=60)
+    plan = plan_for("fail open")
+    await cache.run(plan, lambda: _resolved(result("before")))
+    cached, outcome = await cache.run(plan, lambda: _resolved(result("unused")))
+    assert outcome == "hit" and cached.answer == "before"
+    process.kill()
+    process.wait(5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    served, outcome = await cache.run(plan, lambda: _resolved(result("after")))
+    assert (served.answer, outcome) == ("after", "miss")
+    assert errors >= 2  # the failed read and the failed write
+    assert loop.time() - started < 2  # short timeouts, not a hang
+    await cache.aclose()
+
+
+def test_results_survive_the_cache_encoding() -> None:
+    """What the cache stores decodes to the same FusionResult (tool calls included)."""
+    from fusion_engine.protocol import FunctionCall, ToolCall
+
+    original = result(
+        tool_calls=[ToolCall(id="c", function=FunctionCall(name="f", arguments="{}"))]
+    )
+    encoded = msgspec.msgpack.encode(original)
+    assert msgspec.msgpack.decode(encoded, type=FusionResult) == original

@@ -39,3 +39,7 @@ redis: ## make sure a Redis answers on 127.0.0.1:6379 (starts one if needed)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: deploy-configmaps
+deploy-configmaps: $(STAMP) ## regenerate deploy/*-configmap.yaml from panels/ and judges/
+	$(BIN)/python scripts/k8s_configmaps.py

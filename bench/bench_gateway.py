@@ -7,6 +7,7 @@ worker), then drives them from this process with aiohttp at several concurrencie
   parallel, then the judge).
 - ``fused-stream``: the same, streamed, timed to the last byte.
 - ``passthrough``: a plain model through the gateway, against ``direct`` calls to the fake.
+- ``cache-hit``: the fused request answered from the gateway's in-memory cache.
 
 ``added`` compares each workload with the same number of sequential ``direct`` calls at the same
 concurrency, so the fake's own overhead is not charged to the gateway.
@@ -47,11 +48,22 @@ ERRORS: dict[str, int] = {}
 
 
 def caller(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], *, stream: bool
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    *,
+    stream: bool,
+    cached: bool = False,
 ) -> Callable[[int], Awaitable[None]]:
-    """One request of a workload; a non-200 or a broken connection is counted as an error."""
+    """One request of a workload; a non-200 or a broken connection is counted as an error.
+
+    Unless ``cached``, the request tells the gateway to neither read nor write its cache, so
+    every request really fuses.
+    """
     payload = json.dumps({**body, "stream": stream}).encode()
     headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+    if not cached:
+        headers["Cache-Control"] = "no-cache, no-store"
 
     async def call(_: int) -> None:
         try:
@@ -99,6 +111,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "FUSION_PANELS_DIR": str(ROOT / "bench" / "panels"),
             "FUSION_JUDGES_DIR": str(ROOT / "judges"),
             "FUSION_CONFIG": str(ROOT / "config" / "gateway.yaml"),
+            "FUSION_CACHE": "memory",
         },
         cpu=0,
     )
@@ -118,6 +131,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "passthrough": (caller(session, chat_url, single, stream=False), 1, gateway.pid),
                 "fused": (caller(session, chat_url, fused, stream=False), 2, gateway.pid),
                 "fused-stream": (caller(session, chat_url, fused, stream=True), 2, gateway.pid),
+                "cache-hit": (
+                    caller(session, chat_url, fused, stream=False, cached=True),
+                    0,
+                    gateway.pid,
+                ),
             }
             for call, _, _ in workloads.values():
                 await closed_loop(call, 30, 5)  # warm-up: connections, caches

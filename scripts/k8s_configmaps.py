@@ -64,7 +64,9 @@ def render(name: str, root: Path = ROOT) -> str:
         },
         "data": configmap_data(root / folder, pattern),
     }
-    body = yaml.dump(manifest, Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=1000)
+    body = yaml.dump(
+        manifest, Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=1000
+    )
     return HEADER.format(folder=folder, pattern=pattern) + body
 
 
@@ -83,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.check:
             path.write_text(text, encoding="utf-8")
     if args.check and stale:
-        print(f"out of date: {', '.join(map(str, stale))} (run make deploy-configmaps)", file=sys.stderr)
+        print(
+            f"out of date: {', '.join(map(str, stale))} (run make deploy-configmaps)",
+            file=sys.stderr,
+        )
         return 1
     for path in stale if not args.check else ():
         print(f"wrote {path}")

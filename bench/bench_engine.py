@@ -11,15 +11,12 @@ engine itself costs. Each configuration runs ``--repeats`` times; medians are qu
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from common import ROOT, closed_loop, cpu_seconds, percentile, start_fake, stop
+from common import ROOT, closed_loop, cpu_seconds, percentile, run_benchmark, start_fake, stop
 
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.settings import Settings
@@ -89,16 +86,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--delay-ms", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    results = asyncio.run(main_async(args))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    run_benchmark(__doc__, main_async, requests=200)
 
 
 if __name__ == "__main__":

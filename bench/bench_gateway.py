@@ -21,12 +21,10 @@ runs ``--repeats`` times; medians are reported.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,6 +34,7 @@ from common import (
     cpu_seconds,
     percentile,
     process_tree_cpu,
+    run_benchmark,
     start_fake,
     start_gateway,
     stop,
@@ -178,16 +177,7 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--delay-ms", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    results = asyncio.run(main_async(args))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    run_benchmark(__doc__, main_async, requests=300)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -10,8 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,3 +133,22 @@ async def closed_loop(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - started, latencies
+
+
+def run_benchmark(
+    doc: str | None,
+    main_async: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+    *,
+    requests: int,
+) -> None:
+    """The shared command line of the benches: parse, run, optionally write JSON."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--delay-ms", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    results = asyncio.run(main_async(args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import structlog
 
 from .config import Provider, ResolvedConfig, load_config
@@ -397,16 +398,8 @@ def _check_verdict(verdict: PanelResponse) -> PanelResponse:
     problem = invalid_tool_call(verdict.tool_calls) if verdict.ok else None
     if problem is None:
         return verdict
-    return PanelResponse(
-        index=verdict.index,
-        model=verdict.model,
-        tokens_in=verdict.tokens_in,
-        tokens_out=verdict.tokens_out,
-        latency_ms=verdict.latency_ms,
-        cost_usd=verdict.cost_usd,
-        error=problem,
-        error_kind="invalid_response",
-        attempts=verdict.attempts,
+    return msgspec.structs.replace(
+        verdict, content=None, tool_calls=None, error=problem, error_kind="invalid_response"
     )
 
 

@@ -192,14 +192,8 @@ def message_text(message: Message) -> str:
     return ""
 
 
-class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
-    """Request fields besides the conversation, routed as the design says.
-
-    Sampling (``temperature``, ``top_p``, ``seed``) goes to members, a member's own value
-    winning; ``response_format``, ``stop`` and the token limits shape the final answer, so they go
-    to the judge; ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``user`` go to both.
-    ``extra`` holds fields the gateway does not know, forwarded to every call unchanged.
-    """
+class GenerationFields(msgspec.Struct, frozen=True, kw_only=True):
+    """The request fields besides the conversation that shape the calls (the wire names)."""
 
     temperature: float | None = None
     top_p: float | None = None
@@ -212,7 +206,24 @@ class GenerationParams(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = None
+
+
+class GenerationParams(GenerationFields, frozen=True, kw_only=True):
+    """Request fields besides the conversation, routed as the design says.
+
+    Sampling (``temperature``, ``top_p``, ``seed``) goes to members, a member's own value
+    winning; ``response_format``, ``stop`` and the token limits shape the final answer, so they go
+    to the judge; ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``user`` go to both.
+    ``extra`` holds fields the gateway does not know, forwarded to every call unchanged.
+    """
+
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, fields: GenerationFields, extra: dict[str, Any]) -> GenerationParams:
+        """The parameters of a request struct that carries the generation fields."""
+        values = {name: getattr(fields, name) for name in GenerationFields.__struct_fields__}
+        return cls(**values, extra=extra)
 
     def member_fields(self) -> dict[str, Any]:
         """Fields for a member call (before the member's own overrides)."""

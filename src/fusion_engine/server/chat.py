@@ -120,20 +120,7 @@ def plan_fusion(
     panel: PanelArg = chat.model
     if options.models is not None:
         panel = options.models
-    params = GenerationParams(
-        temperature=chat.temperature,
-        top_p=chat.top_p,
-        seed=chat.seed,
-        max_tokens=chat.max_tokens,
-        max_completion_tokens=chat.max_completion_tokens,
-        stop=chat.stop,
-        response_format=chat.response_format,
-        tools=chat.tools,
-        tool_choice=chat.tool_choice,
-        parallel_tool_calls=chat.parallel_tool_calls,
-        user=chat.user,
-        extra=extra,
-    )
+    params = GenerationParams.from_fields(chat, extra)
     try:
         return gateway.engine.plan(
             chat.messages,

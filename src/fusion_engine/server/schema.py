@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..cache import CacheResult
-from ..protocol import ToolCall
+from ..protocol import GenerationFields, ToolCall
 from ..results import FusionResult, PanelResponse
 
 Detail = Literal["full", "none"]
@@ -35,7 +35,7 @@ class StreamOptions(msgspec.Struct, frozen=True):
     include_usage: bool = False
 
 
-class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
+class ChatRequest(GenerationFields, frozen=True, kw_only=True):
     """The fields of ``POST /v1/chat/completions`` the gateway reads; others travel in ``extra``."""
 
     model: str
@@ -43,17 +43,6 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    stop: str | list[str] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    user: str | None = None
     fusion: FusionOptions | None = None
 
 

@@ -836,3 +836,22 @@ async def test_module_runs_as_a_server(tmp_path: Path, session: aiohttp.ClientSe
         returncode = await asyncio.wait_for(process.wait(), timeout=5)
     assert returncode == 0
     assert b"RuntimeWarning" not in await process.stderr.read()
+
+
+async def test_script_matching_answers_by_content(fake: FakeUpstream) -> None:
+    """Matching rules pick a reply by the conversation's text, before the queue, and repeat."""
+    fake.script("m/x", Reply(text="queued"))
+    fake.script_matching("m/x", r"capital of France", Reply(text="Paris"))
+    fake.script_matching("m/x", r"(?i)two plus two", Reply(text="4"))
+    async with aiohttp.ClientSession() as session:
+
+        async def ask(question: str) -> str:
+            body = {"model": "m/x", "messages": [{"role": "user", "content": question}]}
+            async with session.post(f"{fake.base_url}/chat/completions", json=body) as reply:
+                payload = await reply.json()
+                return str(payload["choices"][0]["message"]["content"])
+
+        assert await ask("What is TWO PLUS TWO?") == "4"
+        assert await ask("The capital of France?") == "Paris"
+        assert await ask("The capital of France, again?") == "Paris"
+        assert await ask("Something else") == "queued"

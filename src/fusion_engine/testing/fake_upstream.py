@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ from fusion_engine.testing.script import (
     ReceivedRequest,
     Reply,
     completion_body,
+    conversation_text,
     error_body,
     generation_id,
     load_script,
@@ -113,6 +115,7 @@ class FakeUpstream:
         self.cancelled: list[str] = []
         self.completed: list[str] = []
         self._pending: dict[str, deque[Reply]] = {}
+        self._matching: dict[str, list[tuple[re.Pattern[str], Reply]]] = {}
         self._last: dict[str, Reply] = {}
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -185,6 +188,16 @@ class FakeUpstream:
         """
         self._pending.setdefault(model, deque()).extend(replies)
 
+    def script_matching(self, model: str, pattern: str, reply: Reply) -> None:
+        """Answer ``model`` with ``reply`` whenever the conversation's text matches ``pattern``.
+
+        ``pattern`` is a regular expression searched in all message texts joined by newlines;
+        matching rules are tried in the order they were added, before the queued replies, and
+        are never used up. Lets a test give each question its own answer whatever the order
+        in which concurrent requests arrive.
+        """
+        self._matching.setdefault(model, []).append((re.compile(pattern, re.DOTALL), reply))
+
     def requests_for(self, model: str) -> list[ReceivedRequest]:
         """Return the received chat requests for ``model``, in arrival order."""
         return [r for r in self.received if r.model == model]
@@ -192,12 +205,19 @@ class FakeUpstream:
     def reset(self) -> None:
         """Forget all scripts and records (prices and ``default_reply`` stay)."""
         self._pending.clear()
+        self._matching.clear()
         self._last.clear()
         self.received.clear()
         self.cancelled.clear()
         self.completed.clear()
 
-    def _next_reply(self, model: str) -> Reply:
+    def _next_reply(self, model: str, body: Mapping[str, Any]) -> Reply:
+        rules = self._matching.get(model)
+        if rules:
+            text = conversation_text(body)
+            for pattern, reply in rules:
+                if pattern.search(text):
+                    return reply
         queue = self._pending.get(model)
         if queue:
             reply = queue.popleft()
@@ -256,7 +276,7 @@ class FakeUpstream:
             return self._error_response("openai", 400, message)
         if not model:
             return self._error_response("openai", 400, "you must provide a model parameter")
-        return await self._serve(request, self._next_reply(model), model, body)
+        return await self._serve(request, self._next_reply(model, body), model, body)
 
     async def _serve(
         self, request: web.Request, reply: Reply, model: str, body: dict[str, Any]

@@ -193,6 +193,14 @@ def message_text(message: Any) -> str:
     return ""
 
 
+def conversation_text(body: Mapping[str, Any]) -> str:
+    """All message texts of a request joined by newlines (what ``script_matching`` searches)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(message_text(m) for m in messages if isinstance(m, Mapping))
+
+
 def default_text(model: str, body: Mapping[str, Any]) -> str:
     """Return the deterministic default answer: ``"<model> answer: <last user text>"``."""
     messages = body.get("messages")

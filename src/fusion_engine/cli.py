@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     panels = commands.add_parser("panels", help="list the panels")
     panels.add_argument("--json", action="store_true", help="print the panels as JSON")
 
+    evaluate = commands.add_parser(
+        "eval", help="measure a panel against its members and its judge on a dataset"
+    )
+    from .evals.options import add_arguments
+
+    add_arguments(evaluate)
+
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
     serve.add_argument("--host", help="address to bind (FUSION_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (FUSION_PORT, default 8000)")
@@ -75,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _panels_command(args)
         if args.command == "serve":
             return serve(args)
+        if args.command == "eval":
+            from .evals.cli import run as run_eval
+
+            return asyncio.run(run_eval(args))
         return asyncio.run(_run_command(args, err))
     except FusionError as error:
         err.print(f"fusion: error: {escape(error.message)}", soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,3 +60,11 @@ def write_items(path: Path, items: Iterable[EvalItem]) -> int:
             handle.write(_encode(item) + b"\n")
             count += 1
     return count
+
+
+def sample(items: list[EvalItem], limit: int | None, seed: int) -> list[EvalItem]:
+    """A seeded random sample of ``limit`` items in their original order (all when no limit)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    chosen = set(random.Random(seed).sample(range(len(items)), limit))
+    return [item for position, item in enumerate(items) if position in chosen]

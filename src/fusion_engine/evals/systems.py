@@ -1,0 +1,178 @@
+"""The systems an eval compares, and how each is asked a question.
+
+``fusion:<panel>`` is the whole panel; ``single:<model>`` one distinct member alone;
+``judge_alone:<model>`` the judge model answering by itself. A backend asks them in-process
+(through ``FusionEngine``) or through a running gateway (``--base-url``), which is just another
+OpenAI-compatible endpoint to the upstream client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from ..config import Provider
+from ..engine import FusionEngine, response_from_reply
+from ..errors import FusionError, UpstreamError
+from ..panels import Panel
+from ..plan import MODEL_PREFIX
+from ..protocol import Message
+from ..settings import Secret
+
+SystemKind = Literal["fusion", "single", "judge_alone"]
+KINDS: tuple[SystemKind, ...] = ("fusion", "single", "judge_alone")
+
+
+class SystemSpec(msgspec.Struct, frozen=True):
+    """One system under test: its name in reports, its kind and the panel or model it asks."""
+
+    name: str
+    kind: SystemKind
+    target: str
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """What a system answered to one question, with what it cost."""
+
+    text: str | None = None
+    cost_usd: float | None = None
+    latency_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+
+
+def systems_for(panel: Panel, kinds: Sequence[str]) -> list[SystemSpec]:
+    """The systems of ``kinds`` for ``panel``: one ``single`` per distinct member.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}: choose from {', '.join(KINDS)}")
+    systems: list[SystemSpec] = []
+    if "fusion" in kinds:
+        systems.append(SystemSpec(f"fusion:{panel.name}", "fusion", panel.name))
+    if "single" in kinds:
+        systems += [SystemSpec(f"single:{slug}", "single", slug) for slug in panel.distinct_models]
+    if "judge_alone" in kinds:
+        judge = panel.judge_model
+        systems.append(SystemSpec(f"judge_alone:{judge}", "judge_alone", judge))
+    return systems
+
+
+class Backend(Protocol):
+    """Asks a system one question."""
+
+    async def ask(self, system: SystemSpec, prompt: str) -> Answer:
+        """The system's answer; failures are data (``Answer.error``), not exceptions."""
+        ...
+
+
+class InProcessBackend:
+    """Systems run in this process through a FusionEngine."""
+
+    def __init__(self, engine: FusionEngine, panel: Panel) -> None:
+        self._engine = engine
+        self._panel = panel
+
+    async def ask(self, system: SystemSpec, prompt: str) -> Answer:
+        if system.kind == "fusion":
+            return await self._fuse(prompt)
+        provider_name = self._provider_for(system)
+        provider = (
+            self._engine.config.providers[provider_name]
+            if provider_name
+            else self._engine.config.default_provider
+        )
+        return await ask_model(
+            self._engine, provider, system.target, _user(prompt), self._panel.member_timeout_s
+        )
+
+    def _provider_for(self, system: SystemSpec) -> str | None:
+        if system.kind == "judge_alone":
+            return self._panel.judge_provider
+        member = next(m for m in self._panel.models if m.slug == system.target)
+        return member.provider
+
+    async def _fuse(self, prompt: str) -> Answer:
+        started = time.perf_counter()
+        try:
+            result = await self._engine.fuse(prompt, panel=self._panel)
+        except FusionError as error:
+            return Answer(error=error.message, latency_ms=_since(started))
+        text = result.answer
+        if text is None and result.tool_calls:
+            text = "\n".join(
+                f"{c.function.name}({c.function.arguments})" for c in result.tool_calls
+            )
+        return Answer(
+            text=text,
+            cost_usd=result.total_cost,
+            latency_ms=result.total_latency_ms,
+            tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out,
+        )
+
+
+class GatewayBackend:
+    """Systems asked through a running gateway: ``fusion/<panel>`` fuses, a slug passes through."""
+
+    def __init__(
+        self, engine: FusionEngine, base_url: str, api_key: str | None, timeout_s: float
+    ) -> None:
+        self._engine = engine
+        self._timeout_s = timeout_s
+        self._gateway = Provider(
+            name="gateway",
+            kind="openai",
+            base_url=base_url.rstrip("/"),
+            api_key=Secret(api_key) if api_key else None,
+            api_key_env=None,
+        )
+
+    async def ask(self, system: SystemSpec, prompt: str) -> Answer:
+        model = f"{MODEL_PREFIX}{system.target}" if system.kind == "fusion" else system.target
+        return await ask_model(self._engine, self._gateway, model, _user(prompt), self._timeout_s)
+
+    @property
+    def provider(self) -> Provider:
+        """The gateway as an OpenAI-compatible provider (the grader model goes through it too)."""
+        return self._gateway
+
+
+async def ask_model(
+    engine: FusionEngine,
+    provider: Provider,
+    model: str,
+    messages: list[Message],
+    timeout_s: float,
+) -> Answer:
+    """One plain chat call as an Answer (cost as the provider reported it, or unknown)."""
+    body = {"model": model, "messages": messages}
+    started = time.perf_counter()
+    try:
+        reply = await engine.upstream.chat(provider, body, timeout_s=timeout_s)
+    except UpstreamError as error:
+        return Answer(error=error.message, latency_ms=_since(started))
+    response = response_from_reply(0, model, reply)
+    return Answer(
+        text=response.content,
+        cost_usd=response.cost_usd,
+        latency_ms=response.latency_ms,
+        tokens_in=response.tokens_in,
+        tokens_out=response.tokens_out,
+        error=response.error,
+    )
+
+
+def _user(prompt: str) -> list[Message]:
+    return [{"role": "user", "content": prompt}]
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +96,34 @@ def test_library_example_runs() -> None:
     assert ran.returncode == 0, ran.stderr
     assert "deepseek/deepseek-v4-flash True" in ran.stdout
     assert "total cost:" in ran.stdout
+
+
+def test_eval_quick_start_runs(tmp_path: Path) -> None:
+    """The eval quick start produces its report, chart and records (against the fake)."""
+    command = code_block("## Does fusion pay off?", "sh").strip().splitlines()[-1]
+    assert command.startswith(".venv/bin/python evals/run_eval.py")
+    shutil.copytree(ROOT / "evals" / "datasets", tmp_path / "evals" / "datasets")
+    argv = command.replace(".venv/bin/python", sys.executable).replace(
+        "evals/run_eval.py", str(ROOT / "evals" / "run_eval.py")
+    )
+    upstream = FakeInThread()
+    try:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "OPENROUTER_BASE_URL": upstream.fake.base_url,
+            "OPENROUTER_API_KEY": "x",
+            "FUSION_PANELS_DIR": str(ROOT / "panels"),
+            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
+        }
+        ran = subprocess.run(
+            [*shlex.split(argv), "--no-progress"], capture_output=True, text=True, timeout=120,
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+    finally:
+        upstream.close()
+    assert ran.returncode == 0, ran.stderr
+    results = tmp_path / "evals" / "results" / "sample"
+    assert "fusion:budget" in (results / "report.md").read_text()
+    assert (results / "chart.png").stat().st_size > 1000
+    assert len((results / "records.jsonl").read_text().splitlines()) == 5 * 10

@@ -51,6 +51,8 @@ class RateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     requests_per_minute: int | None = None
     concurrent_fusions: int | None = None
+    #: When Redis cannot be reached: let requests through (true) or refuse them with 429.
+    fail_open: bool = True
 
 
 def _default_providers() -> dict[str, ProviderSpec]:

@@ -10,6 +10,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from ..errors import AuthenticationError
+from ..ratelimit import identity_of
 from ..settings import Secret
 
 
@@ -35,6 +36,12 @@ def check_bearer(authorization: str | None, keys: Sequence[Secret]) -> None:
         matched |= hmac.compare_digest(candidate, key.reveal().encode())
     if not matched:
         raise AuthenticationError("invalid API key")
+
+
+def caller_identity(authorization: str | None) -> str:
+    """Who is calling, for rate limits: a hash of the bearer key (``anonymous`` without one)."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    return identity_of(presented.strip() if scheme.lower() == "bearer" else None)
 
 
 async def api_key_guard(

@@ -12,7 +12,7 @@ from litestar import Request, Response, post
 from ..errors import FusionError, InvalidRequestError, PayloadTooLargeError
 from ..plan import MODEL_PREFIX, FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
-from .auth import api_key_guard
+from .auth import api_key_guard, caller_identity
 from .errors import json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
@@ -33,6 +33,8 @@ _decode = msgspec.json.Decoder().decode
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     """Fuse a panel's answers for ``fusion/<panel>``; pass any other model through."""
     gateway = gateway_of(request)
+    identity = caller_identity(request.headers.get("authorization"))
+    await gateway.limiter.check_request(identity)
     raw = decode_object(await request.body())
     chat = parse_chat_request(raw)
     check_limits(chat, gateway)
@@ -52,11 +54,13 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
             request, gateway, plan,
             completion_id=completion_id, created=created, model=model,
             include_usage=include_usage, detail=options.detail, cache_control=cache_control,
+            identity=identity,
         )  # fmt: skip
-    result, outcome = await until_disconnect(
-        request,
-        gateway.cache.run(plan, lambda: gateway.engine.run(plan), cache_control=cache_control),
-    )
+    async with gateway.limiter.fusion_slot(identity):
+        result, outcome = await until_disconnect(
+            request,
+            gateway.cache.run(plan, lambda: gateway.engine.run(plan), cache_control=cache_control),
+        )
     record_result(facts_of(request), result, outcome)
     body = completion_of(
         result, completion_id=completion_id, created=created, model=model, detail=options.detail

@@ -17,7 +17,7 @@ from ..errors import InvalidRequestError
 from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
 from ..results import FusionResult, JudgeDelta, MemberFinished
-from .auth import api_key_guard
+from .auth import api_key_guard, caller_identity
 from .chat import decode_object
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
@@ -33,16 +33,21 @@ _encode = msgspec.json.Encoder().encode
 async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     """Fuse a prompt or conversation; the answer is the full FusionResult."""
     gateway = gateway_of(request)
+    identity = caller_identity(request.headers.get("authorization"))
+    await gateway.limiter.check_request(identity)
     body = parse_fuse_request(decode_object(await request.body()))
     plan = plan_from(gateway, body)
     facts = facts_of(request)
     facts.panel = plan.panel.name
     cache_control = request.headers.get("cache-control")
     if not body.stream:
-        result, outcome = await until_disconnect(
-            request,
-            gateway.cache.run(plan, lambda: gateway.engine.run(plan), cache_control=cache_control),
-        )
+        async with gateway.limiter.fusion_slot(identity):
+            result, outcome = await until_disconnect(
+                request,
+                gateway.cache.run(
+                    plan, lambda: gateway.engine.run(plan), cache_control=cache_control
+                ),
+            )
         record_result(facts, result, outcome)
         return json_response(result, headers=fused_headers(result, outcome))
     ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control))

@@ -12,6 +12,7 @@ from ..cache import ResultCache, build_backend
 from ..config import ResolvedConfig
 from ..engine import FusionEngine
 from ..panels import Panel
+from ..ratelimit import LimitStore, MemoryLimitStore, RateLimiter, RedisLimitStore
 from ..results import PanelResponse
 from ..settings import Settings
 from .metrics import Metrics
@@ -39,6 +40,12 @@ class Gateway:
             settings.cache_ttl_s,
             on_lookup=lambda result: self.metrics.cache_requests.labels(result).inc(),
         )
+        spec = engine.config.gateway.rate_limit
+        store: LimitStore = (
+            RedisLimitStore(settings.redis_url) if settings.redis_url else MemoryLimitStore()
+        )
+        self.limiter = RateLimiter(spec, store, fail_open=spec.fail_open)
+        self._limit_store = store
         self.started_at = int(time.time())
         #: Set when the worker is shutting down, so /ready stops attracting traffic.
         self.draining = False
@@ -72,6 +79,8 @@ class Gateway:
         """Stop serving: close the cache and the upstream session."""
         self.draining = True
         await self.cache.aclose()
+        if isinstance(self._limit_store, RedisLimitStore):
+            await self._limit_store.aclose()
         await self.engine.aclose()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
@@ -130,9 +131,41 @@ async def fused_stream(
     include_usage: bool,
     detail: Detail,
     cache_control: str | None,
+    identity: str,
 ) -> Response[Any]:
     """Answer with an SSE stream: replayed from the cache, or live from a new fusion (or a
-    JSON error if the fusion fails within the hold interval)."""
+    JSON error if the fusion fails within the hold interval). The caller's concurrent-fusion
+    slot is held until the stream ends."""
+    slot = AsyncExitStack()
+    await slot.enter_async_context(gateway.limiter.fusion_slot(identity))
+    try:
+        response, streaming = await _start_stream(
+            request, gateway, plan,
+            completion_id=completion_id, created=created, model=model,
+            include_usage=include_usage, detail=detail, cache_control=cache_control, slot=slot,
+        )  # fmt: skip
+    except BaseException:
+        await slot.aclose()
+        raise
+    if not streaming:
+        await slot.aclose()
+    return response
+
+
+async def _start_stream(
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    plan: FusionPlan,
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+    detail: Detail,
+    cache_control: str | None,
+    slot: AsyncExitStack,
+) -> tuple[Response[Any], bool]:
+    """The response, and whether a live stream now owns ``slot`` (and will close it)."""
     facts = facts_of(request)
     ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control))
     facts.cache = ticket.outcome
@@ -143,7 +176,7 @@ async def fused_stream(
         replay = _render(
             Finished(ticket.result), writer, include_usage=include_usage, detail=detail
         )
-        return Stream(_aiter(replay), media_type="text/event-stream", headers=headers)
+        return Stream(_aiter(replay), media_type="text/event-stream", headers=headers), False
     run = FusionRun(gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket)
     keepalive_s = gateway.settings.keepalive_s
     try:
@@ -152,15 +185,16 @@ async def fused_stream(
         await run.cancel()
         raise
     if held and isinstance(held[-1], Failed):
-        return error_response(held[-1].error)
+        return error_response(held[-1].error), False
     finished = next((item for item in held if isinstance(item, Finished)), None)
     if finished is not None:
         headers.update(fused_headers(finished.result, ticket.outcome))
     events = _events(
         run, held, writer, keepalive_s,
         include_usage=include_usage, detail=detail, facts=facts, outcome=ticket.outcome,
+        slot=slot,
     )  # fmt: skip
-    return Stream(events, media_type="text/event-stream", headers=headers)
+    return Stream(events, media_type="text/event-stream", headers=headers), True
 
 
 async def _aiter(events: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -193,6 +227,7 @@ async def _events(
     detail: Detail,
     facts: RequestFacts,
     outcome: CacheResult,
+    slot: AsyncExitStack,
 ) -> AsyncIterator[bytes]:
     """The SSE body; cancelling it (client gone) cancels the fusion."""
 
@@ -214,6 +249,7 @@ async def _events(
                 return
     finally:
         await run.cancel()
+        await slot.aclose()
 
 
 def _render(

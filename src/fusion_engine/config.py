@@ -72,6 +72,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitsSpec = LimitsSpec()
     rate_limit: RateLimitSpec = RateLimitSpec()
     max_cost_usd: float | None = None
+    #: Over the ceiling: ``refuse`` (402), or ``trim`` the most expensive members to fit.
+    cost_policy: Literal["refuse", "trim"] = "refuse"
     metrics_public: bool = True
 
 

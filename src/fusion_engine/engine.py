@@ -219,6 +219,7 @@ class FusionEngine:
             tokens_in=sum(call.tokens_in for call in calls),
             tokens_out=sum(call.tokens_out for call in calls),
             degraded=degraded,
+            dropped_members=plan.dropped_members,
         )
 
     async def _collect(self, plan: FusionPlan, notify: Listener) -> list[PanelResponse]:

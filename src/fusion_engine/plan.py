@@ -42,6 +42,8 @@ class FusionPlan(msgspec.Struct, frozen=True, kw_only=True):
     template_name: str
     template: str
     web_search: bool
+    #: Members left out to fit the cost ceiling (reported in the result).
+    dropped_members: list[str] = msgspec.field(default_factory=list)
 
     @property
     def with_tools(self) -> bool:

@@ -77,6 +77,8 @@ class FusionResult(msgspec.Struct, kw_only=True, frozen=True):
     tokens_out: int = 0
     degraded: Degraded | None = None
     cached: bool = False
+    #: Members the cost ceiling left out of this fusion.
+    dropped_members: list[str] = msgspec.field(default_factory=list)
 
     @property
     def successful_panel(self) -> list[PanelResponse]:

@@ -43,7 +43,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     if chat.n is not None and chat.n > 1:
         raise InvalidRequestError("fused completions return one choice: n must be 1", param="n")
     options = chat.fusion or FusionOptions()
-    plan = plan_fusion(gateway, chat, options, extra=_extra_fields(raw))
+    plan = gateway.within_budget(plan_fusion(gateway, chat, options, extra=_extra_fields(raw)))
     facts_of(request).panel = plan.panel.name
     model = f"{MODEL_PREFIX}{plan.panel.name}"
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

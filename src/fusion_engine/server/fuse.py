@@ -36,7 +36,7 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     identity = caller_identity(request.headers.get("authorization"))
     await gateway.limiter.check_request(identity)
     body = parse_fuse_request(decode_object(await request.body()))
-    plan = plan_from(gateway, body)
+    plan = gateway.within_budget(plan_from(gateway, body))
     facts = facts_of(request)
     facts.panel = plan.panel.name
     cache_control = request.headers.get("cache-control")

@@ -10,8 +10,10 @@ from litestar import Request
 
 from ..cache import ResultCache, build_backend
 from ..config import ResolvedConfig
+from ..costs import PriceBook, enforce
 from ..engine import FusionEngine
 from ..panels import Panel
+from ..plan import FusionPlan
 from ..ratelimit import LimitStore, MemoryLimitStore, RateLimiter, RedisLimitStore
 from ..results import PanelResponse
 from ..settings import Settings
@@ -46,6 +48,7 @@ class Gateway:
         )
         self.limiter = RateLimiter(spec, store, fail_open=spec.fail_open)
         self._limit_store = store
+        self.prices = PriceBook()
         self.started_at = int(time.time())
         #: Set when the worker is shutting down, so /ready stops attracting traffic.
         self.draining = False
@@ -55,14 +58,20 @@ class Gateway:
         """The resolved gateway config."""
         return self.engine.config
 
+    def within_budget(self, plan: FusionPlan) -> FusionPlan:
+        """The plan under the gateway's cost ceiling (trimmed or refused per the config)."""
+        gateway = self.config.gateway
+        return enforce(plan, gateway.max_cost_usd, self.prices.prices, policy=gateway.cost_policy)
+
     def refresh_labels(self) -> None:
         """Metric labels follow the loaded panels (after start and after every reload)."""
         self.metrics.known_panels = set(self.engine.panels)
         self.metrics.known_models = configured_models(self.engine.panels.values())
 
     def observe_call(self, response: PanelResponse) -> None:
-        """Every member and judge call: metrics, and one debug log line."""
+        """Every member and judge call: metrics, learnt prices, and one debug log line."""
         self.metrics.observe_call(response)
+        self.prices.learn(response)
         log.debug(
             "upstream_call",
             model=response.model,

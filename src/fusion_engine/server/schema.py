@@ -118,6 +118,7 @@ class FusionDetail(msgspec.Struct, frozen=True, kw_only=True):
     total_latency_ms: float
     degraded: str | None
     cached: bool
+    dropped_members: list[str]
 
 
 class ChatCompletionOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -204,6 +205,7 @@ def fusion_detail(result: FusionResult, detail: Detail) -> FusionDetail:
         total_latency_ms=result.total_latency_ms,
         degraded=result.degraded,
         cached=result.cached,
+        dropped_members=result.dropped_members,
     )
 
 

@@ -1,0 +1,152 @@
+"""The per-request cost ceiling: estimate a fusion's cost before the fan-out and enforce it.
+
+Prices are learnt from what providers report (``usage.cost`` with its token counts) for every
+call this worker makes; a model never seen yet falls back to the panel's
+``estimated_cost_per_query.max``. Estimation is pure; the ceiling either refuses (402) or, with
+``cost_policy: trim``, drops the most expensive members until the fusion fits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from .errors import CostLimitError
+from .plan import FusionPlan
+from .results import PanelResponse
+
+CostPolicy = Literal["refuse", "trim"]
+#: Rough characters per token, the same estimate the judge's input trimming uses.
+CHARS_PER_TOKEN = 3.5
+
+
+class ModelPrice(msgspec.Struct, kw_only=True):
+    """What a model's calls have cost so far (running sums)."""
+
+    calls: int = 0
+    cost_usd: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    @property
+    def usd_per_token(self) -> float:
+        """Average cost of one token, input and output together."""
+        return self.cost_usd / max(self.tokens_in + self.tokens_out, 1)
+
+    @property
+    def mean_tokens_out(self) -> float:
+        """Average answer length."""
+        return self.tokens_out / max(self.calls, 1)
+
+
+class PriceBook:
+    """Learnt prices per model (this worker's calls)."""
+
+    def __init__(self) -> None:
+        self.prices: dict[str, ModelPrice] = {}
+
+    def learn(self, response: PanelResponse) -> None:
+        """Add one call whose provider reported a cost."""
+        if response.cost_usd is None or not (response.tokens_in or response.tokens_out):
+            return
+        price = self.prices.setdefault(response.model, ModelPrice())
+        price.calls += 1
+        price.cost_usd += response.cost_usd
+        price.tokens_in += response.tokens_in
+        price.tokens_out += response.tokens_out
+
+
+class CostEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    """A fusion's expected cost; ``None`` parts are models with no price yet."""
+
+    members: list[float | None]
+    judge: float | None
+    fallback: float | None
+
+    @property
+    def total(self) -> float | None:
+        """Members and judge, or the panel's own estimate when any price is missing."""
+        if self.judge is None or any(cost is None for cost in self.members):
+            return self.fallback
+        return sum(cost for cost in self.members if cost is not None) + self.judge
+
+
+def estimate(plan: FusionPlan, prices: Mapping[str, ModelPrice]) -> CostEstimate:
+    """The cost of ``plan`` at the learnt prices (pure)."""
+    prompt_tokens = len(json.dumps(plan.conversation)) / CHARS_PER_TOKEN
+    members: list[float | None] = []
+    answers_tokens = 0.0
+    for member in plan.panel.models:
+        price = prices.get(member.slug)
+        if price is None:
+            members.append(None)
+            continue
+        answer = price.mean_tokens_out
+        answers_tokens += answer
+        members.append(price.usd_per_token * (prompt_tokens + answer))
+    judge_price = prices.get(plan.judge_chain[0])
+    judge = None
+    if judge_price is not None:
+        judge_in = prompt_tokens + len(plan.template) / CHARS_PER_TOKEN + answers_tokens
+        judge = judge_price.usd_per_token * (judge_in + judge_price.mean_tokens_out)
+    panel_estimate = plan.panel.estimated_cost_per_query
+    return CostEstimate(
+        members=members, judge=judge, fallback=panel_estimate.max if panel_estimate else None
+    )
+
+
+def enforce(
+    plan: FusionPlan,
+    ceiling: float | None,
+    prices: Mapping[str, ModelPrice],
+    *,
+    policy: CostPolicy = "refuse",
+) -> FusionPlan:
+    """``plan`` if it fits under ``ceiling``; trimmed when the policy allows; else 402.
+
+    A plan whose cost cannot be estimated at all (no prices, no panel estimate) is let
+    through: refusing every new model would make the ceiling unusable.
+
+    Raises:
+        CostLimitError: the estimate is over the ceiling and cannot be trimmed to fit.
+    """
+    if ceiling is None:
+        return plan
+    cost = estimate(plan, prices)
+    total = cost.total
+    if total is None or total <= ceiling:
+        return plan
+    if policy == "trim" and cost.judge is not None and None not in cost.members:
+        trimmed = _trim(plan, [c for c in cost.members if c is not None], cost.judge, ceiling)
+        if trimmed is not None:
+            return trimmed
+    raise CostLimitError(
+        f"the estimated cost of this fusion (${total:.4f}) is over the ceiling of ${ceiling:.4f}",
+        param="model",
+    )
+
+
+def _trim(plan: FusionPlan, costs: list[float], judge: float, ceiling: float) -> FusionPlan | None:
+    """Drop the most expensive members until the rest and the judge fit (at least one stays)."""
+    keep = sorted(range(len(costs)), key=lambda index: costs[index])
+    while keep and sum(costs[i] for i in keep) + judge > ceiling:
+        keep.pop()
+    if not keep:
+        return None
+    kept = sorted(keep)
+    panel = plan.panel
+    dropped = [m.slug for i, m in enumerate(panel.models) if i not in kept]
+    trimmed_panel = msgspec.structs.replace(
+        panel,
+        models=[panel.models[i] for i in kept],
+        min_responses=min(panel.min_responses, len(kept)),
+    )
+    return msgspec.structs.replace(
+        plan,
+        panel=trimmed_panel,
+        member_providers=[plan.member_providers[i] for i in kept],
+        dropped_members=[*plan.dropped_members, *dropped],
+    )

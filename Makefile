@@ -21,10 +21,8 @@ run: $(STAMP) ## run the gateway on http://127.0.0.1:8000 with the in-memory cac
 test: $(STAMP) redis ## run the whole test suite
 	$(BIN)/pytest
 
-lint: $(STAMP) ## ruff, formatting and mypy --strict
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy --strict src
+lint: $(STAMP) ## the hooks of .pre-commit-config.yaml: ruff, formatting, mypy --strict, whitespace
+	$(BIN)/pre-commit run --all-files
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench
@@ -33,6 +31,7 @@ format: $(STAMP)
 bench: $(STAMP) ## measure what the engine and the gateway add over their upstream calls
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_gateway.py
+	$(BIN)/python bench/bench_hedging.py
 
 redis: ## make sure a Redis answers on 127.0.0.1:6379 (starts one if needed)
 	@scripts/ensure-redis.sh
@@ -43,3 +42,13 @@ clean:
 .PHONY: deploy-configmaps
 deploy-configmaps: $(STAMP) ## regenerate deploy/*-configmap.yaml from panels/ and judges/
 	$(BIN)/python scripts/k8s_configmaps.py
+
+.PHONY: schema
+schema: $(STAMP) ## regenerate docs/panel.schema.json from the Panel struct
+	$(BIN)/python -m fusion_engine.schema_export
+
+.PHONY: load
+load: $(STAMP) ## 60 s x 200 clients of mixed load, then with Redis killed/restarted, then SIGTERM (docs/reliability.md)
+	$(BIN)/python bench/load_test.py --json $${TMPDIR:-/tmp}/fusion-load-plain.json
+	$(BIN)/python bench/load_test.py --kill-redis-at 20 --restart-redis-at 40 --json $${TMPDIR:-/tmp}/fusion-load-redis.json
+	$(BIN)/python bench/load_test.py --sigterm-at 30 --json $${TMPDIR:-/tmp}/fusion-load-sigterm.json

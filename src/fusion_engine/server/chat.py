@@ -19,7 +19,7 @@ from .observe import facts_of, record_result
 from .passthrough import passthrough
 from .runs import until_disconnect
 from .schema import CHAT_REQUEST_FIELDS, ChatRequest, FusionOptions, completion_of, fused_headers
-from .streaming import fused_stream
+from .streaming import StreamSpec, fused_stream
 
 _decode = msgspec.json.Decoder().decode
 
@@ -50,12 +50,11 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     cache_control = request.headers.get("cache-control")
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-        return await fused_stream(
-            request, gateway, plan,
+        spec = StreamSpec(
             completion_id=completion_id, created=created, model=model,
             include_usage=include_usage, detail=options.detail, cache_control=cache_control,
-            identity=identity,
         )  # fmt: skip
+        return await fused_stream(request, gateway, plan, spec, identity=identity)
     async with gateway.limiter.fusion_slot(identity):
         result, outcome = await until_disconnect(
             request,

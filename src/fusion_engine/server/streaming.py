@@ -120,17 +120,27 @@ class ChunkWriter:
         )  # fmt: skip
 
 
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a streamed fused reply looks like: one id and model, usage and detail wanted."""
+
+    completion_id: str
+    created: int
+    model: str
+    include_usage: bool
+    detail: Detail
+    cache_control: str | None
+
+    def writer(self) -> ChunkWriter:
+        """A chunk writer for this stream."""
+        return ChunkWriter(completion_id=self.completion_id, created=self.created, model=self.model)
+
+
 async def fused_stream(
     request: Request[Any, Any, Any],
     gateway: Gateway,
     plan: FusionPlan,
+    spec: StreamSpec,
     *,
-    completion_id: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-    detail: Detail,
-    cache_control: str | None,
     identity: str,
 ) -> Response[Any]:
     """Answer with an SSE stream: replayed from the cache, or live from a new fusion (or a
@@ -139,11 +149,7 @@ async def fused_stream(
     slot = AsyncExitStack()
     await slot.enter_async_context(gateway.limiter.fusion_slot(identity))
     try:
-        response, streaming = await _start_stream(
-            request, gateway, plan,
-            completion_id=completion_id, created=created, model=model,
-            include_usage=include_usage, detail=detail, cache_control=cache_control, slot=slot,
-        )  # fmt: skip
+        response, streaming = await _start_stream(request, gateway, plan, spec, slot)
     except BaseException:
         await slot.aclose()
         raise
@@ -156,20 +162,15 @@ async def _start_stream(
     request: Request[Any, Any, Any],
     gateway: Gateway,
     plan: FusionPlan,
-    *,
-    completion_id: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-    detail: Detail,
-    cache_control: str | None,
+    spec: StreamSpec,
     slot: AsyncExitStack,
 ) -> tuple[Response[Any], bool]:
     """The response, and whether a live stream now owns ``slot`` (and will close it)."""
     facts = facts_of(request)
-    ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control))
+    ticket = await until_disconnect(request, gateway.cache.begin(plan, spec.cache_control))
     facts.cache = ticket.outcome
-    writer = ChunkWriter(completion_id=completion_id, created=created, model=model)
+    writer = spec.writer()
+    include_usage, detail = spec.include_usage, spec.detail
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if ticket.result is not None:
         record_result(facts, ticket.result, ticket.outcome)

@@ -333,7 +333,11 @@ class FusionEngine:
             async for event in stream:
                 accumulator.add(event.chunk)
                 if event.chunk.choices:
-                    relayed = True
+                    # Only text or tool calls reach the client; a role-only or reasoning-only
+                    # chunk does not commit us, so a failure after it can still fall back.
+                    relayed = relayed or any(
+                        c.delta.content or c.delta.tool_calls for c in event.chunk.choices
+                    )
                     notify(JudgeDelta(chunk=event.chunk))
         except UpstreamError as error:
             if relayed:

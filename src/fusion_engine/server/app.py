@@ -27,6 +27,7 @@ from .observe import request_observer
 from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone
+from .ui import ui_router
 
 #: nginx's "client closed request": logged, never seen by the client that left.
 CLIENT_CLOSED = 499
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             health,
             ready,
             metrics_route(public=engine.config.gateway.metrics_public),
+            ui_router(),
         ],
         middleware=[request_observer(gateway.metrics)],
         lifespan=[lifespan],

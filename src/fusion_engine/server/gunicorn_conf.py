@@ -18,8 +18,8 @@ wsgi_app = "fusion_engine.server.app:create_app_from_env()"
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 bind = [f"{_host}:{_settings.port}"]
 workers = _settings.workers
-# UvicornWorker runs uvicorn with loop="auto", which picks uvloop when it is installed.
-worker_class = "uvicorn_worker.UvicornWorker"
+# UvicornWorker (uvicorn with loop="auto": uvloop when installed), with SIGQUIT fixed.
+worker_class = "fusion_engine.server.worker.GatewayWorker"
 # Fusions can take minutes: give in-flight requests time to finish on a graceful stop.
 graceful_timeout = 120
 timeout = 60

@@ -262,6 +262,7 @@ def test_every_metric_family_moves(http: httpx.Client, fake: FakeUpstream) -> No
         "fusion_upstream_tokens_total": {"model": "e2e/beta", "kind": "completion"},
         "fusion_upstream_cost_usd_total": {"model": "e2e/gamma"},
         "fusion_cache_requests_total": {"result": "miss"},
+        "fusion_agreement_count": {"panel": "trio"},
     }
     for name, labels in moved.items():
         assert metric(after, name, **labels) > metric(before, name, **labels), name

@@ -112,3 +112,22 @@ def test_request_id_is_chosen_once_per_request() -> None:
     chosen = request_id(unsafe)
     assert chosen != "x" * 129
     assert request_id(unsafe) == chosen
+
+
+def test_skipped_judge_and_agreement_on_the_wire() -> None:
+    """A consensus short-cut shows as fusion.judge = {"skipped": "consensus"} with the agreement."""
+    import msgspec
+
+    from fusion_engine.agreement import Agreement
+    from fusion_engine.results import FusionResult, PanelResponse
+    from fusion_engine.server.schema import fusion_detail
+
+    result = FusionResult(
+        answer="42",
+        panel_responses=[PanelResponse(index=0, model="m", content="42")],
+        judge_skipped="consensus",
+        agreement=Agreement(score=1.0, method="answer", majority=[0], outliers=[]),
+    )
+    wire = msgspec.json.decode(msgspec.json.encode(fusion_detail(result, "full")))
+    assert wire["judge"] == {"skipped": "consensus"}
+    assert wire["agreement"] == {"score": 1.0, "method": "answer", "majority": [0], "outliers": []}

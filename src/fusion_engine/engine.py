@@ -18,13 +18,21 @@ from typing import Any
 import msgspec
 import structlog
 
+from .agreement import Agreement, measure_agreement
 from .config import Provider, ResolvedConfig, load_config
 from .errors import ConfigError, JudgeFailedError, UpstreamError
 from .judges import build_judge_messages, load_judge_templates
 from .panels import Panel, PanelMember, load_panels
 from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
 from .protocol import ChatCompletion, ChunkAccumulator, GenerationParams, Message
-from .quorum import best_member_answer, invalid_tool_call, panel_failure, quorum_reached
+from .quorum import (
+    best_member_answer,
+    invalid_tool_call,
+    judge_skip,
+    majority_of,
+    panel_failure,
+    quorum_reached,
+)
 from .results import (
     Degraded,
     FusionEvent,
@@ -197,11 +205,13 @@ class FusionEngine:
         answers = [response for response in responses if response.ok]
         if not answers:
             raise panel_failure(responses)
+        agreement = measure_agreement(answers)
+        skipped = judge_skip(plan.panel, answers, agreement)
         judge: PanelResponse | None = None
         attempts: list[PanelResponse] = []
-        if not (plan.panel.skip_judge_if_single and len(answers) == 1):
-            judge, attempts = await self._judge(plan, answers, notify, stream_judge)
-        final = judge or best_member_answer(answers)
+        if skipped is None:
+            judge, attempts = await self._judge(plan, answers, agreement, notify, stream_judge)
+        final = judge or best_member_answer(majority_of(answers, agreement))
         degraded: Degraded | None = "judge_failed" if attempts and judge is None else None
         if degraded:
             log.warning("judge_failed", panel=plan.panel.name, stand_in=final.model)
@@ -220,6 +230,8 @@ class FusionEngine:
             tokens_out=sum(call.tokens_out for call in calls),
             degraded=degraded,
             dropped_members=plan.dropped_members,
+            agreement=agreement,
+            judge_skipped=skipped,
         )
 
     async def _collect(self, plan: FusionPlan, notify: Listener) -> list[PanelResponse]:
@@ -293,7 +305,12 @@ class FusionEngine:
         return response
 
     async def _judge(
-        self, plan: FusionPlan, answers: list[PanelResponse], notify: Listener, stream: bool
+        self,
+        plan: FusionPlan,
+        answers: list[PanelResponse],
+        agreement: Agreement | None,
+        notify: Listener,
+        stream: bool,
     ) -> tuple[PanelResponse | None, list[PanelResponse]]:
         """Try the judge, then each fallback; return the first usable verdict and every attempt."""
         messages = build_judge_messages(
@@ -303,6 +320,7 @@ class FusionEngine:
             shuffle=plan.panel.shuffle_answers,
             max_input_tokens=plan.panel.judge_max_input_tokens,
             with_tools=plan.with_tools,
+            agreement=agreement,
         )
         attempts: list[PanelResponse] = []
         for position, model in enumerate(plan.judge_chain):

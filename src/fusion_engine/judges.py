@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from .agreement import Agreement
 from .errors import ConfigFileError
 from .protocol import Message, message_text
 from .results import PanelResponse
@@ -53,6 +54,7 @@ def build_judge_messages(
     shuffle: bool = False,
     max_input_tokens: int | None = None,
     with_tools: bool = False,
+    agreement: Agreement | None = None,
 ) -> list[Message]:
     """The judge's messages: system template, the client's conversation, the anonymised answers.
 
@@ -64,6 +66,7 @@ def build_judge_messages(
             order, or in an order shuffled deterministically from the conversation.
         max_input_tokens: when set, answers are trimmed evenly so the whole input fits.
         with_tools: the judge is called with tools and may answer with tool calls.
+        agreement: when given, a hint about how much the answers agree and which stand apart.
     """
     instructions = [message_text(m) for m in conversation if m.get("role") in _SYSTEM_ROLES]
     system = template
@@ -75,7 +78,9 @@ def build_judge_messages(
     if max_input_tokens is not None:
         used = _estimate_tokens(system) + sum(_estimate_tokens(_dump(m)) for m in dialogue)
         rendered = trim_to_budget(rendered, max_input_tokens - used - 300)
-    closing = _presentation(rendered, with_tools=with_tools)
+    closing = _presentation(
+        rendered, with_tools=with_tools, hint=agreement_hint(agreement, ordered)
+    )
     return [{"role": "system", "content": system}, *dialogue, {"role": "user", "content": closing}]
 
 
@@ -138,7 +143,20 @@ def trim_to_budget(rendered: list[str], budget_tokens: int) -> list[str]:
     ]
 
 
-def _presentation(rendered: list[str], *, with_tools: bool) -> str:
+def agreement_hint(agreement: Agreement | None, ordered: Sequence[PanelResponse]) -> str | None:
+    """One sentence on how much the anonymised answers agree (by their "Answer N" labels)."""
+    if agreement is None:
+        return None
+    label = {answer.index: f"Answer {number}" for number, answer in enumerate(ordered, start=1)}
+    apart = [label[index] for index in agreement.outliers if index in label]
+    if agreement.score >= 0.999:
+        return "Hint: the candidates agree with each other."
+    stance = "mostly agree" if agreement.score >= 0.5 else "disagree"
+    hint = f"Hint: the candidates {stance} (agreement {agreement.score:.2f}, {agreement.method})"
+    return hint + (f"; {', '.join(apart)} stand(s) apart." if apart else ".")
+
+
+def _presentation(rendered: list[str], *, with_tools: bool, hint: str | None = None) -> str:
     count = len(rendered)
     lines = [
         f"Independent assistants drafted {count} candidate {'reply' if count == 1 else 'replies'}"
@@ -148,6 +166,8 @@ def _presentation(rendered: list[str], *, with_tools: bool) -> str:
     ]
     for number, text in enumerate(rendered, start=1):
         lines += [f"### Answer {number}", "", text or "(empty)", ""]
+    if hint:
+        lines += [hint, ""]
     if with_tools:
         lines.append(
             "Now reply to the user: make the next tool call(s) natively if more information is"

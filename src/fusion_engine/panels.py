@@ -65,6 +65,8 @@ class Panel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     #: When set, member answers are trimmed so the judge's input fits.
     judge_max_input_tokens: int | None = None
     skip_judge_if_single: bool = False
+    #: Answer without the judge when the members' agreement is at least this (0 < x <= 1).
+    consensus_skip_judge: float | None = None
     shuffle_answers: bool = False
     web_search: bool = False
     #: ``None`` means "cache unless web search is on"; an explicit ``true`` caches even then.
@@ -148,6 +150,8 @@ def _validate_numbers(panel: Panel, fail: Any) -> None:
         fail("min_responses", f"must be between 1 and the number of models ({len(panel.models)})")
     if panel.judge_temperature is not None and not 0 <= panel.judge_temperature <= 2:
         fail("judge_temperature", "must be between 0 and 2")
+    if panel.consensus_skip_judge is not None and not 0 < panel.consensus_skip_judge <= 1:
+        fail("consensus_skip_judge", "must be greater than 0 and at most 1")
     if panel.judge_max_input_tokens is not None and panel.judge_max_input_tokens < 256:
         fail("judge_max_input_tokens", "must be at least 256")
     cost = panel.estimated_cost_per_query

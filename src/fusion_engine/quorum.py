@@ -5,14 +5,14 @@ member answer stands in when the judge cannot answer.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 
+from .agreement import Agreement, jaccard, word_set
 from .errors import PanelFailedError, PanelTimeoutError
+from .panels import Panel
 from .protocol import ToolCall
-from .results import PanelResponse
+from .results import JudgeSkip, PanelResponse
 
-_WORD = re.compile(r"\w+")
 _TIMEOUT_KINDS = frozenset({"timeout", "deadline"})
 
 
@@ -53,7 +53,7 @@ def best_member_answer(answers: Sequence[PanelResponse]) -> PanelResponse:
     keys = [_comparison_key(answer) for answer in ordered]
 
     def closeness(position: int) -> float:
-        return sum(_jaccard(keys[position], other) for other in keys if other is not keys[position])
+        return sum(jaccard(keys[position], other) for other in keys if other is not keys[position])
 
     best = max(range(len(ordered)), key=lambda position: (closeness(position), -position))
     return ordered[best]
@@ -63,13 +63,7 @@ def _comparison_key(answer: PanelResponse) -> frozenset[str]:
     text = answer.content or ""
     if answer.tool_calls:
         text += " ".join(f"{c.function.name} {c.function.arguments}" for c in answer.tool_calls)
-    return frozenset(word.lower() for word in _WORD.findall(text))
-
-
-def _jaccard(first: frozenset[str], second: frozenset[str]) -> float:
-    if not first and not second:
-        return 1.0
-    return len(first & second) / len(first | second)
+    return word_set(text)
 
 
 def invalid_tool_call(calls: Sequence[ToolCall] | None) -> str | None:
@@ -84,3 +78,26 @@ def invalid_tool_call(calls: Sequence[ToolCall] | None) -> str | None:
         if not isinstance(arguments, dict):
             return f"tool call {call.function.name!r} has arguments that are not a JSON object"
     return None
+
+
+def judge_skip(
+    panel: Panel, answers: Sequence[PanelResponse], agreement: Agreement | None
+) -> JudgeSkip | None:
+    """Whether the judge can be spared: one answer and ``skip_judge_if_single``, or agreement at
+    or above ``consensus_skip_judge`` among at least ``min_responses`` answers."""
+    if panel.skip_judge_if_single and len(answers) == 1:
+        return "single"
+    threshold = panel.consensus_skip_judge
+    if threshold is None or agreement is None or len(answers) < panel.min_responses:
+        return None
+    return "consensus" if agreement.score >= threshold else None
+
+
+def majority_of(
+    answers: Sequence[PanelResponse], agreement: Agreement | None
+) -> list[PanelResponse]:
+    """The answers in the panel's largest agreeing group (all of them without a measure)."""
+    if agreement is None:
+        return list(answers)
+    majority = [answer for answer in answers if answer.index in agreement.majority]
+    return majority or list(answers)

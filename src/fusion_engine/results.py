@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from .agreement import Agreement
 from .protocol import ChatCompletionChunk, ToolCall
 
 #: Why a call produced no answer, in a closed vocabulary (used for status decisions and metrics).
@@ -55,6 +56,7 @@ class PanelResponse(msgspec.Struct, kw_only=True, frozen=True):
 
 #: Why the answer is not the judge's: every judge failed and a member answer stands in.
 Degraded = Literal["judge_failed"]
+JudgeSkip = Literal["consensus", "single"]
 
 
 class FusionResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -79,6 +81,10 @@ class FusionResult(msgspec.Struct, kw_only=True, frozen=True):
     cached: bool = False
     #: Members the cost ceiling left out of this fusion.
     dropped_members: list[str] = msgspec.field(default_factory=list)
+    #: How much the members agreed (``None`` with fewer than two answers).
+    agreement: Agreement | None = None
+    #: Why no judge was asked: the panel agreed (``consensus``) or only one member answered.
+    judge_skipped: JudgeSkip | None = None
 
     @property
     def successful_panel(self) -> list[PanelResponse]:

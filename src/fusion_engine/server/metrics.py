@@ -24,6 +24,7 @@ from ..results import PanelResponse
 
 #: From tens of milliseconds (cache hits, fast models) to minutes (long fusions).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)
 PASSTHROUGH = "passthrough"
 AD_HOC = "ad-hoc"
 NO_PANEL = "-"
@@ -75,6 +76,10 @@ class Metrics:
         self.inflight = Gauge(
             "fusion_inflight_requests", "Requests being served right now.",
             registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.agreement = Histogram(
+            "fusion_agreement", "How much a panel's members agreed (0-1), per fresh fusion.",
+            ["panel"], buckets=AGREEMENT_BUCKETS, registry=registry,
         )  # fmt: skip
         self.config_reloads = Counter(
             "fusion_config_reloads_total", "Panel and judge reloads by result (ok, error).",

@@ -34,6 +34,8 @@ class RequestFacts(msgspec.Struct, kw_only=True):
     tokens_in: int | None = None
     tokens_out: int | None = None
     degraded: str | None = None
+    #: The members' agreement, for fresh fusions only (a cache hit was counted when fused).
+    agreement: float | None = None
 
 
 def facts_of(request: Request[Any, Any, Any]) -> RequestFacts:
@@ -81,6 +83,8 @@ def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> Non
     panel = metrics.panel_label(facts.panel)
     metrics.requests.labels(route, panel, str(status)).inc()
     metrics.request_duration.labels(route, panel).observe(seconds)
+    if facts.agreement is not None:
+        metrics.agreement.labels(panel).observe(facts.agreement)
     log.info(
         "request",
         method=scope.get("method"),
@@ -102,3 +106,5 @@ def record_result(facts: RequestFacts, result: FusionResult, outcome: CacheResul
     facts.cost_usd = result.total_cost
     facts.tokens_in, facts.tokens_out = result.tokens_in, result.tokens_out
     facts.degraded = result.degraded
+    if result.agreement is not None and not result.cached:
+        facts.agreement = result.agreement.score

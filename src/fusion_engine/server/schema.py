@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ..agreement import Agreement
 from ..cache import CacheResult
 from ..protocol import GenerationFields, ToolCall
 from ..results import FusionResult, PanelResponse
@@ -112,13 +113,20 @@ class FusionDetail(msgspec.Struct, frozen=True, kw_only=True):
 
     panel: str | None
     members: list[PanelResponse]
-    judge: PanelResponse | None
+    judge: PanelResponse | JudgeSkipped | None
     judge_attempts: list[PanelResponse]
     total_cost: float | None
     total_latency_ms: float
     degraded: str | None
     cached: bool
     dropped_members: list[str]
+    agreement: Agreement | None
+
+
+class JudgeSkipped(msgspec.Struct, frozen=True):
+    """``fusion.judge`` when no judge was asked: why (``consensus`` or ``single``)."""
+
+    skipped: str
 
 
 class ChatCompletionOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -199,13 +207,14 @@ def fusion_detail(result: FusionResult, detail: Detail) -> FusionDetail:
     return FusionDetail(
         panel=result.panel,
         members=members,
-        judge=judge,
+        judge=JudgeSkipped(result.judge_skipped) if result.judge_skipped else judge,
         judge_attempts=attempts,
         total_cost=result.total_cost,
         total_latency_ms=result.total_latency_ms,
         degraded=result.degraded,
         cached=result.cached,
         dropped_members=result.dropped_members,
+        agreement=result.agreement,
     )
 
 

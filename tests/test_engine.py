@@ -511,3 +511,13 @@ async def test_streamed_judge_is_bounded_by_its_time_budget(fake: FakeUpstream) 
         with pytest.raises(JudgeFailedError, match="ran out of time"):
             await engine.run(plan, listener=lambda event: None, stream_judge=True)
     await eventually(lambda: JUDGE in fake.cancelled)
+
+
+async def test_streamed_judge_ending_in_a_choice_error_is_an_error(fake: FakeUpstream) -> None:
+    """A judge stream ending with finish_reason "error" fails loudly, never as a cut answer."""
+    fake.script(A, Reply(text="member answer"))
+    fake.script(JUDGE, Reply(text="half a verdict", choice_error="provider died"))
+    async with make_engine(fake) as engine:
+        plan = engine.plan("q", panel=panel(A))
+        with pytest.raises(JudgeFailedError):
+            await engine.run(plan, listener=lambda event: None, stream_judge=True)

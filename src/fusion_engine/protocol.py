@@ -158,7 +158,7 @@ def _validate_message(message: object, where: str) -> Message:
     if not isinstance(message, dict):
         raise InvalidRequestError(f"{where} must be an object", param=where)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequestError(
             f"{where}.role must be one of {', '.join(sorted(ROLES))}, not {role!r}",
             param=f"{where}.role",

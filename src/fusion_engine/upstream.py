@@ -365,6 +365,10 @@ def _parse_chunk(provider: Provider, data: str) -> ChatCompletionChunk:
         raise UpstreamError(
             f"{provider.name} sent a malformed stream event", kind="invalid_response"
         ) from exc
+    if not chunk.error and any(choice.finish_reason == "error" for choice in chunk.choices):
+        # OpenRouter ends a choice that failed mid-generation with finish_reason "error"
+        # (sometimes without a top-level error): the text so far is not an answer.
+        raise UpstreamError(f"{provider.name} failed mid-stream", kind="http_error")
     if chunk.error:
         message = chunk.error if isinstance(chunk.error, str) else error_message(data)
         raise UpstreamError(

@@ -75,8 +75,10 @@ def decode_object(body: bytes) -> dict[str, Any]:
     """
     try:
         raw = _decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("the request body is nested too deeply") from exc
     if not isinstance(raw, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     return raw

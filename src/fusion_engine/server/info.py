@@ -103,7 +103,9 @@ def metrics_route(*, public: bool) -> Any:
     async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Every ``fusion_*`` family, summed over the workers."""
         body, content_type = gateway_of(request).metrics.exposition()
-        return Response(content=body, media_type=content_type)
+        # Litestar adds the charset itself; prometheus-client's type already names one.
+        media_type = content_type.replace("; charset=utf-8", "")
+        return Response(content=body, media_type=media_type)
 
     return metrics
 

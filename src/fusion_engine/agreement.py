@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from .protocol import ToolCall
+
 if TYPE_CHECKING:  # results.py imports this module for its Agreement field
     from .results import PanelResponse
 
@@ -95,15 +97,17 @@ def _normalise(candidate: str) -> str | None:
     return " ".join(words) if words else None
 
 
+def tool_call_key(call: ToolCall) -> str:
+    """One call as a comparable key: its function and its parsed arguments."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        arguments = call.function.arguments
+    return json.dumps([call.function.name, arguments], sort_keys=True)
+
+
 def _tool_key(answer: PanelResponse) -> str:
-    calls = []
-    for call in answer.tool_calls or ():
-        try:
-            arguments = json.loads(call.function.arguments or "{}")
-        except ValueError:
-            arguments = call.function.arguments
-        calls.append([call.function.name, arguments])
-    return json.dumps(sorted(calls, key=json.dumps), sort_keys=True)
+    return json.dumps(sorted(tool_call_key(call) for call in answer.tool_calls or ()))
 
 
 def _grouped(answers: Sequence[PanelResponse], keys: Sequence[str], method: Method) -> Agreement:

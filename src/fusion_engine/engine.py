@@ -27,11 +27,15 @@ from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
 from .protocol import ChatCompletion, ChunkAccumulator, GenerationParams, Message
 from .quorum import (
     best_member_answer,
+    cascade_settled,
+    cascade_size,
     invalid_tool_call,
     judge_skip,
     majority_of,
     panel_failure,
     quorum_reached,
+    tool_votes,
+    within_tool_quorum,
 )
 from .results import (
     Degraded,
@@ -201,16 +205,24 @@ class FusionEngine:
         """
         notify = listener or _ignore
         started = self.clock.monotonic()
-        responses = await self._collect(plan, notify)
+        responses, settled = await self._gather(plan, notify)
         answers = [response for response in responses if response.ok]
         if not answers:
             raise panel_failure(responses)
         agreement = measure_agreement(answers)
-        skipped = judge_skip(plan.panel, answers, agreement)
+        skipped = "cascade" if settled else judge_skip(plan.panel, answers, agreement)
+        quorum = plan.panel.tool_quorum if plan.with_tools else None
+        votes = tool_votes(answers) if quorum else []
         judge: PanelResponse | None = None
         attempts: list[PanelResponse] = []
         if skipped is None:
-            judge, attempts = await self._judge(plan, answers, agreement, notify, stream_judge)
+            text_only = quorum is not None and not any(v.votes >= quorum for v in votes)
+            judge, attempts = await self._judge(
+                plan, answers, agreement, notify, stream_judge, text_only=text_only
+            )
+            if judge is not None and quorum is not None:
+                judge = within_tool_quorum(judge, votes, quorum)
+                judge = judge if judge.ok else None
         final = judge or best_member_answer(majority_of(answers, agreement))
         degraded: Degraded | None = "judge_failed" if attempts and judge is None else None
         if degraded:
@@ -232,14 +244,31 @@ class FusionEngine:
             dropped_members=plan.dropped_members,
             agreement=agreement,
             judge_skipped=skipped,
+            tool_votes=votes,
         )
 
-    async def _collect(self, plan: FusionPlan, notify: Listener) -> list[PanelResponse]:
-        """Fan out to every member; stop at all-answered or deadline-with-quorum."""
+    async def _gather(self, plan: FusionPlan, notify: Listener) -> tuple[list[PanelResponse], bool]:
+        """The members' responses, and whether a cascade settled on its first members alone."""
+        everyone = list(range(len(plan.panel.models)))
+        if plan.panel.strategy != "cascade":
+            return await self._collect(plan, notify, everyone), False
+        first = everyone[: cascade_size(plan.panel)]
+        responses = await self._collect(plan, notify, first)
+        answers = [response for response in responses if response.ok]
+        if cascade_settled(plan.panel, measure_agreement(answers), len(answers)):
+            return responses, True
+        rest = await self._collect(plan, notify, everyone[len(first) :])
+        return [*responses, *rest], False
+
+    async def _collect(
+        self, plan: FusionPlan, notify: Listener, indices: Sequence[int]
+    ) -> list[PanelResponse]:
+        """Fan out to the members at ``indices``; stop when all answered, or at the deadline
+        with the quorum in, or (``early_quorum``) as soon as the quorum agrees."""
         members = plan.panel.models
         tasks = {
-            asyncio.create_task(self._ask_member(plan, index, member)): index
-            for index, member in enumerate(members)
+            asyncio.create_task(self._ask_member(plan, index, members[index])): index
+            for index in indices
         }
         deadline = plan.panel.deadline_s
         timer = asyncio.create_task(self.clock.sleep(deadline)) if deadline is not None else None
@@ -266,22 +295,23 @@ class FusionEngine:
                     pending=len(pending),
                     min_responses=plan.panel.min_responses,
                     deadline_passed=timer is not None and timer.done(),
+                    early=plan.panel.early_quorum,
                 ):
                     break
         finally:
             await _cancel_all([*tasks, *([timer] if timer else [])])
         elapsed_ms = (self.clock.monotonic() - started) * 1000
-        for index, member in enumerate(members):
+        for index in indices:
             if index not in finished:
                 finished[index] = PanelResponse(
                     index=index,
-                    model=member.slug,
-                    error="cancelled: the deadline passed and the quorum had answered",
+                    model=members[index].slug,
+                    error="cancelled: the quorum had answered",
                     error_kind="deadline",
                     latency_ms=elapsed_ms,
                 )
                 self.on_call(finished[index])
-        return [finished[index] for index in range(len(members))]
+        return [finished[index] for index in indices]
 
     async def _ask_member(self, plan: FusionPlan, index: int, member: PanelMember) -> PanelResponse:
         provider = plan.member_providers[index]
@@ -311,6 +341,8 @@ class FusionEngine:
         agreement: Agreement | None,
         notify: Listener,
         stream: bool,
+        *,
+        text_only: bool = False,
     ) -> tuple[PanelResponse | None, list[PanelResponse]]:
         """Try the judge, then each fallback; return the first usable verdict and every attempt."""
         messages = build_judge_messages(
@@ -326,6 +358,9 @@ class FusionEngine:
         for position, model in enumerate(plan.judge_chain):
             notify(JudgeStarted(model=model, position=position))
             body = judge_body(plan, model, messages)
+            if text_only:
+                # No tool call reached the tool quorum: the judge must answer in words.
+                body["tool_choice"] = "none"
             timeout_s = plan.panel.member_timeout_s
             if stream:
                 verdict = await self._stream_judge(plan, position, model, body, notify)

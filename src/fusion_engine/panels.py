@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -67,6 +67,16 @@ class Panel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     skip_judge_if_single: bool = False
     #: Answer without the judge when the members' agreement is at least this (0 < x <= 1).
     consensus_skip_judge: float | None = None
+    #: ``fusion`` asks every member; ``cascade`` asks the first ``max(2, min_responses)``
+    #: members (list them cheapest first) and the rest only when those disagree.
+    strategy: Literal["fusion", "cascade"] = "fusion"
+    #: Stop waiting as soon as ``min_responses`` members agree (no need for ``deadline_s``).
+    early_quorum: bool = False
+    #: A tool call is returned only if at least this many members proposed it (same function,
+    #: equivalent arguments); otherwise the judge must answer in text.
+    tool_quorum: int | None = None
+    #: This panel's own per-request cost ceiling (the lower of it and the gateway's applies).
+    max_cost_usd: float | None = None
     shuffle_answers: bool = False
     web_search: bool = False
     #: ``None`` means "cache unless web search is on"; an explicit ``true`` caches even then.
@@ -150,6 +160,12 @@ def _validate_numbers(panel: Panel, fail: Any) -> None:
         fail("min_responses", f"must be between 1 and the number of models ({len(panel.models)})")
     if panel.judge_temperature is not None and not 0 <= panel.judge_temperature <= 2:
         fail("judge_temperature", "must be between 0 and 2")
+    if panel.tool_quorum is not None and not 1 <= panel.tool_quorum <= len(panel.models):
+        fail("tool_quorum", f"must be between 1 and the number of models ({len(panel.models)})")
+    if panel.strategy == "cascade" and len(panel.models) <= max(2, panel.min_responses):
+        fail("strategy", "a cascade needs more members than its first stage, max(2, min_responses)")
+    if panel.max_cost_usd is not None and panel.max_cost_usd <= 0:
+        fail("max_cost_usd", "must be greater than 0")
     if panel.consensus_skip_judge is not None and not 0 < panel.consensus_skip_judge <= 1:
         fail("consensus_skip_judge", "must be greater than 0 and at most 1")
     if panel.judge_max_input_tokens is not None and panel.judge_max_input_tokens < 256:

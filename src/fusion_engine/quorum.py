@@ -7,26 +7,40 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from .agreement import Agreement, jaccard, word_set
+import msgspec
+
+from .agreement import Agreement, jaccard, measure_agreement, tool_call_key, word_set
 from .errors import PanelFailedError, PanelTimeoutError
 from .panels import Panel
-from .protocol import ToolCall
-from .results import JudgeSkip, PanelResponse
+from .protocol import FunctionCall, ToolCall
+from .results import JudgeSkip, PanelResponse, ToolVote
 
 _TIMEOUT_KINDS = frozenset({"timeout", "deadline"})
 
 
 def quorum_reached(
-    finished: Iterable[PanelResponse], *, pending: int, min_responses: int, deadline_passed: bool
+    finished: Iterable[PanelResponse],
+    *,
+    pending: int,
+    min_responses: int,
+    deadline_passed: bool,
+    early: bool = False,
 ) -> bool:
     """Whether to stop waiting for members.
 
     Everyone answered; or the deadline passed and at least ``min_responses`` members answered
-    successfully. Below the quorum we keep waiting (each member is bounded by its own timeout).
+    successfully; or, with ``early``, at least ``min_responses`` answers already agree. Below
+    the quorum we keep waiting (each member is bounded by its own timeout).
     """
     if pending == 0:
         return True
-    return deadline_passed and sum(1 for response in finished if response.ok) >= min_responses
+    answers = [response for response in finished if response.ok]
+    if deadline_passed and len(answers) >= min_responses:
+        return True
+    if early and len(answers) >= min_responses:
+        agreement = measure_agreement(answers)
+        return agreement is not None and len(agreement.majority) >= min_responses
+    return False
 
 
 def panel_failure(responses: Sequence[PanelResponse]) -> PanelFailedError:
@@ -101,3 +115,59 @@ def majority_of(
         return list(answers)
     majority = [answer for answer in answers if answer.index in agreement.majority]
     return majority or list(answers)
+
+
+def cascade_size(panel: Panel) -> int:
+    """How many members a cascade asks first."""
+    return max(2, panel.min_responses)
+
+
+def cascade_settled(panel: Panel, agreement: Agreement | None, answered: int) -> bool:
+    """Whether the cascade's first members agree enough to answer without the rest (their
+    agreement reaches ``consensus_skip_judge``, or is unanimous when that is unset)."""
+    threshold = panel.consensus_skip_judge if panel.consensus_skip_judge is not None else 1.0
+    return (
+        agreement is not None and answered >= cascade_size(panel) and agreement.score >= threshold
+    )
+
+
+def tool_votes(answers: Sequence[PanelResponse]) -> list[ToolVote]:
+    """Every distinct proposed tool call with the members who proposed it, most votes first."""
+    votes: dict[str, tuple[ToolCall, list[int]]] = {}
+    for answer in answers:
+        for call in answer.tool_calls or ():
+            entry = votes.setdefault(tool_call_key(call), (call, []))
+            if answer.index not in entry[1]:
+                entry[1].append(answer.index)
+    ranked = sorted(votes.values(), key=lambda entry: (-len(entry[1]), entry[1][0]))
+    return [
+        ToolVote(
+            name=call.function.name, arguments=call.function.arguments, votes=len(members),
+            members=members,
+        )
+        for call, members in ranked
+    ]  # fmt: skip
+
+
+def within_tool_quorum(
+    verdict: PanelResponse, votes: Sequence[ToolVote], quorum: int
+) -> PanelResponse:
+    """The judge's verdict, its tool calls kept only if each had ``quorum`` votes; otherwise the
+    most-voted call that has them stands in (and without one, the calls are dropped)."""
+    if not verdict.tool_calls:
+        return verdict
+    qualified = {
+        tool_call_key(ToolCall(id="v", function=FunctionCall(name=v.name, arguments=v.arguments)))
+        for v in votes
+        if v.votes >= quorum
+    }
+    if all(tool_call_key(call) in qualified for call in verdict.tool_calls):
+        return verdict
+    top = next((v for v in votes if v.votes >= quorum), None)
+    if top is None:
+        return msgspec.structs.replace(
+            verdict, tool_calls=None, error="tool call below the tool quorum",
+            error_kind="invalid_response",
+        )  # fmt: skip
+    call = ToolCall(id=verdict.tool_calls[0].id, function=FunctionCall(top.name, top.arguments))
+    return msgspec.structs.replace(verdict, tool_calls=[call])

@@ -56,7 +56,16 @@ class PanelResponse(msgspec.Struct, kw_only=True, frozen=True):
 
 #: Why the answer is not the judge's: every judge failed and a member answer stands in.
 Degraded = Literal["judge_failed"]
-JudgeSkip = Literal["consensus", "single"]
+JudgeSkip = Literal["consensus", "single", "cascade"]
+
+
+class ToolVote(msgspec.Struct, frozen=True, kw_only=True):
+    """How many members proposed one tool call (same function, equivalent arguments)."""
+
+    name: str
+    arguments: str
+    votes: int
+    members: list[int]
 
 
 class FusionResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -83,8 +92,11 @@ class FusionResult(msgspec.Struct, kw_only=True, frozen=True):
     dropped_members: list[str] = msgspec.field(default_factory=list)
     #: How much the members agreed (``None`` with fewer than two answers).
     agreement: Agreement | None = None
-    #: Why no judge was asked: the panel agreed (``consensus``) or only one member answered.
+    #: Why no judge was asked: the panel agreed (``consensus``), the cascade's first members
+    #: agreed (``cascade``), or only one member answered (``single``).
     judge_skipped: JudgeSkip | None = None
+    #: With ``tool_quorum``: the members' votes on each proposed tool call.
+    tool_votes: list[ToolVote] = msgspec.field(default_factory=list)
 
     @property
     def successful_panel(self) -> list[PanelResponse]:

@@ -59,9 +59,12 @@ class Gateway:
         return self.engine.config
 
     def within_budget(self, plan: FusionPlan) -> FusionPlan:
-        """The plan under the gateway's cost ceiling (trimmed or refused per the config)."""
+        """The plan under the lower of the gateway's and the panel's cost ceilings (trimmed or
+        refused as the gateway config says)."""
         gateway = self.config.gateway
-        return enforce(plan, gateway.max_cost_usd, self.prices.prices, policy=gateway.cost_policy)
+        ceilings = [c for c in (gateway.max_cost_usd, plan.panel.max_cost_usd) if c is not None]
+        ceiling = min(ceilings) if ceilings else None
+        return enforce(plan, ceiling, self.prices.prices, policy=gateway.cost_policy)
 
     def refresh_labels(self) -> None:
         """Metric labels follow the loaded panels (after start and after every reload)."""

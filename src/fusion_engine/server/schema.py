@@ -15,7 +15,7 @@ from msgspec import UNSET, UnsetType
 from ..agreement import Agreement
 from ..cache import CacheResult
 from ..protocol import GenerationFields, ToolCall
-from ..results import FusionResult, PanelResponse
+from ..results import FusionResult, PanelResponse, ToolVote
 
 Detail = Literal["full", "none"]
 
@@ -121,6 +121,7 @@ class FusionDetail(msgspec.Struct, frozen=True, kw_only=True):
     cached: bool
     dropped_members: list[str]
     agreement: Agreement | None
+    tool_votes: list[ToolVote]
 
 
 class JudgeSkipped(msgspec.Struct, frozen=True):
@@ -215,6 +216,7 @@ def fusion_detail(result: FusionResult, detail: Detail) -> FusionDetail:
         cached=result.cached,
         dropped_members=result.dropped_members,
         agreement=result.agreement,
+        tool_votes=result.tool_votes,
     )
 
 

@@ -32,6 +32,7 @@ bench: $(STAMP) ## measure what the engine and the gateway add over their upstre
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_gateway.py
 	$(BIN)/python bench/bench_hedging.py
+	$(BIN)/python bench/bench_strategies.py
 
 redis: ## make sure a Redis answers on 127.0.0.1:6379 (starts one if needed)
 	@scripts/ensure-redis.sh

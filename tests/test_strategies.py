@@ -111,3 +111,40 @@ def test_panel_cost_ceiling_applies_below_the_gateways() -> None:
         gateway.within_budget(engine.plan("q", panel=costly))
     cheap = panel(A, B, max_cost_usd=1.0, estimated_cost_per_query=EstimatedCost(min=0.2, max=0.4))
     assert gateway.within_budget(engine.plan("q", panel=cheap)).panel.models == cheap.models
+
+
+async def test_provider_concurrency_queues_calls_and_reports_the_wait(fake: FakeUpstream) -> None:
+    """A provider limited to one call at a time serves members one by one; the wait is queue_ms."""
+    from fusion_engine.config import GatewayConfig, ProviderSpec, resolve_config
+    from fusion_engine.panels import PanelMember
+
+    config = resolve_config(
+        GatewayConfig(
+            providers={
+                "openrouter": ProviderSpec(
+                    kind="openrouter", base_url=fake.base_url, api_key_env=None
+                ),
+                "gpu": ProviderSpec(
+                    kind="openai", base_url=fake.base_url, model_concurrency={"m/one": 1}
+                ),
+            }
+        ),
+        {},
+    )
+    for member in ("m/one", "m/two"):
+        fake.script(member, Reply(text="ok", delay_s=0.3))
+    members = [PanelMember(slug="m/one", provider="gpu"), PanelMember(slug="m/one", provider="gpu"),
+               PanelMember(slug="m/two", provider="gpu")]  # fmt: skip
+    engine = FusionEngine(
+        settings=Settings.from_environ({}),
+        config=config,
+        panels={},
+        judge_templates={"default": "x"},
+    )
+    async with engine:
+        result = await engine.fuse("q", panel=panel(*members))
+    one_a, one_b, two = result.panel_responses
+    arrivals = sorted(r.received_at for r in fake.requests_for("m/one"))
+    assert arrivals[1] - arrivals[0] >= 0.25  # the second m/one call waited for the first
+    assert max(one_a.queue_ms, one_b.queue_ms) >= 250
+    assert two.queue_ms < 50  # another model on the same provider is not held back

@@ -28,6 +28,8 @@ class ProviderSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     base_url_env: str | None = None
     api_key_env: str | None = None
     max_concurrency: int | None = None
+    #: Calls in flight per model on this provider (e.g. one model per GPU).
+    model_concurrency: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class PassthroughSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,6 +88,7 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
     api_key: Secret | None
     api_key_env: str | None
     max_concurrency: int | None = None
+    model_concurrency: dict[str, int] = msgspec.field(default_factory=dict)
 
     def require_key(self) -> Secret | None:
         """The key to send, or ``None`` for a provider that takes none.
@@ -180,6 +183,11 @@ def _resolve_provider(
         raise ConfigFileError(source, f"{where}.base_url", f"not an http(s) URL: {base_url!r}")
     if spec.max_concurrency is not None and spec.max_concurrency < 1:
         raise ConfigFileError(source, f"{where}.max_concurrency", "must be at least 1")
+    for model, limit in spec.model_concurrency.items():
+        if limit < 1:
+            raise ConfigFileError(
+                source, f"{where}.model_concurrency.{model}", "must be at least 1"
+            )
     key = environ.get(spec.api_key_env) if spec.api_key_env else None
     return Provider(
         name=name,
@@ -188,4 +196,5 @@ def _resolve_provider(
         api_key=Secret(key) if key else None,
         api_key_env=spec.api_key_env,
         max_concurrency=spec.max_concurrency,
+        model_concurrency=dict(spec.model_concurrency),
     )

@@ -424,6 +424,7 @@ def response_from_reply(index: int, model: str, reply: UpstreamReply) -> PanelRe
         tokens_in=usage.prompt_tokens if usage else 0,
         tokens_out=usage.completion_tokens if usage else 0,
         latency_ms=reply.latency_ms,
+        queue_ms=reply.queue_ms,
         cost_usd=usage.cost if usage else None,
         error="empty answer" if empty else None,
         error_kind="empty" if empty else None,

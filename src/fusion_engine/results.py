@@ -43,6 +43,8 @@ class PanelResponse(msgspec.Struct, kw_only=True, frozen=True):
     tokens_in: int = 0
     tokens_out: int = 0
     latency_ms: float = 0.0
+    #: Of ``latency_ms``, the time spent queued for a provider or model concurrency slot.
+    queue_ms: float = 0.0
     cost_usd: float | None = None
     error: str | None = None
     error_kind: ErrorKind | None = None

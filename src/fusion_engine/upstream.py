@@ -48,6 +48,8 @@ class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float
     attempts: int
     raw: bytes = b""
+    #: Time spent waiting for a provider or model concurrency slot (part of ``latency_ms``).
+    queue_ms: float = 0.0
 
 
 class StreamEvent(msgspec.Struct, frozen=True):
@@ -120,20 +122,27 @@ class UpstreamClient:
         """
         payload = _encode(prepare_body(provider, body, stream=False))
         headers = request_headers(provider)
+        model = str(body.get("model", ""))
         started = self.clock.monotonic()
         deadline = started + timeout_s
         attempt = 0
+        queued = 0.0
         while True:
             attempt += 1
+            slot = await self._take_slot(provider, model, deadline)
+            queued += slot.waited_s
             try:
-                completion, raw = await self._attempt_chat(provider, payload, headers, deadline)
+                completion, raw = await self._attempt_chat(
+                    provider, payload, headers, deadline, slot
+                )
             except UpstreamError as error:
                 await self._wait_before_retry(provider, error, attempt, deadline)
                 continue
             latency_ms = (self.clock.monotonic() - started) * 1000
             return UpstreamReply(
-                completion=completion, latency_ms=latency_ms, attempts=attempt, raw=raw
-            )
+                completion=completion, latency_ms=latency_ms, attempts=attempt, raw=raw,
+                queue_ms=queued * 1000,
+            )  # fmt: skip
 
     async def stream(
         self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
@@ -145,12 +154,14 @@ class UpstreamClient:
         """
         payload = _encode(prepare_body(provider, body, stream=True))
         headers = request_headers(provider)
+        model = str(body.get("model", ""))
         deadline = self.clock.monotonic() + timeout_s
         attempt = 0
         while True:
             attempt += 1
+            slot = await self._take_slot(provider, model, deadline)
             try:
-                response = await self._open(provider, payload, headers, deadline)
+                response = await self._open(provider, payload, headers, deadline, slot)
             except UpstreamError as error:
                 await self._wait_before_retry(provider, error, attempt, deadline)
                 continue
@@ -165,19 +176,24 @@ class UpstreamClient:
             # Closing (not releasing) drops the connection, which is what stops an upstream
             # from generating (and billing) when our consumer went away.
             response.close()
-            self._release(provider)
+            slot.release()
 
     async def _attempt_chat(
-        self, provider: Provider, payload: bytes, headers: Mapping[str, str], deadline: float
+        self,
+        provider: Provider,
+        payload: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        slot: _Slot,
     ) -> tuple[ChatCompletion, bytes]:
-        response = await self._open(provider, payload, headers, deadline)
+        response = await self._open(provider, payload, headers, deadline, slot)
         try:
             raw = await self._within(deadline, response.read())
         except aiohttp.ClientError as exc:
             raise _broken_off(provider, exc) from exc
         finally:
             response.release()
-            self._release(provider)
+            slot.release()
         try:
             completion = _decode_completion(raw)
         except msgspec.DecodeError as exc:
@@ -197,23 +213,27 @@ class UpstreamClient:
         return completion, raw
 
     async def _open(
-        self, provider: Provider, payload: bytes, headers: Mapping[str, str], deadline: float
+        self,
+        provider: Provider,
+        payload: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        slot: _Slot,
     ) -> aiohttp.ClientResponse:
-        """Send the request and return a 2xx response, holding a concurrency slot."""
+        """Send the request and return a 2xx response; on failure the slot is given back."""
         url = f"{provider.base_url}/chat/completions"
-        await self._acquire(provider, deadline)
         try:
             response = await self._within(
                 deadline, self._client().post(url, data=payload, headers=headers)
             )
         except aiohttp.ClientError as exc:
-            self._release(provider)
+            slot.release()
             raise UpstreamError(
                 f"cannot reach {provider.name}: {type(exc).__name__}", retryable=True,
                 kind="connection",
             ) from exc  # fmt: skip
         except BaseException:
-            self._release(provider)
+            slot.release()
             raise
         if response.status >= 400:
             try:
@@ -222,7 +242,7 @@ class UpstreamClient:
                 raise _broken_off(provider, exc) from exc
             finally:
                 response.release()
-                self._release(provider)
+                slot.release()
             raise error
         return response
 
@@ -292,17 +312,43 @@ class UpstreamClient:
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"no answer within {remaining:.1f}s") from exc
 
-    async def _acquire(self, provider: Provider, deadline: float) -> None:
-        if provider.max_concurrency is None:
-            return
-        semaphore = self._limits.setdefault(
-            provider.name, asyncio.Semaphore(provider.max_concurrency)
-        )
-        await self._within(deadline, semaphore.acquire())
+    async def _take_slot(self, provider: Provider, model: str, deadline: float) -> _Slot:
+        """Wait for the provider's and the model's concurrency limits (when set).
 
-    def _release(self, provider: Provider) -> None:
-        if provider.max_concurrency is not None:
-            self._limits[provider.name].release()
+        The wait is measured, so queueing on a small local server is reported apart from the
+        model's own latency.
+        """
+        limits = [(provider.name, provider.max_concurrency)]
+        limits.append((f"{provider.name}/{model}", provider.model_concurrency.get(model)))
+        semaphores = [
+            self._limits.setdefault(name, asyncio.Semaphore(limit))
+            for name, limit in limits
+            if limit is not None
+        ]
+        started = self.clock.monotonic()
+        held: list[asyncio.Semaphore] = []
+        try:
+            for semaphore in semaphores:
+                await self._within(deadline, semaphore.acquire())
+                held.append(semaphore)
+        except BaseException:
+            for semaphore in held:
+                semaphore.release()
+            raise
+        return _Slot(held, self.clock.monotonic() - started)
+
+
+class _Slot:
+    """Concurrency permits held by one attempt; released exactly once."""
+
+    def __init__(self, semaphores: list[asyncio.Semaphore], waited_s: float) -> None:
+        self._semaphores = semaphores
+        self.waited_s = waited_s
+
+    def release(self) -> None:
+        for semaphore in self._semaphores:
+            semaphore.release()
+        self._semaphores = []
 
 
 class _Expiry:

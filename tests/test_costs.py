@@ -156,3 +156,57 @@ def test_gateway_refuses_a_fusion_over_the_ceiling(
     error = reply.json()["error"]
     assert error["type"] == "cost_limit_error"
     assert error["code"] == "cost_limit_exceeded"
+
+
+async def test_prices_are_pooled_through_redis() -> None:
+    """Two workers' price books sync through Redis: each ends up with both workers' calls."""
+    import socket
+    import uuid
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url("redis://127.0.0.1:6379/15")
+    model = f"test/model-{uuid.uuid4().hex}"
+    first, second = PriceBook(), PriceBook()
+    try:
+        first.learn(
+            PanelResponse(
+                index=0, model=model, content="x", tokens_in=100, tokens_out=100, cost_usd=0.002
+            )
+        )
+        second.learn(
+            PanelResponse(
+                index=0, model=model, content="x", tokens_in=300, tokens_out=100, cost_usd=0.006
+            )
+        )
+        await first.sync(redis)
+        await second.sync(redis)
+        await first.sync(redis)  # nothing new to add; takes the shared totals back
+        for book in (first, second):
+            assert book.prices[model].calls == 2
+            assert book.prices[model].cost_usd == pytest.approx(0.008)
+            assert book.prices[model].tokens_in == 400
+        assert first.unsynced == {} and second.unsynced == {}
+    finally:
+        await redis.delete(f"fusion:prices:{model}")
+        await redis.aclose()
+
+
+async def test_failed_sync_keeps_the_calls_for_next_time() -> None:
+    """When Redis fails, the unsynced calls are kept, not lost."""
+
+    class Broken:
+        def pipeline(self, transaction: bool) -> object:
+            raise ConnectionError("down")
+
+    book = PriceBook()
+    book.learn(
+        PanelResponse(index=0, model="m", content="x", tokens_in=10, tokens_out=10, cost_usd=0.001)
+    )
+    with pytest.raises(ConnectionError):
+        await book.sync(Broken())
+    assert book.unsynced["m"].calls == 1

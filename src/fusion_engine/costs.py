@@ -1,7 +1,8 @@
 """The per-request cost ceiling: estimate a fusion's cost before the fan-out and enforce it.
 
 Prices are learnt from what providers report (``usage.cost`` with its token counts) for every
-call this worker makes; a model never seen yet falls back to the panel's
+call, pooled across workers and replicas through Redis when it is configured (every 10 s); a
+model never seen yet falls back to the panel's
 ``estimated_cost_per_query.max``. Estimation is pure; the ceiling either refuses (402) or, with
 ``cost_policy: trim``, drops the most expensive members until the fusion fits.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -19,6 +20,7 @@ from .plan import FusionPlan
 from .results import PanelResponse
 
 CostPolicy = Literal["refuse", "trim"]
+PRICE_KEY = "fusion:prices:"
 #: Rough characters per token, the same estimate the judge's input trimming uses.
 CHARS_PER_TOKEN = 3.5
 
@@ -43,20 +45,67 @@ class ModelPrice(msgspec.Struct, kw_only=True):
 
 
 class PriceBook:
-    """Learnt prices per model (this worker's calls)."""
+    """Learnt prices per model: this worker's calls, plus every worker's when synced via Redis."""
 
     def __init__(self) -> None:
         self.prices: dict[str, ModelPrice] = {}
+        #: Calls learnt since the last sync, to be added to the shared totals.
+        self.unsynced: dict[str, ModelPrice] = {}
 
     def learn(self, response: PanelResponse) -> None:
         """Add one call whose provider reported a cost."""
         if response.cost_usd is None or not (response.tokens_in or response.tokens_out):
             return
-        price = self.prices.setdefault(response.model, ModelPrice())
-        price.calls += 1
-        price.cost_usd += response.cost_usd
-        price.tokens_in += response.tokens_in
-        price.tokens_out += response.tokens_out
+        for book in (self.prices, self.unsynced):
+            price = book.setdefault(response.model, ModelPrice())
+            price.calls += 1
+            price.cost_usd += response.cost_usd
+            price.tokens_in += response.tokens_in
+            price.tokens_out += response.tokens_out
+
+    async def sync(self, redis: Any) -> None:
+        """Add this worker's new calls to the totals in Redis and take everyone's totals back.
+
+        Raises whatever the Redis client raises; the caller decides how to fail (open).
+        """
+        pending, self.unsynced = self.unsynced, {}
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for model, price in pending.items():
+                    key = PRICE_KEY + model
+                    pipe.hincrby(key, "calls", price.calls)
+                    pipe.hincrbyfloat(key, "cost_usd", price.cost_usd)
+                    pipe.hincrby(key, "tokens_in", price.tokens_in)
+                    pipe.hincrby(key, "tokens_out", price.tokens_out)
+                await pipe.execute()
+        except BaseException:
+            self._restore(pending)
+            raise
+        shared: dict[str, ModelPrice] = {}
+        async for key in redis.scan_iter(match=PRICE_KEY + "*", count=500):
+            fields = await redis.hgetall(key)
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            shared[name.removeprefix(PRICE_KEY)] = _price_from(fields)
+        self.prices = {**self.prices, **shared}
+
+    def _restore(self, pending: dict[str, ModelPrice]) -> None:
+        for model, price in pending.items():
+            kept = self.unsynced.setdefault(model, ModelPrice())
+            kept.calls += price.calls
+            kept.cost_usd += price.cost_usd
+            kept.tokens_in += price.tokens_in
+            kept.tokens_out += price.tokens_out
+
+
+def _price_from(fields: Mapping[Any, Any]) -> ModelPrice:
+    def value(name: str) -> float:
+        raw = fields.get(name.encode(), fields.get(name, 0))
+        return float(raw.decode() if isinstance(raw, bytes) else raw)
+
+    return ModelPrice(
+        calls=int(value("calls")), cost_usd=value("cost_usd"),
+        tokens_in=int(value("tokens_in")), tokens_out=int(value("tokens_out")),
+    )  # fmt: skip
 
 
 class CostEstimate(msgspec.Struct, frozen=True, kw_only=True):

@@ -54,15 +54,17 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        watcher = None
+        background = [asyncio.create_task(gateway.share_prices())]
         if settings.reload_interval_s > 0:
-            watcher = asyncio.create_task(watch_definitions(gateway, settings.reload_interval_s))
+            background.append(
+                asyncio.create_task(watch_definitions(gateway, settings.reload_interval_s))
+            )
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await gateway.aclose()
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from ..settings import Settings
 from .metrics import Metrics
 
 log = structlog.get_logger("fusion_engine.upstream")
+#: How often learnt prices are pooled through Redis.
+PRICE_SYNC_S = 10.0
 
 
 class Gateway:
@@ -49,6 +52,7 @@ class Gateway:
         self.limiter = RateLimiter(spec, store, fail_open=spec.fail_open)
         self._limit_store = store
         self.prices = PriceBook()
+        self._price_redis = _redis_client(settings.redis_url) if settings.redis_url else None
         self.started_at = int(time.time())
         #: Set when the worker is shutting down, so /ready stops attracting traffic.
         self.draining = False
@@ -87,13 +91,32 @@ class Gateway:
             attempts=response.attempts,
         )
 
+    async def share_prices(self, interval_s: float = PRICE_SYNC_S) -> None:
+        """Forever: pool learnt prices with the other workers and replicas through Redis."""
+        if self._price_redis is None:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.prices.sync(self._price_redis)
+            except Exception as error:  # fail open: local prices keep working
+                log.warning("price_sync_failed", error=type(error).__name__)
+
     async def aclose(self) -> None:
         """Stop serving: close the cache and the upstream session."""
         self.draining = True
+        if self._price_redis is not None:
+            await self._price_redis.aclose()
         await self.cache.aclose()
         if isinstance(self._limit_store, RedisLimitStore):
             await self._limit_store.aclose()
         await self.engine.aclose()
+
+
+def _redis_client(url: str) -> Any:
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def configured_models(panels: Any) -> set[str]:

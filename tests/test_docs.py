@@ -449,13 +449,21 @@ RUN_ELSEWHERE = {
     "make deploy-configmaps": "tests/test_deploy.py (test_configmaps_are_generated_from_...)",
     ".venv/bin/pre-commit install": "test_pre_commit_install_works_in_a_fresh_repository",
     ".venv/bin/pytest": "make test (.ci/run)",
+    "curl -s": "tests/test_readme.py (test_curl_examples_work)",
+    "curl -sN": "tests/test_readme.py (test_curl_examples_work)",
+    ".venv/bin/python evals/run_eval.py --panel budget --dataset sample": (
+        "tests/test_readme.py (test_eval_quick_start_runs)"
+    ),
+    "-d '{": "the curl command it continues (tests/test_readme.py)",
 }
 NOT_RUN = "<!-- not run by the tests:"
 
 
 def shell_blocks() -> list[tuple[str, str, bool]]:
-    """(file, block, marked as not run) for every shell block of CONTRIBUTING, SECURITY, docs/."""
-    pages = [ROOT / "CONTRIBUTING.md", ROOT / "SECURITY.md", *sorted(DOCS.glob("*.md"))]
+    """(file, block, marked as not run) for every shell block of README, CONTRIBUTING, SECURITY
+    and docs/."""
+    pages = [ROOT / name for name in ("README.md", "CONTRIBUTING.md", "SECURITY.md")]
+    pages += sorted(DOCS.glob("*.md"))
     blocks = []
     for page in pages:
         lines = page.read_text().splitlines()

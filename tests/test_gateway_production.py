@@ -38,13 +38,6 @@ def redis_answers(port: int = 6379) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeInThread]:
-    threaded = FakeInThread()
-    yield threaded
-    threaded.close()
-
-
 @pytest.fixture
 def fake(upstream: FakeInThread) -> FakeUpstream:
     upstream.fake.reset()

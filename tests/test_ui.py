@@ -68,13 +68,6 @@ def _missing_browser() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeInThread]:
-    threaded = FakeInThread()
-    yield threaded
-    threaded.close()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(
         {

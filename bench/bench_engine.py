@@ -16,10 +16,17 @@ import statistics
 import time
 from typing import Any
 
-from common import ROOT, closed_loop, cpu_seconds, percentile, run_benchmark, start_fake, stop
+from common import (
+    closed_loop,
+    cpu_seconds,
+    engine_settings,
+    percentile,
+    run_benchmark,
+    start_fake,
+    stop,
+)
 
 from fusion_engine import FusionEngine, Panel, PanelMember
-from fusion_engine.settings import Settings
 
 
 async def run_load(
@@ -42,15 +49,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     fake, base_url = start_fake(args.delay_ms, cpu=1)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
-    settings = Settings.from_environ(
-        {
-            "OPENROUTER_API_KEY": "bench",
-            "OPENROUTER_BASE_URL": base_url,
-            "FUSION_PANELS_DIR": str(ROOT / "panels"),
-            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-            "FUSION_CONFIG": str(ROOT / "config/gateway.yaml"),
-        }
-    )
+    settings = engine_settings(base_url)
     panel = Panel(
         name="bench",
         models=[PanelMember(slug=f"bench/member-{i}") for i in range(3)],

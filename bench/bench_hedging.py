@@ -17,10 +17,9 @@ import statistics
 import urllib.request
 from typing import Any
 
-from common import ROOT, closed_loop, percentile, run_benchmark, start_fake, stop
+from common import closed_loop, engine_settings, percentile, run_benchmark, start_fake, stop
 
 from fusion_engine import FusionEngine, Panel, PanelMember
-from fusion_engine.settings import Settings
 
 FAST = ("hedge/fast-1", "hedge/fast-2")
 SLOW = "hedge/slow"
@@ -54,14 +53,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     script_fake(base_url, args.delay_ms)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
-    settings = Settings.from_environ(
-        {
-            "OPENROUTER_API_KEY": "bench",
-            "OPENROUTER_BASE_URL": base_url,
-            "FUSION_PANELS_DIR": str(ROOT / "panels"),
-            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-        }
-    )
+    settings = engine_settings(base_url)
     results: dict[str, Any] = {"delay_ms": args.delay_ms, "straggler_ms": 10 * args.delay_ms}
     try:
         async with FusionEngine(settings=settings) as engine:

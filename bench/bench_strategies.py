@@ -16,11 +16,10 @@ import statistics
 import time
 from typing import Any
 
-from common import ROOT
+from common import engine_settings
 
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.agreement import final_answer
-from fusion_engine.settings import Settings
 from fusion_engine.testing import FakeUpstream, Reply
 
 MEMBERS = ("s/cheap-1", "s/cheap-2", "s/strong")
@@ -49,14 +48,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with FakeUpstream(prices=PRICES) as fake:
         easy = script(fake, args.questions, args.delay_ms / 1000)
-        settings = Settings.from_environ(
-            {
-                "OPENROUTER_API_KEY": "bench",
-                "OPENROUTER_BASE_URL": fake.base_url,
-                "FUSION_PANELS_DIR": str(ROOT / "panels"),
-                "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-            }
-        )
+        settings = engine_settings(fake.base_url)
         async with FusionEngine(settings=settings) as engine:
             answers: dict[str, list[str | None]] = {}
             for name, options in PANELS.items():

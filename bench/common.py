@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from fusion_engine.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -152,3 +154,16 @@ def run_benchmark(
     results = asyncio.run(main_async(args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def engine_settings(base_url: str) -> Settings:
+    """Settings for an in-process engine whose default provider is the fake at ``base_url``."""
+    return Settings.from_environ(
+        {
+            "OPENROUTER_API_KEY": "bench",
+            "OPENROUTER_BASE_URL": base_url,
+            "FUSION_PANELS_DIR": str(ROOT / "panels"),
+            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
+            "FUSION_CONFIG": str(ROOT / "config" / "gateway.yaml"),
+        }
+    )

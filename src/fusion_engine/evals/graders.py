@@ -12,30 +12,30 @@ mounts, a dropped-privilege user).
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import signal
 import string
 import sys
-import tempfile
-import textwrap
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from fractions import Fraction
-from functools import partial
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import msgspec
 
+from .code_runner import (
+    UNTRUSTED,
+    UntrustedCodeWarning,
+    build_program,
+    extract_code,
+    run_program,
+)
 from .items import EvalItem
 
 if sys.platform != "win32":
     # Unix only, and imported here, not in the forked child, where importing is not safe.
-    import resource
+    pass
 
 
 class GradeResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,10 +65,6 @@ class GradeContext(msgspec.Struct, frozen=True, kw_only=True):
 
 #: A grader: sync or async ``(answer, item, context) -> GradeResult``.
 Grader = Callable[[str, EvalItem, GradeContext], GradeResult | Awaitable[GradeResult]]
-
-
-class UntrustedCodeWarning(UserWarning):
-    """``code_exec`` is running model-written code outside a container."""
 
 
 async def grade(answer: str, item: EvalItem, context: GradeContext | None = None) -> GradeResult:
@@ -332,129 +328,16 @@ def contains(answer: str, item: EvalItem, context: GradeContext) -> GradeResult:
 
 # --- code (HumanEval) ---------------------------------------------------------------------------
 
-_FENCE_RE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_PYTHON_FENCES = {"", "python", "py", "python3", "py3"}
-_OUTPUT_LIMIT = 4000  # bytes of output kept; the end, where the traceback is
-_OUTPUT_FILE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: a print loop dies, not the disk
-_UNTRUSTED = (
-    "code_exec runs untrusted model-written code with only a timeout, a memory limit and a "
-    "minimal environment; run evals that use it inside a container without network access"
-)
-
-
-def _extract_code(answer: str) -> str:
-    """The last ```python (or plain) fenced block, else the whole answer."""
-    blocks = [body for lang, body in _FENCE_RE.findall(answer) if lang.lower() in _PYTHON_FENCES]
-    return blocks[-1] if blocks else answer
-
-
-def _entry_point(prompt: str) -> str | None:
-    """The function the prompt asks for: its last top-level ``def``."""
-    names = re.findall(r"^(?:async\s+)?def\s+(\w+)\s*\(", prompt, re.MULTILINE)
-    return names[-1] if names else None
-
-
-def _is_python(source: str) -> bool:
-    try:
-        compile(source, "<prompt>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
-def _defines(code: str, name: str) -> bool:
-    return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
-
-
-def build_program(answer: str, item: EvalItem) -> str:
-    """The program ``code_exec`` runs: the answer's code, with the prompt if needed, then tests."""
-    code = _extract_code(answer)
-    name = _entry_point(item.prompt)
-    prompt = item.prompt if item.prompt.endswith("\n") else item.prompt + "\n"
-    if name is not None and not _defines(code, name):
-        # A completion: the function body. Markdown often loses its indentation.
-        first = next((line for line in code.splitlines() if line.strip()), "")
-        body = textwrap.indent(code, "    ") if first == first.lstrip() else code
-        code = prompt + body
-    elif name is not None and _is_python(item.prompt):
-        # A whole function: keep the prompt's imports and helpers; the answer's def wins.
-        code = prompt + "\n" + code
-    return code + "\n\n" + item.target + "\n"
-
-
-def _limit_child(memory_bytes: int, cpu_seconds: int) -> None:
-    """In the child before exec: own process group (to kill it whole), resource limits."""
-    os.setsid()
-    for limit, value in (
-        (resource.RLIMIT_AS, memory_bytes),
-        (resource.RLIMIT_CPU, cpu_seconds),
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_FSIZE, _OUTPUT_FILE_LIMIT),
-    ):
-        with suppress(ValueError, OSError):  # best effort: a platform may refuse one
-            resource.setrlimit(limit, (value, value))
-
-
-def _kill_group(pid: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _prepare(directory: Path, program: str) -> int:
-    """Write ``work/program.py``; return a descriptor for the output file beside ``work``."""
-    (directory / "work").mkdir()
-    (directory / "work" / "program.py").write_text(program, encoding="utf-8")
-    return os.open(directory / "output", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-
-
-def _output_tail(directory: Path) -> str:
-    """The end of the program's output, where a traceback is."""
-    with (directory / "output").open("rb") as handle:
-        handle.seek(max(0, handle.seek(0, os.SEEK_END) - _OUTPUT_LIMIT))
-        return handle.read().decode("utf-8", "replace")
-
-
-async def _run_python(directory: Path, program: str, context: GradeContext) -> int | None:
-    """Run ``program`` in ``directory/work``; its exit code, or None if it timed out."""
-    work = str(directory / "work")
-    # Output goes to a file, not a pipe: on 3.11 ``wait()`` also waits for every pipe to close,
-    # which a child the program left behind would hold open; a file size limit bounds it.
-    output = _prepare(directory, program)
-    try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "program.py",
-            cwd=work,
-            env={"PATH": os.defpath, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=partial(
-                _limit_child, context.code_memory_mb * 1024 * 1024, int(context.code_timeout_s) + 1
-            ),
-        )
-    finally:
-        os.close(output)
-    try:
-        returncode: int | None = await asyncio.wait_for(process.wait(), context.code_timeout_s)
-    except TimeoutError:
-        returncode = None
-    finally:
-        _kill_group(process.pid)  # on timeout or cancellation, and children left behind
-    await process.wait()
-    return returncode
-
 
 async def code_exec(answer: str, item: EvalItem, context: GradeContext) -> GradeResult:
     """HumanEval-style: the answer's code plus the item's tests (``target``) exits with 0."""
     # One fixed call site, so the default warning filter shows it once per process.
-    warnings.warn(_UNTRUSTED, UntrustedCodeWarning, stacklevel=1)
-    code = _extract_code(answer)
-    with tempfile.TemporaryDirectory(prefix="fusion-code-", ignore_cleanup_errors=True) as name:
-        directory = Path(name)
-        returncode = await _run_python(directory, build_program(answer, item), context)
-        output = _output_tail(directory)
+    warnings.warn(UNTRUSTED, UntrustedCodeWarning, stacklevel=1)
+    returncode, output = await run_program(
+        build_program(answer, item),
+        timeout_s=context.code_timeout_s,
+        memory_mb=context.code_memory_mb,
+    )
     if returncode is None:
         detail = f"timed out after {context.code_timeout_s:g} s"
     elif returncode < 0:
@@ -464,7 +347,9 @@ async def code_exec(answer: str, item: EvalItem, context: GradeContext) -> Grade
     correct = returncode == 0
     if output.strip():
         detail += ":\n" + output.strip()
-    return GradeResult(correct=correct, extracted=code, detail=None if correct else detail)
+    return GradeResult(
+        correct=correct, extracted=extract_code(answer), detail=None if correct else detail
+    )
 
 
 # --- model judge -------------------------------------------------------------------------------

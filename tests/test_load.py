@@ -111,7 +111,9 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     for kind in ("slow", "slow-stream"):
         assert in_flight[kind]["in_flight"] > 0
         assert in_flight[kind].get("ok", 0) == in_flight[kind]["in_flight"], in_flight
-    assert drain["last_200_after_sigterm_s"] > 1.0, "the slow requests were not waited for"
+    # The slow member answers after 2 s: a request cut short by the shutdown would end sooner.
+    assert drain["last_200_after_sigterm_s"] > 0
+    assert drain["slow_in_flight_shortest_s"] >= 1.95, "the slow requests were not waited for"
     assert drain["gateway_exit_code"] == 0
     assert drain["drain_s"] < 120
 

@@ -25,7 +25,7 @@ from fusion_engine.errors import ProviderKeyMissingError, UpstreamError, Upstrea
 from fusion_engine.protocol import ChatCompletionChunk, ChunkAccumulator
 from fusion_engine.provider_errors import error_message, redact, retry_after_seconds
 from fusion_engine.settings import Secret
-from fusion_engine.sse import iter_sse_data
+from fusion_engine.sse import EventTooLargeError, iter_sse_batches
 from fusion_engine.timing import RetryPolicy
 from fusion_engine.upstream import (
     APP_TITLE,
@@ -94,7 +94,7 @@ class PayloadBreaksResponse(CompatResponse):
 
 
 class _TruncatedContent:
-    """Stands in for the body stream: yields the lines it was fed, then the connection drops."""
+    """Stands in for the body stream: yields what it was fed line by line, then the connection drops."""
 
     def __init__(self) -> None:
         self._data = b""
@@ -111,7 +111,7 @@ class _TruncatedContent:
     def set_exception(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> AsyncIterator[bytes]:
         return self._lines()
 
     async def _lines(self) -> AsyncIterator[bytes]:
@@ -203,7 +203,7 @@ async def collect(
     client: UpstreamClient, provider: Provider = OPENROUTER, *, timeout_s: float = 30
 ) -> list[ChatCompletionChunk]:
     async with aclosing(client.stream(provider, BODY, timeout_s=timeout_s)) as stream:
-        return [event.chunk async for event in stream]
+        return [event.chunk async for batch in stream for event in batch]
 
 
 # --- retries and backoff -----------------------------------------------------------------------
@@ -804,7 +804,7 @@ async def test_leaving_a_stream_early_closes_the_response_and_frees_the_slot(
     mocked.post(CHAT_URL, payload=completion())
     async with aclosing(client.stream(limited, BODY, timeout_s=30)) as stream:
         async for first in stream:
-            assert first.chunk.choices[0].delta.content == "a"
+            assert first[0].chunk.choices[0].delta.content == "a"
             break
     assert calls == ["close"]
     async with asyncio.timeout(1):  # a leaked slot would hang here
@@ -896,8 +896,8 @@ async def test_stream_ending_with_neither_done_nor_finish_is_an_error(
 
     async def consume() -> None:
         async with aclosing(client.stream(OPENROUTER, BODY, timeout_s=30)) as stream:
-            async for c in stream:
-                seen.append(c.chunk)
+            async for batch in stream:
+                seen.extend(event.chunk for event in batch)
 
     with pytest.raises(UpstreamError) as caught:
         await consume()
@@ -1206,32 +1206,62 @@ def test_redact() -> None:
     assert redact(f"{KEY}", keyless) == KEY
 
 
-# --- sse.iter_sse_data -------------------------------------------------------------------------
+# --- sse.iter_sse_batches ----------------------------------------------------------------------
 
 
-async def _reader(raw: bytes) -> AsyncIterator[bytes]:
-    for line in raw.splitlines(keepends=True):
-        yield line
+async def _blocks(raw: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(raw), size):
+        yield raw[start : start + size]
 
 
-async def _events(raw: bytes) -> list[str]:
-    return [data async for data in iter_sse_data(_reader(raw))]
+async def _events(raw: bytes, size: int) -> list[bytes]:
+    return [
+        data
+        async for batch in iter_sse_batches(_blocks(raw, size), max_line_bytes=1024)
+        for data in batch
+    ]
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        pytest.param(b"data: a\n\ndata: b\n\n", ["a", "b"], id="lf"),
-        pytest.param(b"data: a\r\n\r\ndata: b\r\n\r\n", ["a", "b"], id="crlf"),
-        pytest.param(b": keep-alive\n\ndata: a\n\n", ["a"], id="comment"),
-        pytest.param(b"data:a\n\n", ["a"], id="no-space"),
-        pytest.param(b"data:  a\n\n", [" a"], id="only-one-space-stripped"),
-        pytest.param(b'data: {"x":\ndata: 1}\n\n', ['{"x":\n1}'], id="multi-line"),
-        pytest.param(b"event: message\nid: 7\nretry: 10\ndata: a\n\n", ["a"], id="other-fields"),
-        pytest.param(b"data: a\n\ndata: b", ["a", "b"], id="last-without-blank-line"),
-        pytest.param(b"\n\n\n", [], id="only-blank-lines"),
-    ],
-)
-async def test_iter_sse_data(raw: bytes, expected: list[str]) -> None:
-    """SSE decoding: LF/CRLF, comments, one stripped space, joined data lines, unterminated end."""
-    assert await _events(raw) == expected
+SSE_CASES = [
+    pytest.param(b"data: a\n\ndata: b\n\n", [b"a", b"b"], id="lf"),
+    pytest.param(b"data: a\r\n\r\ndata: b\r\n\r\n", [b"a", b"b"], id="crlf"),
+    pytest.param(b": keep-alive\n\ndata: a\n\n", [b"a"], id="comment"),
+    pytest.param(b"data:a\n\n", [b"a"], id="no-space"),
+    pytest.param(b"data:  a\n\n", [b" a"], id="only-one-space-stripped"),
+    pytest.param(b'data: {"x":\ndata: 1}\n\n', [b'{"x":\n1}'], id="multi-line"),
+    pytest.param(b"event: message\nid: 7\nretry: 10\ndata: a\n\n", [b"a"], id="other-fields"),
+    pytest.param(b"data: a\n\ndata: b", [b"a", b"b"], id="last-without-blank-line"),
+    pytest.param(b"data: a\n\ndata: b\r", [b"a", b"b"], id="last-ends-in-cr"),
+    pytest.param(b"\n\n\n", [], id="only-blank-lines"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), SSE_CASES)
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 4096])
+async def test_iter_sse_batches(raw: bytes, expected: list[bytes], size: int) -> None:
+    """SSE decoding: LF/CRLF, comments, one stripped space, joined data lines, unterminated end,
+    whatever the blocks the network cut the stream into."""
+    assert await _events(raw, size) == expected
+
+
+async def test_iter_sse_batches_groups_the_events_of_one_block() -> None:
+    """Events completed by one read come out together; a block ending mid-event adds nothing."""
+    raw = b"data: a\n\ndata: b\n\ndata: c"
+    blocks = [raw[:12], raw[12:16], raw[16:]]  # "data: a\n\nda", "ta: ", "b\n\ndata: c"
+
+    async def reads() -> AsyncIterator[bytes]:
+        for block in blocks:
+            yield block
+
+    batches = [batch async for batch in iter_sse_batches(reads(), max_line_bytes=1024)]
+    assert batches == [[b"a"], [b"b"], [b"c"]]
+    whole = [batch async for batch in iter_sse_batches(_blocks(raw, 4096), max_line_bytes=1024)]
+    assert whole == [[b"a", b"b"], [b"c"]]
+
+
+async def test_a_line_longer_than_the_limit_is_refused_not_buffered() -> None:
+    """A line that never ends stops the decoder at the limit instead of growing without bound."""
+    raw = b"data: " + b"x" * 2000
+    with pytest.raises(EventTooLargeError):
+        await _events(raw, 100)
+    assert await _events(b"data: " + b"x" * 1000 + b"\n\n", 100) == [b"x" * 1000]

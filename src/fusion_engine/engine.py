@@ -24,7 +24,13 @@ from .errors import ConfigError, JudgeFailedError, UpstreamError
 from .judges import build_judge_messages, load_judge_templates
 from .panels import Panel, PanelMember, load_panels
 from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
-from .protocol import ChatCompletion, ChunkAccumulator, GenerationParams, Message
+from .protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkAccumulator,
+    GenerationParams,
+    Message,
+)
 from .quorum import (
     best_member_answer,
     cascade_settled,
@@ -383,15 +389,9 @@ class FusionEngine:
             stream = self.upstream.stream(
                 plan.judge_provider, body, timeout_s=plan.panel.member_timeout_s
             )
-            async for event in stream:
-                accumulator.add(event.chunk)
-                if event.chunk.choices:
-                    # Only text or tool calls reach the client; a role-only or reasoning-only
-                    # chunk does not commit us, so a failure after it can still fall back.
-                    relayed = relayed or any(
-                        c.delta.content or c.delta.tool_calls for c in event.chunk.choices
-                    )
-                    notify(JudgeDelta(chunk=event.chunk))
+            async for events in stream:
+                for event in events:
+                    relayed = _pass_on(event.chunk, accumulator, notify) or relayed
         except UpstreamError as error:
             if relayed:
                 raise JudgeFailedError(
@@ -405,6 +405,19 @@ class FusionEngine:
             completion=accumulator.completion(), latency_ms=latency_ms, attempts=1
         )
         return response_from_reply(position, model, reply)
+
+
+def _pass_on(chunk: ChatCompletionChunk, accumulator: ChunkAccumulator, notify: Listener) -> bool:
+    """Keep a judge chunk and hand it to the listener; whether it committed us to the answer.
+
+    Only text or tool calls reach the client; a role-only or reasoning-only chunk does not
+    commit us, so a failure after it can still fall back.
+    """
+    accumulator.add(chunk)
+    if not chunk.choices:
+        return False
+    notify(JudgeDelta(chunk=chunk))
+    return any(choice.delta.content or choice.delta.tool_calls for choice in chunk.choices)
 
 
 def response_from_reply(index: int, model: str, reply: UpstreamReply) -> PanelResponse:

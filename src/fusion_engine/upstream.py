@@ -23,7 +23,7 @@ from .config import Provider
 from .errors import UpstreamError, UpstreamTimeoutError
 from .protocol import ChatCompletion, ChatCompletionChunk
 from .provider_errors import RETRYABLE_STATUSES, error_from_response, error_message, redact
-from .sse import iter_sse_data
+from .sse import EventTooLargeError, iter_sse_batches
 from .timing import Clock, RetryPolicy, SystemClock
 
 log = structlog.get_logger("fusion_engine.upstream")
@@ -36,7 +36,8 @@ OPENROUTER_ONLY_KEYS = frozenset(
         "min_p", "top_a", "repetition_penalty", "session_id", "trace", "debug",
     }
 )  # fmt: skip
-READ_BUFSIZE = 4 * 1024 * 1024
+#: A streamed event carrying a large tool call or an image must not break the stream.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 APP_URL = "https://github.com/fusion-engine/fusion-engine"
 APP_TITLE = "Fusion Engine"
 
@@ -55,7 +56,7 @@ class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
 class StreamEvent(msgspec.Struct, frozen=True):
     """One streamed event: its JSON text as the provider sent it, and the parsed chunk."""
 
-    data: str
+    data: bytes
     chunk: ChatCompletionChunk
 
 
@@ -99,9 +100,6 @@ class UpstreamClient:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
-                # Lines up to 2x this are read whole: a streamed event carrying a large tool
-                # call or an image must not break the stream (aiohttp's default is 256 KiB).
-                read_bufsize=READ_BUFSIZE,
             )
             self._owns_session = True
         return self._session
@@ -132,8 +130,10 @@ class UpstreamClient:
             slot = await self._take_slot(provider, model, deadline)
             queued += slot.waited_s
             try:
-                completion, raw = await self._attempt_chat(
-                    provider, payload, headers, deadline, slot
+                # One timeout around the whole attempt (send, status, body): a timer per step
+                # was a measurable share of a call's CPU.
+                completion, raw = await self._within(
+                    deadline, self._attempt_chat(provider, payload, headers, slot)
                 )
             except UpstreamError as error:
                 await self._wait_before_retry(provider, error, attempt, deadline)
@@ -146,8 +146,9 @@ class UpstreamClient:
 
     async def stream(
         self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a chat completion's events as they arrive.
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """Stream a chat completion's events as they arrive, in batches: the events each read
+        from the network completed (one or more).
 
         Connecting is retried like ``chat``; once the first chunk has been yielded nothing is
         retried, and a mid-stream failure raises ``UpstreamError``.
@@ -161,14 +162,16 @@ class UpstreamClient:
             attempt += 1
             slot = await self._take_slot(provider, model, deadline)
             try:
-                response = await self._open(provider, payload, headers, deadline, slot)
+                response = await self._within(
+                    deadline, self._open(provider, payload, headers, slot)
+                )
             except UpstreamError as error:
                 await self._wait_before_retry(provider, error, attempt, deadline)
                 continue
             break
         try:
-            async for event in self._read_events(provider, response, deadline):
-                yield event
+            async for events in self._read_events(provider, response, deadline):
+                yield events
         except UpstreamError as error:
             error.attempts = attempt
             raise
@@ -183,12 +186,11 @@ class UpstreamClient:
         provider: Provider,
         payload: bytes,
         headers: Mapping[str, str],
-        deadline: float,
         slot: _Slot,
     ) -> tuple[ChatCompletion, bytes]:
-        response = await self._open(provider, payload, headers, deadline, slot)
+        response = await self._open(provider, payload, headers, slot)
         try:
-            raw = await self._within(deadline, response.read())
+            raw = await response.read()
         except aiohttp.ClientError as exc:
             raise _broken_off(provider, exc) from exc
         finally:
@@ -217,15 +219,15 @@ class UpstreamClient:
         provider: Provider,
         payload: bytes,
         headers: Mapping[str, str],
-        deadline: float,
         slot: _Slot,
     ) -> aiohttp.ClientResponse:
-        """Send the request and return a 2xx response; on failure the slot is given back."""
+        """Send the request and return a 2xx response; on failure the slot is given back.
+
+        Not timed here: the caller bounds the whole attempt.
+        """
         url = f"{provider.base_url}/chat/completions"
         try:
-            response = await self._within(
-                deadline, self._client().post(url, data=payload, headers=headers)
-            )
+            response = await self._client().post(url, data=payload, headers=headers)
         except aiohttp.ClientError as exc:
             slot.release()
             raise UpstreamError(
@@ -237,7 +239,7 @@ class UpstreamClient:
             raise
         if response.status >= 400:
             try:
-                error = await self._within(deadline, error_from_response(provider, response))
+                error = await error_from_response(provider, response)
             except aiohttp.ClientError as exc:
                 raise _broken_off(provider, exc) from exc
             finally:
@@ -248,28 +250,42 @@ class UpstreamClient:
 
     async def _read_events(
         self, provider: Provider, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncIterator[list[StreamEvent]]:
         finished = False
-        # One timer for the whole stream rather than a timeout per line (a line is a few
-        # bytes; per-line timeouts were a measurable share of the relay's CPU). When it fires
+        # One timer for the whole stream rather than a timeout per read (a read is a few
+        # bytes; per-read timeouts were a measurable share of the relay's CPU). When it fires
         # it closes the response, which ends the read below.
         expiry = _Expiry(response)
         timer = asyncio.get_running_loop().call_later(
             max(deadline - self.clock.monotonic(), 0.0), expiry.fire
         )
+        blocks = response.content.iter_any()
         try:
-            async for data in iter_sse_data(response.content):
-                if data == "[DONE]":
+            async for batch in iter_sse_batches(blocks, max_line_bytes=MAX_EVENT_BYTES):
+                events: list[StreamEvent] = []
+                try:
+                    done = _parse_batch(provider, batch, events)
+                except UpstreamError:
+                    if events:  # what came before a malformed event still goes out
+                        yield events
+                    raise
+                finished = finished or any(
+                    choice.finish_reason for event in events for choice in event.chunk.choices
+                )
+                if events:
+                    yield events
+                if done:
                     return
-                chunk = _parse_chunk(provider, data)
-                finished = finished or any(c.finish_reason for c in chunk.choices)
-                yield StreamEvent(data, chunk)
         except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
-            # HttpProcessingError: an event line longer than the read buffer (LineTooLong).
             if expiry.fired:
                 raise UpstreamTimeoutError("the stream ran out of time") from exc
             raise UpstreamError(
                 f"{provider.name} stream broke off: {type(exc).__name__}", kind="connection"
+            ) from exc
+        except EventTooLargeError as exc:
+            raise UpstreamError(
+                f"{provider.name} sent a stream event over {MAX_EVENT_BYTES} bytes",
+                kind="invalid_response",
             ) from exc
         finally:
             timer.cancel()
@@ -318,6 +334,8 @@ class UpstreamClient:
         The wait is measured, so queueing on a small local server is reported apart from the
         model's own latency.
         """
+        if provider.max_concurrency is None and not provider.model_concurrency:
+            return _Slot([], 0.0)
         limits = [(provider.name, provider.max_concurrency)]
         limits.append((f"{provider.name}/{model}", provider.model_concurrency.get(model)))
         semaphores = [
@@ -404,7 +422,16 @@ def _broken_off(provider: Provider, exc: BaseException) -> UpstreamError:
     )  # fmt: skip
 
 
-def _parse_chunk(provider: Provider, data: str) -> ChatCompletionChunk:
+def _parse_batch(provider: Provider, batch: list[bytes], events: list[StreamEvent]) -> bool:
+    """Append the events of one read to ``events``; whether ``[DONE]`` ended the stream."""
+    for data in batch:
+        if data == b"[DONE]":
+            return True
+        events.append(StreamEvent(data, _parse_chunk(provider, data)))
+    return False
+
+
+def _parse_chunk(provider: Provider, data: bytes) -> ChatCompletionChunk:
     try:
         chunk = _decode_chunk(data)
     except msgspec.DecodeError as exc:
@@ -416,7 +443,7 @@ def _parse_chunk(provider: Provider, data: str) -> ChatCompletionChunk:
         # (sometimes without a top-level error): the text so far is not an answer.
         raise UpstreamError(f"{provider.name} failed mid-stream", kind="http_error")
     if chunk.error:
-        message = chunk.error if isinstance(chunk.error, str) else error_message(data)
+        message = chunk.error if isinstance(chunk.error, str) else error_message(data.decode())
         raise UpstreamError(
             f"{provider.name} failed mid-stream: {redact(message or 'unknown error', provider)}",
             kind="http_error",

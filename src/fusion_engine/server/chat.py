@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -12,11 +11,12 @@ from litestar import Request, Response, post
 from ..errors import FusionError, InvalidRequestError, PayloadTooLargeError
 from ..plan import MODEL_PREFIX, FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
-from .auth import api_key_guard, caller_identity
+from .auth import admit
 from .errors import json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
 from .passthrough import passthrough
+from .request_id import new_id
 from .runs import until_disconnect
 from .schema import CHAT_REQUEST_FIELDS, ChatRequest, FusionOptions, completion_of, fused_headers
 from .streaming import StreamSpec, fused_stream
@@ -26,15 +26,13 @@ _decode = msgspec.json.Decoder().decode
 
 @post(
     "/v1/chat/completions",
-    guards=[api_key_guard],
     status_code=200,
     summary="OpenAI-compatible chat completion",
 )
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     """Fuse a panel's answers for ``fusion/<panel>``; pass any other model through."""
+    identity = await admit(request)
     gateway = gateway_of(request)
-    identity = caller_identity(request.headers.get("authorization"))
-    await gateway.limiter.check_request(identity)
     raw = decode_object(await request.body())
     chat = parse_chat_request(raw)
     check_limits(chat, gateway)
@@ -46,7 +44,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     plan = gateway.within_budget(plan_fusion(gateway, chat, options, extra=_extra_fields(raw)))
     facts_of(request).panel = plan.panel.name
     model = f"{MODEL_PREFIX}{plan.panel.name}"
-    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    completion_id, created = f"chatcmpl-{new_id()}", int(time.time())
     cache_control = request.headers.get("cache-control")
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage

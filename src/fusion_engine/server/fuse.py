@@ -17,7 +17,7 @@ from ..errors import InvalidRequestError
 from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
 from ..results import FusionResult, JudgeDelta, MemberFinished
-from .auth import api_key_guard, caller_identity
+from .auth import admit
 from .chat import decode_object
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
@@ -29,12 +29,11 @@ from .streaming import KEEPALIVE, SSE_HEADERS
 _encode = msgspec.json.Encoder().encode
 
 
-@post("/fuse", guards=[api_key_guard], status_code=200, summary="Run a fusion, get every detail")
+@post("/fuse", status_code=200, summary="Run a fusion, get every detail")
 async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     """Fuse a prompt or conversation; the answer is the full FusionResult."""
+    identity = await admit(request)
     gateway = gateway_of(request)
-    identity = caller_identity(request.headers.get("authorization"))
-    await gateway.limiter.check_request(identity)
     body = parse_fuse_request(decode_object(await request.body()))
     plan = gateway.within_budget(plan_from(gateway, body))
     facts = facts_of(request)

@@ -38,12 +38,12 @@ class Gateway:
             settings.cache_backend,
             redis_url=settings.redis_url,
             max_mb=settings.cache_max_mb,
-            on_error=self.metrics.cache_requests.labels("error").inc,
+            on_error=self.metrics.cache_lookup("error").inc,
         )
         self.cache = ResultCache(
             backend,
             settings.cache_ttl_s,
-            on_lookup=lambda result: self.metrics.cache_requests.labels(result).inc(),
+            on_lookup=lambda result: self.metrics.cache_lookup(result).inc(),
         )
         spec = engine.config.gateway.rate_limit
         store: LimitStore = (

@@ -11,7 +11,7 @@ from litestar import Request, Response, get
 from ..errors import UnknownPanelError
 from ..panels import Panel
 from ..plan import MODEL_PREFIX
-from .auth import api_key_guard
+from .auth import authenticate
 from .errors import json_response
 from .gateway import gateway_of
 
@@ -99,9 +99,11 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
 def metrics_route(*, public: bool) -> Any:
     """``GET /metrics``; behind the API key when the config says ``metrics_public: false``."""
 
-    @get("/metrics", guards=[] if public else [api_key_guard], summary="Prometheus metrics")
+    @get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Every ``fusion_*`` family, summed over the workers."""
+        if not public:
+            authenticate(request)
         body, content_type = gateway_of(request).metrics.exposition()
         # Litestar adds the charset itself; prometheus-client's type already names one.
         media_type = content_type.replace("; charset=utf-8", "")

@@ -9,6 +9,7 @@ prometheus-client, and ``/metrics`` sums every worker through ``MultiProcessColl
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +29,28 @@ AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)
 PASSTHROUGH = "passthrough"
 AD_HOC = "ad-hoc"
 NO_PANEL = "-"
+
+Family = TypeVar("Family", Counter, Histogram)
+
+
+class Children(Generic[Family]):
+    """A family's labelled children, each looked up once.
+
+    ``labels(...)`` takes a lock and validates its values on every call, several times per
+    upstream call; the label values come from a closed set, so a dict of the children stays
+    small.
+    """
+
+    def __init__(self, family: Family) -> None:
+        self.family: Family = family
+        self._known: dict[tuple[str, ...], Family] = {}
+
+    def __call__(self, *values: str) -> Family:
+        """The child for ``values``."""
+        child = self._known.get(values)
+        if child is None:
+            child = self._known[values] = self.family.labels(*values)
+        return child
 
 
 class Metrics:
@@ -85,6 +108,14 @@ class Metrics:
             "fusion_config_reloads_total", "Panel and judge reloads by result (ok, error).",
             ["result"], registry=registry,
         )  # fmt: skip
+        self._requests = Children(self.requests)
+        self._request_duration = Children(self.request_duration)
+        self._upstream_requests = Children(self.upstream_requests)
+        self._upstream_duration = Children(self.upstream_duration)
+        self._upstream_tokens = Children(self.upstream_tokens)
+        self._upstream_cost = Children(self.upstream_cost)
+        self._agreement = Children(self.agreement)
+        self.cache_lookup = Children(self.cache_requests)
 
     def model_label(self, model: str) -> str:
         """A configured member or judge slug as is; anything a request made up is ``ad-hoc``."""
@@ -94,6 +125,15 @@ class Metrics:
         """A loaded panel's name, or ``-``."""
         return panel if panel in self.known_panels else NO_PANEL
 
+    def observe_request(
+        self, route: str, panel: str, status: int, seconds: float, agreement: float | None
+    ) -> None:
+        """Record one routed request (``panel`` already a label)."""
+        self._requests(route, panel, str(status)).inc()
+        self._request_duration(route, panel).observe(seconds)
+        if agreement is not None:
+            self._agreement(panel).observe(agreement)
+
     def observe_call(self, response: PanelResponse) -> None:
         """Record one member or judge call."""
         self.observe_upstream(self.model_label(response.model), response)
@@ -101,14 +141,14 @@ class Metrics:
     def observe_upstream(self, label: str, response: PanelResponse) -> None:
         """Record one upstream call under ``label``."""
         outcome = "ok" if response.ok else (response.error_kind or "error")
-        self.upstream_requests.labels(label, outcome).inc()
-        self.upstream_duration.labels(label).observe(response.latency_ms / 1000)
+        self._upstream_requests(label, outcome).inc()
+        self._upstream_duration(label).observe(response.latency_ms / 1000)
         if response.tokens_in:
-            self.upstream_tokens.labels(label, "prompt").inc(response.tokens_in)
+            self._upstream_tokens(label, "prompt").inc(response.tokens_in)
         if response.tokens_out:
-            self.upstream_tokens.labels(label, "completion").inc(response.tokens_out)
+            self._upstream_tokens(label, "completion").inc(response.tokens_out)
         if response.cost_usd:
-            self.upstream_cost.labels(label).inc(response.cost_usd)
+            self._upstream_cost(label).inc(response.cost_usd)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition: every worker's values when running multiprocess."""

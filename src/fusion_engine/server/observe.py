@@ -79,12 +79,10 @@ def request_observer(metrics: Metrics) -> Any:
 def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
     facts: RequestFacts = scope.get("state", {}).get(_FACTS) or RequestFacts()
     handler = scope.get("route_handler")
-    route = sorted(handler.paths)[0] if handler is not None else scope.get("path", "-")
-    panel = metrics.panel_label(facts.panel)
-    metrics.requests.labels(route, panel, str(status)).inc()
-    metrics.request_duration.labels(route, panel).observe(seconds)
-    if facts.agreement is not None:
-        metrics.agreement.labels(panel).observe(facts.agreement)
+    route = min(handler.paths) if handler is not None else scope.get("path", "-")
+    metrics.observe_request(
+        route, metrics.panel_label(facts.panel), status, seconds, facts.agreement
+    )
     log.info(
         "request",
         method=scope.get("method"),

@@ -56,42 +56,47 @@ async def passthrough(
         )
         return Response(content=reply.raw, media_type=MediaType.JSON)
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-    events = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S)
-    # The first event is awaited before answering, so a provider error before the stream
+    batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S)
+    # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
     try:
-        first = await until_disconnect(request, anext(events))
+        first = await until_disconnect(request, anext(batches))
     except StopAsyncIteration:
         first = None
     except BaseException:
-        await events.aclose()
+        await batches.aclose()
         raise
     return Stream(
-        _relay(first, events, include_usage=include_usage),
+        _relay(first, batches, include_usage=include_usage),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
 
 
 async def _relay(
-    first: StreamEvent | None, events: AsyncGenerator[StreamEvent, None], *, include_usage: bool
+    first: list[StreamEvent] | None,
+    batches: AsyncGenerator[list[StreamEvent], None],
+    *,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    async with aclosing(events):
+    """The provider's events, each batch (what one network read brought) in one write."""
+    async with aclosing(batches):
         try:
-            if first is not None:
-                for event in _keep(first, include_usage):
-                    yield event
-            async for item in events:
-                for event in _keep(item, include_usage):
-                    yield event
+            if first is not None and (text := _relayed(first, include_usage)):
+                yield text
+            async for events in batches:
+                if text := _relayed(events, include_usage):
+                    yield text
         except FusionError as error:
             yield sse_data(error_payload(error))
             return
     yield DONE
 
 
-def _keep(event: StreamEvent, include_usage: bool) -> list[bytes]:
-    chunk = event.chunk
-    if not chunk.choices and chunk.usage is not None and not include_usage:
-        return []
-    return [b"data: " + event.data.encode() + b"\n\n"]
+def _relayed(events: list[StreamEvent], include_usage: bool) -> bytes:
+    """The SSE text of ``events``, minus a usage-only chunk the client did not ask for."""
+    return b"".join(
+        b"data: " + event.data + b"\n\n"
+        for event in events
+        if include_usage or event.chunk.choices or event.chunk.usage is None
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any
 
 from litestar.datastructures import MutableScopeHeaders
@@ -18,9 +18,14 @@ def request_id(scope: Scope | dict[str, Any]) -> str:
     state = scope.setdefault("state", {})
     chosen: str | None = state.get("request_id")
     if chosen is None:
-        chosen = _from_headers(scope.get("headers", ())) or uuid.uuid4().hex
+        chosen = _from_headers(scope.get("headers", ())) or new_id()
         state["request_id"] = chosen
     return chosen
+
+
+def new_id() -> str:
+    """32 random hex digits: a uuid4's randomness without building a UUID (cheaper per call)."""
+    return os.urandom(16).hex()
 
 
 def _from_headers(headers: Any) -> str | None:

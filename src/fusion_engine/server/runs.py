@@ -78,10 +78,18 @@ class FusionRun:
             await self._cache.finish(self._ticket, result)
         self._queue.put_nowait(Finished(result))
 
+    def ready_item(self) -> RunItem | None:
+        """The next item if one is already waiting, else ``None``."""
+        return None if self._queue.empty() else self._queue.get_nowait()
+
     async def next_item(self, timeout_s: float) -> RunItem | None:
         """The next item, or ``None`` if nothing came within ``timeout_s``."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout_s)
+            # Not wait_for: on 3.11 it wraps the wait in a task of its own, per item.
+            async with asyncio.timeout(timeout_s):
+                return await self._queue.get()
         except TimeoutError:
             if self._task.done() and self._task.exception() is not None:
                 raise self._task.exception() from None  # type: ignore[misc]

@@ -62,6 +62,7 @@ from common import (
     percentile,
     pinned,
     process_tree_cpu,
+    start_fake,
     stop,
     wait_for,
 )
@@ -165,19 +166,6 @@ def log_file(name: str) -> Any:
         _LOGS.append(Path(tempfile.mkdtemp(prefix="bench-peers-logs-")))
         print(f"server logs: {_LOGS[0]}", flush=True)
     return (_LOGS[0] / f"{name}-{time.monotonic_ns()}.log").open("wb")
-
-
-def start_fake(delay_ms: int) -> tuple[subprocess.Popen[bytes], str]:
-    """The project's fake upstream (``bench/peers/fake_server.py``: bounded records)."""
-    port = free_port()
-    command = [sys.executable, str(PEERS / "fake_server.py"), "--port", str(port)]
-    command += ["--delay-ms", str(delay_ms)]
-    process = subprocess.Popen(
-        pinned(command, CLIENT_CPU), stdout=subprocess.DEVNULL, stderr=log_file("fake")
-    )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    wait_for(f"{base_url}/models", process, "the fake upstream")
-    return process, base_url
 
 
 def start_floor(fake_url: str) -> Server:
@@ -386,6 +374,10 @@ def run_loadgen(
     if stream and raw["ttft_ms"]:
         figures["ttft_p50_ms"] = percentile(raw["ttft_ms"], 0.50)
         figures["ttft_p99_ms"] = percentile(raw["ttft_ms"], 0.99)
+    if stream and raw.get("relay_ms"):
+        # From the fake's send of the (judge's) first token to its arrival at the client.
+        figures["relay_p50_ms"] = percentile(raw["relay_ms"], 0.50)
+        figures["relay_p99_ms"] = percentile(raw["relay_ms"], 0.99)
     return figures
 
 
@@ -518,7 +510,7 @@ def run_comparison(args: argparse.Namespace, report: dict[str, Any]) -> None:
         servers.append("litellm")
     results: list[dict[str, Any]] = report["results"]
     for delay in args.delays:
-        fake, fake_url = start_fake(delay)
+        fake, fake_url = start_fake(delay, CLIENT_CPU, stderr=log_file("fake"))
         try:
             for name in servers:
                 plan = list(PLAN[name if name in PLAN else "fusion-2w"])
@@ -583,6 +575,8 @@ def line_of(entry: dict[str, Any]) -> str:
         text += f"  added p50 {m['added_p50_ms']:6.2f} p99 {m['added_p99_ms']:6.2f}"
     if "ttft_p50_ms" in m:
         text += f"  ttft {m['ttft_p50_ms']:6.2f}"
+    if "relay_p50_ms" in m:
+        text += f"  relay {m['relay_p50_ms']:5.2f}"
     if m.get("cpu_ms_per_request") is not None:
         text += f"  cpu {m['cpu_ms_per_request']:5.2f} ms/req"
     if m["errors"]:
@@ -888,6 +882,22 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         "≤ {:.0f} (seen from outside)",
         None if fused_ttft is None else fused_ttft <= 2,
     )
+    relay = get("fusion-1w", "fused-stream", 1, "relay_p50_ms")
+    add(
+        "fused-stream: judge's first token, sent by the upstream → at the client, p50 c=1 (ms)",
+        relay,
+        2,
+        "≤ {:.0f}",
+        None if relay is None else relay <= 2,
+    )
+    relay_c10 = get("fusion-1w", "fused-stream", 10, "relay_p50_ms")
+    add(
+        "… the same at c=10, one saturated core (for information: queueing)",
+        relay_c10,
+        None,
+        "–",
+        None,
+    )
     hit = get("fusion-1w", "cache-hit", 1, "p50_ms")
     add("cache hit p50, c=1 (ms)", hit, 2, "≤ {:.0f}", None if hit is None else hit <= 2)
     rss = [
@@ -936,8 +946,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             head = "| server | c | req/s | p50 ms | p90 ms | p99 ms | added p50 | added p99 |"
             rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
             if stream:
-                head += " TTFT p50 | added TTFT p50 |"
-                rule += "---:|---:|"
+                head += " TTFT p50 | added TTFT p50 | 1st token relay p50 | relay p99 |"
+                rule += "---:|---:|---:|---:|"
             head += " CPU ms/req | fake CPU ms/req | peak RSS MiB/worker | errors | bg CPU |"
             rule += "---:|---:|---:|---:|---:|"
             out += [head, rule]
@@ -955,6 +965,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ]
                 if stream:
                     cells += [fmt(md.get("ttft_p50_ms")), fmt(md.get("added_ttft_p50_ms"))]
+                    cells += [fmt(md.get("relay_p50_ms")), fmt(md.get("relay_p99_ms"))]
                 cells += [
                     fmt(md.get("cpu_ms_per_request")),
                     fmt(md.get("fake_cpu_ms_per_request")),

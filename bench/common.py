@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fusion_engine.settings import Settings
 
@@ -50,12 +50,18 @@ def wait_for(url: str, process: subprocess.Popen[bytes], what: str) -> None:
     raise SystemExit(f"{what} did not start")
 
 
-def start_fake(delay_ms: int, cpu: int = 1) -> tuple[subprocess.Popen[bytes], str]:
-    """The fake upstream in its own process with a fixed delay per call."""
+def start_fake(
+    delay_ms: int, cpu: int = 1, *, stderr: IO[bytes] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake upstream in its own process with a fixed delay per call.
+
+    ``bench/peers/fake_server.py``: the project's fake with bounded request records (a long
+    run's garbage collection over an unbounded list stalls it) and stamped first tokens.
+    """
     port = free_port()
-    command = [sys.executable, "-m", "fusion_engine.testing.fake_upstream", "--port", str(port)]
-    command += ["--delay-ms", str(delay_ms)]
-    process = subprocess.Popen(pinned(command, cpu), stdout=subprocess.DEVNULL)
+    command = [sys.executable, str(ROOT / "bench" / "peers" / "fake_server.py")]
+    command += ["--port", str(port), "--delay-ms", str(delay_ms)]
+    process = subprocess.Popen(pinned(command, cpu), stdout=subprocess.DEVNULL, stderr=stderr)
     base_url = f"http://127.0.0.1:{port}/v1"
     wait_for(f"{base_url}/models", process, "the fake upstream")
     return process, base_url

@@ -126,12 +126,12 @@ def measure_workloads(args: argparse.Namespace) -> dict[str, list[dict[str, Any]
     Raises:
         MeasurementFailed: a server did not start or the load generator failed.
     """
-    from bench_peers import run_server, serving, start_fake
-    from common import stop
+    from bench_peers import CLIENT_CPU, log_file, run_server, serving
+    from common import start_fake, stop
 
     results: list[dict[str, Any]] = []
     try:
-        fake, fake_url = start_fake(0)
+        fake, fake_url = start_fake(0, CLIENT_CPU, stderr=log_file("fake"))
         try:
             with serving("fusion-1w", fake_url, args, None) as server:
                 run_server(server, list(GUARDED), 0, fake.pid, args, results)

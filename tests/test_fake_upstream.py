@@ -18,7 +18,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply, load_script
-from fusion_engine.testing.fake_upstream import main
+from fusion_engine.testing.fake_upstream import main, stamped_ns
 
 MODEL = "deepseek/deepseek-v4-flash"
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is six times seven?"}]
@@ -253,6 +253,27 @@ async def test_delay_s_delays_the_status_line(
 
 
 # -- streaming -------------------------------------------------------------------------------
+
+
+async def test_stamped_stream_carries_its_send_time_in_the_first_piece_only() -> None:
+    """With stamp_first_token, the first content piece starts with the monotonic time it was
+    sent (what the benchmarks time relays with); later pieces and plain replies are as usual."""
+    text = "The answer to the question is forty-two."
+    async with FakeUpstream(stamp_first_token=True) as stamping:
+        stamping.script(MODEL, Reply(text=text, chunk_size=8), Reply(text=text))
+        api = AsyncOpenAI(base_url=stamping.base_url, api_key="x", max_retries=0)
+        before = time.monotonic_ns()
+        stream = await api.chat.completions.create(model=MODEL, messages=USER, stream=True)
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        after = time.monotonic_ns()
+        whole = await api.chat.completions.create(model=MODEL, messages=USER)
+        await api.close()
+    pieces = [p for p in pieces if p]
+    sent = stamped_ns(pieces[0])
+    assert sent is not None and before <= sent <= after
+    assert pieces[0] == f"[sent_ns={sent}]" + text[:8]
+    assert "".join(pieces[1:]) == text[8:]
+    assert whole.choices[0].message.content == text
 
 
 async def test_stream_text_reassembled_by_openai(fake: FakeUpstream, client: AsyncOpenAI) -> None:

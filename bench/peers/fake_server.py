@@ -5,7 +5,9 @@ Over a benchmark of a million requests that list grows without bound and the gar
 collector's full passes over it stall the fake for tens of milliseconds, which then shows up as
 everybody's p99 (measured: direct p99 at concurrency 1 of 41–95 ms after 30 000 requests,
 instead of < 1 ms). Here the records keep only the last 100 entries; everything else is the
-fake itself (``FakeUpstream``, ``Reply``), unchanged.
+fake itself (``FakeUpstream``, ``Reply``), unchanged. Every stream's first content piece
+carries the time it was sent (``stamp_first_token``), so the load generator can time how long a
+server took to relay it.
 
     python bench/peers/fake_server.py --port 8089 --delay-ms 50
 """
@@ -25,7 +27,7 @@ KEEP = 100
 
 
 async def serve(host: str, port: int, delay_ms: float) -> None:
-    fake = FakeUpstream(default_reply=Reply(delay_s=delay_ms / 1000))
+    fake = FakeUpstream(default_reply=Reply(delay_s=delay_ms / 1000), stamp_first_token=True)
     # Same interface (append, clear, iteration), bounded length.
     fake.received = deque(maxlen=KEEP)  # type: ignore[assignment]
     fake.cancelled = deque(maxlen=KEEP)  # type: ignore[assignment]

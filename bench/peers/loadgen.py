@@ -3,9 +3,13 @@
 ``concurrency`` clients each send the same POST over their own keep-alive connection, one after
 the other, until ``duration`` seconds have passed; requests still in flight then are awaited
 and counted. For streamed replies it also times the first ``data:`` event (time to first token:
-SSE comment lines such as keep-alives do not count). It prints one JSON object on stdout:
+SSE comment lines such as keep-alives do not count) and, when the first token carries the bench
+fake's ``[sent_ns=N]`` stamp, how long after the upstream sent it the token arrived here
+(``relay_ms``: the hops through the server under test, on the machine-wide monotonic clock).
+It prints one JSON object on stdout:
 
-    {"requests", "elapsed_s", "latencies_ms": [...], "ttft_ms": [...], "errors": {...}}
+    {"requests", "elapsed_s", "latencies_ms": [...], "ttft_ms": [...], "relay_ms": [...],
+     "errors": {...}}
 
 ``bench/bench_peers.py`` runs it (pinned to the load generator's core) for the streamed
 workloads, and for every workload when wrk is not installed.
@@ -24,6 +28,10 @@ from pathlib import Path
 
 import aiohttp
 
+from fusion_engine.testing.fake_upstream import stamped_ns
+
+STAMP_SEARCH_BYTES = 16 * 1024
+
 
 async def run(
     url: str,
@@ -37,6 +45,7 @@ async def run(
     """Drive ``url`` for ``duration`` seconds with ``concurrency`` clients; the figures."""
     latencies: list[float] = []
     ttfts: list[float] = []
+    relays: list[float] = []
     errors: dict[str, int] = {}
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -55,11 +64,19 @@ async def run(
                     async with session.post(url, data=body, headers=headers) as reply:
                         if stream:
                             seen = b""
+                            relayed: float | None = None
                             async for chunk in reply.content.iter_any():
-                                if first is None:
+                                # The stamp is in the first token: no need to look further.
+                                if relayed is None and len(seen) < STAMP_SEARCH_BYTES:
+                                    arrived = time.monotonic_ns()
                                     seen += chunk
-                                    if seen.startswith(b"data:") or b"\ndata:" in seen:
+                                    if first is None and (
+                                        seen.startswith(b"data:") or b"\ndata:" in seen
+                                    ):
                                         first = time.perf_counter()
+                                    sent = stamped_ns(seen.decode("utf-8", "replace"))
+                                    if sent is not None:
+                                        relayed = (arrived - sent) / 1e6
                         else:
                             await reply.read()
                         if reply.status != 200:
@@ -72,6 +89,8 @@ async def run(
                 latencies.append((ended - started) * 1000)
                 if first is not None:
                     ttfts.append((first - started) * 1000)
+                if stream and relayed is not None:
+                    relays.append(relayed)
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -81,6 +100,7 @@ async def run(
         "elapsed_s": elapsed,
         "latencies_ms": latencies,
         "ttft_ms": ttfts,
+        "relay_ms": relays,
         "errors": errors,
     }
 

@@ -6,10 +6,10 @@ import os
 import re
 from typing import Any
 
-from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
 HEADER = "x-request-id"
+HEADER_BYTES = HEADER.encode()
 _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -39,4 +39,7 @@ def _from_headers(headers: Any) -> str | None:
 async def add_request_id(message: Message, scope: Scope) -> None:
     """``before_send`` hook: stamp the id on the response start of every HTTP reply."""
     if message["type"] == "http.response.start":
-        MutableScopeHeaders.from_message(message)[HEADER] = request_id(scope)
+        # Appended, not set: no handler sets this header, and appending skips the parse and
+        # rebuild of every header that a MutableScopeHeaders assignment does.
+        stamp = (HEADER_BYTES, request_id(scope).encode("latin-1"))
+        message["headers"] = [*message.get("headers", ()), stamp]

@@ -48,12 +48,26 @@ from fusion_engine.testing.script import (
     stream_error_event,
 )
 
-__all__ = ["FakeUpstream", "main"]
+__all__ = ["FakeUpstream", "main", "sent_stamp", "stamped_ns"]
 
 KEEPALIVE_COMMENT: Final = b": OPENROUTER PROCESSING"
 # Requests that are still running when the fake stops are cut off this quickly, so a test that
 # leaves a `hang` reply behind does not wait for aiohttp's 60 s default.
 _SHUTDOWN_TIMEOUT_S: Final = 0.1
+
+
+_STAMP = re.compile(r"\[sent_ns=(\d+)\]")
+
+
+def sent_stamp() -> str:
+    """``[sent_ns=N]``: now on the system-wide monotonic clock, which every process shares."""
+    return f"[sent_ns={time.monotonic_ns()}]"
+
+
+def stamped_ns(text: str) -> int | None:
+    """The time in a ``sent_stamp`` found in ``text``, if any."""
+    found = _STAMP.search(text)
+    return int(found.group(1)) if found else None
 
 
 class _EventWriter:
@@ -100,6 +114,7 @@ class FakeUpstream:
         *,
         prices: Mapping[str, tuple[float, float]] | None = None,
         default_reply: Reply | None = None,
+        stamp_first_token: bool = False,
     ) -> None:
         """Configure the fake; nothing is bound until :meth:`start`.
 
@@ -107,7 +122,11 @@ class FakeUpstream:
             require_key: if set, chat requests need ``Authorization: Bearer <require_key>``.
             prices: USD per (prompt, completion) token for the listed slugs.
             default_reply: the reply for models without a script (default: ``Reply()``).
+            stamp_first_token: prefix the first content piece of every streamed reply with
+                the time it is sent (``sent_stamp``), so a client on the same machine can time
+                the hops between (benchmarks: how long a gateway takes to relay it).
         """
+        self.stamp_first_token = stamp_first_token
         self.require_key = require_key
         self.prices: dict[str, tuple[float, float]] = dict(prices or {})
         self.default_reply = default_reply if default_reply is not None else Reply()
@@ -398,7 +417,11 @@ class FakeUpstream:
         deltas = stream_deltas(answer, reply.chunk_size)
         cut, failure = reply.cut_after_chunks, reply.stream_error_after_chunks
         stop_at = min((n for n in (cut, failure) if n is not None), default=len(deltas))
+        stamp = self.stamp_first_token
         for delta in deltas[:stop_at]:
+            if stamp and "content" in delta:
+                delta = {**delta, "content": sent_stamp() + delta["content"]}
+                stamp = False
             await events.send(chunk(delta))
         if cut is not None and cut == stop_at:
             # Closing the socket mid-body is what a crashed upstream or a dropped proxy looks
@@ -484,6 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--delay-ms", type=float, default=0.0, help="delay before answering unscripted models"
     )
     parser.add_argument("--require-key", help="API key clients must send as a Bearer token")
+    parser.add_argument(
+        "--stamp-first-token", action="store_true",
+        help="prefix each stream's first content piece with [sent_ns=<monotonic ns>]",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     try:
@@ -492,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot load script {args.script}: {exc}", file=sys.stderr)
         return 2
     fake = FakeUpstream(
-        require_key=args.require_key, default_reply=Reply(delay_s=args.delay_ms / 1000)
+        require_key=args.require_key,
+        default_reply=Reply(delay_s=args.delay_ms / 1000),
+        stamp_first_token=args.stamp_first_token,
     )
     for slug, replies in scripts.items():
         fake.script(slug, *replies)

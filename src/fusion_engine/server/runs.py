@@ -110,16 +110,18 @@ async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) 
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
+    # A done-callback rather than asyncio.wait: no waiter set or extra futures per request.
+    watcher.add_done_callback(lambda _: task.cancel())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        gone = watcher.done() and not watcher.cancelled()
+        if gone and (current is None or not current.cancelling()):
+            raise ClientGone from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-        await asyncio.gather(task, watcher, return_exceptions=True)
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
 
 
 async def _disconnected(request: Request[Any, Any, Any]) -> None:

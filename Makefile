@@ -31,9 +31,6 @@ format: $(STAMP)
 bench: $(STAMP) ## the docs/benchmarks.md run: ours vs direct, a bare-proxy floor and LiteLLM's proxy, + py-spy profiles (~25 min); rewrites its tables
 	$(BIN)/python bench/bench_peers.py --peer litellm --profile 20 --json bench/peers/results.json --update-doc docs/benchmarks.md
 
-.PHONY: bench-peers
-bench-peers: bench ## the old name of `make bench`
-
 .PHONY: bench-parts
 bench-parts: $(STAMP) ## measure what the engine and the gateway add over their upstream calls, piece by piece
 	$(BIN)/python bench/bench_engine.py

@@ -806,7 +806,8 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if value is None:
             return
         verdict = "–" if ok is None else ("met" if ok else "**not met**")
-        rows.append((name, f"{value:.2f}", need if limit is None else need.format(limit), verdict))
+        shown = f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
+        rows.append((name, shown, need if limit is None else need.format(limit), verdict))
 
     ours = get("fusion-1w", "passthrough", 1, "added_p50_ms")
     floor = get("floor", "passthrough", 1, "added_p50_ms")

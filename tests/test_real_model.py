@@ -227,7 +227,7 @@ def test_streamed_fused_completion_arrives_in_pieces_with_a_usage_chunk(client: 
     reason=(
         "BUG: a judge streamed from a server that sends no usage in its stream (llama.cpp's "
         "Python server ignores stream_options.include_usage) is recorded with tokens_in = "
-        "tokens_out = 0 (engine.py _stream_judge -> response_from_reply: `usage.prompt_tokens "
+        "tokens_out = 0 (engine.py _stream_judge -> calls.py response_from_reply: `usage.prompt_tokens "
         "if usage else 0`), so fusion.judge and the streamed usage silently leave out the "
         "judge's tokens instead of marking them unknown"
     ),

@@ -24,16 +24,11 @@ from fusion_engine.config import Provider
 from fusion_engine.errors import ProviderKeyMissingError, UpstreamError, UpstreamTimeoutError
 from fusion_engine.protocol import ChatCompletionChunk, ChunkAccumulator
 from fusion_engine.provider_errors import error_message, redact, retry_after_seconds
+from fusion_engine.provider_requests import APP_TITLE, APP_URL, prepare_body, request_headers
 from fusion_engine.settings import Secret
 from fusion_engine.sse import EventTooLargeError, iter_sse_batches
 from fusion_engine.timing import RetryPolicy
-from fusion_engine.upstream import (
-    APP_TITLE,
-    APP_URL,
-    UpstreamClient,
-    prepare_body,
-    request_headers,
-)
+from fusion_engine.upstream import UpstreamClient
 
 KEY = "sk-secret-123"
 BASE_URL = "http://upstream.test/api/v1"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -19,13 +17,14 @@ import msgspec
 import structlog
 
 from .agreement import Agreement, measure_agreement
+from .calls import failed_response, response_from_reply
 from .config import Provider, ResolvedConfig, load_config
-from .errors import ConfigError, JudgeFailedError, UpstreamError
-from .judges import build_judge_messages, load_judge_templates
-from .panels import Panel, PanelMember, load_panels
+from .definitions import load_definitions
+from .errors import JudgeFailedError, UpstreamError
+from .judges import build_judge_messages
+from .panels import Panel, PanelMember
 from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
 from .protocol import (
-    ChatCompletion,
     ChatCompletionChunk,
     ChunkAccumulator,
     GenerationParams,
@@ -102,19 +101,8 @@ class FusionEngine:
         self.on_call: CallObserver = on_call or _ignore_call
 
     def read_definitions(self) -> tuple[dict[str, str], dict[str, Panel]]:
-        """Judge templates and panels from their directories (or the bundled copies).
-
-        Raises:
-            ConfigError: a directory is missing, or a file is invalid (named with its field).
-        """
-        templates = load_judge_templates(_directory(self.settings.judges_dir, "judges"))
-        panels = load_panels(
-            _directory(self.settings.panels_dir, "panels"),
-            judge_templates=templates.keys(),
-            providers=self.config.providers.keys(),
-            max_members=self.config.gateway.limits.max_members,
-        )
-        return templates, panels
+        """Judge templates and panels from their directories (see ``load_definitions``)."""
+        return load_definitions(self.settings, self.config)
 
     def reload(self) -> None:
         """Re-read templates and panels; on any error the current set stays as it was.
@@ -420,51 +408,6 @@ def _pass_on(chunk: ChatCompletionChunk, accumulator: ChunkAccumulator, notify: 
     return any(choice.delta.content or choice.delta.tool_calls for choice in chunk.choices)
 
 
-def response_from_reply(index: int, model: str, reply: UpstreamReply) -> PanelResponse:
-    """A successful call as a PanelResponse; no text and no tool calls counts as an error."""
-    completion: ChatCompletion = reply.completion
-    choice = completion.choices[0]
-    usage = completion.usage
-    message = choice.message
-    empty = not (message.content and message.content.strip()) and not message.tool_calls
-    return PanelResponse(
-        index=index,
-        model=model,
-        content=message.content,
-        tool_calls=message.tool_calls or None,
-        reasoning=message.reasoning,
-        finish_reason=choice.finish_reason,
-        tokens_in=usage.prompt_tokens if usage else 0,
-        tokens_out=usage.completion_tokens if usage else 0,
-        latency_ms=reply.latency_ms,
-        queue_ms=reply.queue_ms,
-        cost_usd=usage.cost if usage else None,
-        error="empty answer" if empty else None,
-        error_kind="empty" if empty else None,
-        attempts=reply.attempts,
-    )
-
-
-def failed_response(
-    index: int, model: str, error: UpstreamError, latency_ms: float
-) -> PanelResponse:
-    """A failed call as a PanelResponse carrying the reason."""
-    kind = error.kind if error.kind in _KNOWN_KINDS else "http_error"
-    return PanelResponse(
-        index=index,
-        model=model,
-        error=error.message,
-        error_kind=kind,  # type: ignore[arg-type]  # narrowed by _KNOWN_KINDS
-        latency_ms=latency_ms,
-        attempts=error.attempts,
-    )
-
-
-_KNOWN_KINDS = frozenset(
-    {"timeout", "rate_limited", "http_error", "connection", "invalid_response"}
-)
-
-
 def _check_verdict(verdict: PanelResponse) -> PanelResponse:
     """A judge answer whose tool calls a client could not execute counts as a failed judge."""
     problem = invalid_tool_call(verdict.tool_calls) if verdict.ok else None
@@ -487,13 +430,3 @@ def _ignore(event: FusionEvent) -> None:
 
 def _ignore_call(response: PanelResponse) -> None:
     return None
-
-
-def _directory(configured: Path, bundled_name: str) -> Path:
-    """The configured directory, or the copy bundled in the wheel when it does not exist."""
-    if configured.is_dir():
-        return configured
-    bundled = Path(str(resources.files("fusion_engine") / "bundled" / bundled_name))
-    if bundled.is_dir():
-        return bundled
-    raise ConfigError(f"{configured}: directory not found (set FUSION_{bundled_name.upper()}_DIR)")

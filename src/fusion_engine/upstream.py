@@ -21,25 +21,18 @@ import structlog
 
 from .config import Provider
 from .errors import UpstreamError, UpstreamTimeoutError
-from .protocol import ChatCompletion, ChatCompletionChunk
-from .provider_errors import RETRYABLE_STATUSES, error_from_response, error_message, redact
+from .protocol import ChatCompletion
+from .provider_errors import RETRYABLE_STATUSES, error_from_response, redact
+from .provider_requests import prepare_body, request_headers
 from .sse import EventTooLargeError, iter_sse_batches
+from .stream_events import StreamEvent, parse_batch
 from .timing import Clock, RetryPolicy, SystemClock
 
 log = structlog.get_logger("fusion_engine.upstream")
 T = TypeVar("T")
 
-#: Body keys only OpenRouter understands; never sent to a plain OpenAI-compatible server.
-OPENROUTER_ONLY_KEYS = frozenset(
-    {
-        "models", "route", "provider", "plugins", "reasoning", "usage", "transforms", "top_k",
-        "min_p", "top_a", "repetition_penalty", "session_id", "trace", "debug",
-    }
-)  # fmt: skip
 #: A streamed event carrying a large tool call or an image must not break the stream.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
-APP_URL = "https://github.com/fusion-engine/fusion-engine"
-APP_TITLE = "Fusion Engine"
 
 
 class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,15 +46,7 @@ class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
     queue_ms: float = 0.0
 
 
-class StreamEvent(msgspec.Struct, frozen=True):
-    """One streamed event: its JSON text as the provider sent it, and the parsed chunk."""
-
-    data: bytes
-    chunk: ChatCompletionChunk
-
-
 _decode_completion = msgspec.json.Decoder(ChatCompletion).decode
-_decode_chunk = msgspec.json.Decoder(ChatCompletionChunk).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -264,7 +249,7 @@ class UpstreamClient:
             async for batch in iter_sse_batches(blocks, max_line_bytes=MAX_EVENT_BYTES):
                 events: list[StreamEvent] = []
                 try:
-                    done = _parse_batch(provider, batch, events)
+                    done = parse_batch(provider, batch, events)
                 except UpstreamError:
                     if events:  # what came before a malformed event still goes out
                         yield events
@@ -381,71 +366,9 @@ class _Expiry:
         self._response.close()
 
 
-def prepare_body(provider: Provider, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
-    """The JSON body for ``provider``: OpenRouter gets usage accounting, others lose its keys."""
-    prepared = {key: value for key, value in body.items() if value is not None}
-    prepared["stream"] = stream
-    if provider.kind == "openrouter":
-        prepared.setdefault("usage", {"include": True})
-    else:
-        for key in OPENROUTER_ONLY_KEYS.intersection(prepared):
-            del prepared[key]
-        if stream:
-            prepared.setdefault("stream_options", {"include_usage": True})
-    if not stream:
-        prepared.pop("stream_options", None)
-    return prepared
-
-
-def request_headers(provider: Provider) -> dict[str, str]:
-    """Auth and attribution headers.
-
-    Raises:
-        ProviderKeyMissingError: the provider needs a key that is not configured.
-    """
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    key = provider.require_key()
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key.reveal()}"
-    if provider.kind == "openrouter":
-        headers.update(
-            {"HTTP-Referer": APP_URL, "X-OpenRouter-Title": APP_TITLE, "X-Title": APP_TITLE}
-        )
-    return headers
-
-
 def _broken_off(provider: Provider, exc: BaseException) -> UpstreamError:
     """A response body that broke off while being read: worth another attempt."""
     return UpstreamError(
         f"{provider.name} response broke off: {type(exc).__name__}", retryable=True,
         kind="connection",
     )  # fmt: skip
-
-
-def _parse_batch(provider: Provider, batch: list[bytes], events: list[StreamEvent]) -> bool:
-    """Append the events of one read to ``events``; whether ``[DONE]`` ended the stream."""
-    for data in batch:
-        if data == b"[DONE]":
-            return True
-        events.append(StreamEvent(data, _parse_chunk(provider, data)))
-    return False
-
-
-def _parse_chunk(provider: Provider, data: bytes) -> ChatCompletionChunk:
-    try:
-        chunk = _decode_chunk(data)
-    except msgspec.DecodeError as exc:
-        raise UpstreamError(
-            f"{provider.name} sent a malformed stream event", kind="invalid_response"
-        ) from exc
-    if not chunk.error and any(choice.finish_reason == "error" for choice in chunk.choices):
-        # OpenRouter ends a choice that failed mid-generation with finish_reason "error"
-        # (sometimes without a top-level error): the text so far is not an answer.
-        raise UpstreamError(f"{provider.name} failed mid-stream", kind="http_error")
-    if chunk.error:
-        message = chunk.error if isinstance(chunk.error, str) else error_message(data.decode())
-        raise UpstreamError(
-            f"{provider.name} failed mid-stream: {redact(message or 'unknown error', provider)}",
-            kind="http_error",
-        )
-    return chunk

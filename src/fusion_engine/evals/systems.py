@@ -14,8 +14,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from ..calls import response_from_reply
 from ..config import Provider
-from ..engine import FusionEngine, response_from_reply
+from ..engine import FusionEngine
 from ..errors import FusionError, UpstreamError
 from ..panels import Panel
 from ..plan import MODEL_PREFIX

@@ -17,7 +17,7 @@ from litestar.response import Stream
 
 from ..config import Provider
 from ..errors import FusionError, NotFoundError
-from ..upstream import StreamEvent
+from ..stream_events import StreamEvent
 from .errors import error_payload
 from .gateway import Gateway
 from .runs import until_disconnect

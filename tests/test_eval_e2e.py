@@ -142,3 +142,25 @@ async def test_only_selected_systems_run(workspace: Path, fake: FakeUpstream) ->
     assert await run(arguments(workspace, "--systems", "single")) == 0
     assert {r.model for r in fake.received} == {"m/a", "m/b"}
     assert [s["system"] for s in summary(workspace)["summaries"]] == ["single:m/a", "single:m/b"]  # type: ignore[attr-defined]
+
+
+async def test_members_and_judge_alone_are_asked_with_the_panels_settings(
+    workspace: Path, fake: FakeUpstream
+) -> None:
+    """single:<m> sends what the panel sends that member (temperature, max_tokens, seed) and
+    judge_alone the judge's temperature: the baselines run under the panel's conditions."""
+    (workspace / "panels" / "duo.yaml").write_text(
+        "name: duo\nmodels:\n"
+        "  - slug: m/a\n    temperature: 0.3\n    max_tokens: 77\n    seed: 5\n"
+        "  - slug: m/b\njudge_model: m/j\njudge_temperature: 0.1\n"
+    )
+    assert await run(arguments(workspace, "--systems", "single,judge_alone", "--limit", "1")) == 0
+    sent = {r.model: r.body for r in fake.received}
+    assert (sent["m/a"]["temperature"], sent["m/a"]["max_tokens"], sent["m/a"]["seed"]) == (
+        0.3,
+        77,
+        5,
+    )
+    assert "temperature" not in sent["m/b"] and "max_tokens" not in sent["m/b"]
+    assert sent["m/j"]["temperature"] == 0.1
+    assert [m["role"] for m in sent["m/j"]["messages"]] == ["user"]

@@ -58,7 +58,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.base_url:
             key = args.api_key or os.environ.get("FUSION_API_KEY")
             backend = GatewayBackend(
-                engine, _root(args.base_url) + "/v1", key, panel.member_timeout_s
+                engine, panel, _root(args.base_url) + "/v1", key, panel.member_timeout_s
             )
         else:
             backend = InProcessBackend(engine, panel)
@@ -125,7 +125,8 @@ def _grade_context(
     )
 
     async def ask(messages: list[Message]) -> str:
-        answer = await ask_model(engine, provider, grader_model, messages, 120.0)
+        body = {"model": grader_model, "messages": messages}
+        answer = await ask_model(engine, provider, body, 120.0)
         if answer.error is not None or answer.text is None:
             raise FusionError(f"the grader model failed: {answer.error}")
         return answer.text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -19,7 +19,7 @@ from ..config import Provider
 from ..engine import FusionEngine
 from ..errors import FusionError, UpstreamError
 from ..panels import Panel
-from ..plan import MODEL_PREFIX
+from ..plan import MODEL_PREFIX, judge_body, member_body
 from ..protocol import Message
 from ..settings import Secret
 
@@ -84,21 +84,8 @@ class InProcessBackend:
     async def ask(self, system: SystemSpec, prompt: str) -> Answer:
         if system.kind == "fusion":
             return await self._fuse(prompt)
-        provider_name = self._provider_for(system)
-        provider = (
-            self._engine.config.providers[provider_name]
-            if provider_name
-            else self._engine.config.default_provider
-        )
-        return await ask_model(
-            self._engine, provider, system.target, _user(prompt), self._panel.member_timeout_s
-        )
-
-    def _provider_for(self, system: SystemSpec) -> str | None:
-        if system.kind == "judge_alone":
-            return self._panel.judge_provider
-        member = next(m for m in self._panel.models if m.slug == system.target)
-        return member.provider
+        provider, body = solo_call(self._engine, self._panel, system, prompt)
+        return await ask_model(self._engine, provider, body, self._panel.member_timeout_s)
 
     async def _fuse(self, prompt: str) -> Answer:
         started = time.perf_counter()
@@ -124,9 +111,15 @@ class GatewayBackend:
     """Systems asked through a running gateway: ``fusion/<panel>`` fuses, a slug passes through."""
 
     def __init__(
-        self, engine: FusionEngine, base_url: str, api_key: str | None, timeout_s: float
+        self,
+        engine: FusionEngine,
+        panel: Panel,
+        base_url: str,
+        api_key: str | None,
+        timeout_s: float,
     ) -> None:
         self._engine = engine
+        self._panel = panel
         self._timeout_s = timeout_s
         self._gateway = Provider(
             name="gateway",
@@ -137,8 +130,11 @@ class GatewayBackend:
         )
 
     async def ask(self, system: SystemSpec, prompt: str) -> Answer:
-        model = f"{MODEL_PREFIX}{system.target}" if system.kind == "fusion" else system.target
-        return await ask_model(self._engine, self._gateway, model, _user(prompt), self._timeout_s)
+        if system.kind == "fusion":
+            body = {"model": f"{MODEL_PREFIX}{system.target}", "messages": _user(prompt)}
+        else:
+            _, body = solo_call(self._engine, self._panel, system, prompt)
+        return await ask_model(self._engine, self._gateway, body, self._timeout_s)
 
     @property
     def provider(self) -> Provider:
@@ -146,21 +142,30 @@ class GatewayBackend:
         return self._gateway
 
 
+def solo_call(
+    engine: FusionEngine, panel: Panel, system: SystemSpec, prompt: str
+) -> tuple[Provider, dict[str, Any]]:
+    """The provider and body for a ``single`` or ``judge_alone`` system: exactly what the panel
+    would send that model (its sampling settings, max_tokens, seed, provider options), so the
+    comparison with the panel is fair. A slug on the panel more than once uses its first
+    member's settings."""
+    plan = engine.plan(prompt, panel=panel)
+    if system.kind == "judge_alone":
+        return plan.judge_provider, judge_body(plan, system.target, plan.conversation)
+    index = next(i for i, member in enumerate(panel.models) if member.slug == system.target)
+    return plan.member_providers[index], member_body(plan, panel.models[index])
+
+
 async def ask_model(
-    engine: FusionEngine,
-    provider: Provider,
-    model: str,
-    messages: list[Message],
-    timeout_s: float,
+    engine: FusionEngine, provider: Provider, body: dict[str, Any], timeout_s: float
 ) -> Answer:
     """One plain chat call as an Answer (cost as the provider reported it, or unknown)."""
-    body = {"model": model, "messages": messages}
     started = time.perf_counter()
     try:
         reply = await engine.upstream.chat(provider, body, timeout_s=timeout_s)
     except UpstreamError as error:
         return Answer(error=error.message, latency_ms=_since(started))
-    response = response_from_reply(0, model, reply)
+    response = response_from_reply(0, str(body["model"]), reply)
     return Answer(
         text=response.content,
         cost_usd=response.cost_usd,

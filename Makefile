@@ -25,10 +25,10 @@ lint: $(STAMP) ## the hooks of .pre-commit-config.yaml: ruff, formatting, mypy -
 	$(BIN)/pre-commit run --all-files
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench scripts evals
+	$(BIN)/ruff check --fix src tests bench scripts evals
 
-bench: $(STAMP) ## the docs/benchmarks.md run: ours vs direct, a bare-proxy floor and LiteLLM's proxy, + py-spy profiles (~25 min); rewrites its tables
+bench: $(STAMP) ## the docs/benchmarks.md run: ours vs direct, a bare-proxy floor and LiteLLM's proxy, + py-spy profiles (about 22 min); rewrites its tables
 	$(BIN)/python bench/bench_peers.py --peer litellm --profile 20 --json bench/peers/results.json --update-doc docs/benchmarks.md
 
 .PHONY: bench-parts

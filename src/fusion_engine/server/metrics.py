@@ -26,7 +26,6 @@ from ..results import PanelResponse
 #: From tens of milliseconds (cache hits, fast models) to minutes (long fusions).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)
-PASSTHROUGH = "passthrough"
 AD_HOC = "ad-hoc"
 NO_PANEL = "-"
 

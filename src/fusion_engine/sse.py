@@ -12,19 +12,19 @@ msgspec decodes bytes, and a passthrough writes them back unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 
 class EventTooLargeError(ValueError):
-    """A line grew past the decoder's limit without ending."""
+    """A line or an event grew past the decoder's limit."""
 
 
 class SseDecoder:
     """Incremental decoder: ``feed`` blocks, get the data of every event they complete.
 
     Args:
-        max_line_bytes: the longest line accepted; a longer one raises ``EventTooLargeError``
-            rather than buffering without bound.
+        max_line_bytes: the longest line, and the largest event, accepted; more raises
+            ``EventTooLargeError`` rather than buffering without bound.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
@@ -32,6 +32,7 @@ class SseDecoder:
         self._partial: list[bytes] = []  # the pieces of a line whose end has not arrived
         self._partial_size = 0
         self._data: list[bytes] = []  # the data lines of the event being read
+        self._data_size = 0
 
     def feed(self, block: bytes) -> list[bytes]:
         """The data of each event that ``block`` completes, in order."""
@@ -39,7 +40,8 @@ class SseDecoder:
             self._keep_partial(block)
             return []
         if self._partial:
-            block = b"".join(self._partial) + block
+            self._partial.append(block)
+            block = b"".join(self._partial)
             self._partial, self._partial_size = [], 0
         lines = block.split(b"\n")
         self._keep_partial(lines.pop())
@@ -71,17 +73,20 @@ class SseDecoder:
         if not line:
             if self._data:
                 events.append(b"\n".join(self._data))
-                self._data = []
+                self._data, self._data_size = [], 0
             return
         # A comment line (": ...") parses as the empty field name and is ignored with the rest.
         field, _, value = line.partition(b":")
         if field == b"data":
+            self._data_size += len(value)
+            if self._data_size > self._max_line_bytes:
+                raise EventTooLargeError(f"an event is longer than {self._max_line_bytes} bytes")
             self._data.append(value[1:] if value.startswith(b" ") else value)
 
 
 async def iter_sse_batches(
     blocks: AsyncIterable[bytes], *, max_line_bytes: int
-) -> AsyncIterator[list[bytes]]:
+) -> AsyncGenerator[list[bytes], None]:
     """The data of the events completed by each block read from ``blocks`` (empty lists
     skipped), then of an unterminated last event."""
     decoder = SseDecoder(max_line_bytes)

@@ -32,7 +32,7 @@ def parse_batch(provider: Provider, batch: list[bytes], events: list[StreamEvent
 def parse_chunk(provider: Provider, data: bytes) -> ChatCompletionChunk:
     try:
         chunk = _decode_chunk(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
         raise UpstreamError(
             f"{provider.name} sent a malformed stream event", kind="invalid_response"
         ) from exc
@@ -41,7 +41,8 @@ def parse_chunk(provider: Provider, data: bytes) -> ChatCompletionChunk:
         # (sometimes without a top-level error): the text so far is not an answer.
         raise UpstreamError(f"{provider.name} failed mid-stream", kind="http_error")
     if chunk.error:
-        message = chunk.error if isinstance(chunk.error, str) else error_message(data.decode())
+        text = data.decode("utf-8", "replace")
+        message = chunk.error if isinstance(chunk.error, str) else error_message(text)
         raise UpstreamError(
             f"{provider.name} failed mid-stream: {redact(message or 'unknown error', provider)}",
             kind="http_error",

@@ -123,6 +123,9 @@ class UpstreamClient:
             except UpstreamError as error:
                 await self._wait_before_retry(provider, error, attempt, deadline)
                 continue
+            finally:
+                # Idempotent; needed when the budget ran out before the attempt could start.
+                slot.release()
             latency_ms = (self.clock.monotonic() - started) * 1000
             return UpstreamReply(
                 completion=completion, latency_ms=latency_ms, attempts=attempt, raw=raw,
@@ -151,19 +154,28 @@ class UpstreamClient:
                     deadline, self._open(provider, payload, headers, slot)
                 )
             except UpstreamError as error:
+                # Idempotent; needed when the budget ran out before the attempt could start.
+                slot.release()
                 await self._wait_before_retry(provider, error, attempt, deadline)
                 continue
             break
+        finished = False
         try:
             async for events in self._read_events(provider, response, deadline):
                 yield events
+            finished = True
         except UpstreamError as error:
             error.attempts = attempt
             raise
         finally:
-            # Closing (not releasing) drops the connection, which is what stops an upstream
-            # from generating (and billing) when our consumer went away.
-            response.close()
+            if finished:
+                # A stream read to its end leaves a reusable connection (aiohttp closes it
+                # anyway if anything is left unread): no new TLS handshake per judge.
+                response.release()
+            else:
+                # Closing drops the connection, which is what stops an upstream from
+                # generating (and billing) when our consumer went away.
+                response.close()
             slot.release()
 
     async def _attempt_chat(
@@ -183,7 +195,7 @@ class UpstreamClient:
             slot.release()
         try:
             completion = _decode_completion(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
             raise UpstreamError(
                 f"{provider.name} sent a malformed response ({exc})", status=200,
                 kind="invalid_response",
@@ -244,9 +256,9 @@ class UpstreamClient:
         timer = asyncio.get_running_loop().call_later(
             max(deadline - self.clock.monotonic(), 0.0), expiry.fire
         )
-        blocks = response.content.iter_any()
+        batches = iter_sse_batches(response.content.iter_any(), max_line_bytes=MAX_EVENT_BYTES)
         try:
-            async for batch in iter_sse_batches(blocks, max_line_bytes=MAX_EVENT_BYTES):
+            async for batch in batches:
                 events: list[StreamEvent] = []
                 try:
                     done = parse_batch(provider, batch, events)
@@ -274,6 +286,8 @@ class UpstreamClient:
             ) from exc
         finally:
             timer.cancel()
+            # Closed here, not left to the event loop's finaliser (a task per stream).
+            await batches.aclose()
         if expiry.fired:
             raise UpstreamTimeoutError("the stream ran out of time")
         if not finished:
@@ -323,11 +337,7 @@ class UpstreamClient:
             return _Slot([], 0.0)
         limits = [(provider.name, provider.max_concurrency)]
         limits.append((f"{provider.name}/{model}", provider.model_concurrency.get(model)))
-        semaphores = [
-            self._limits.setdefault(name, asyncio.Semaphore(limit))
-            for name, limit in limits
-            if limit is not None
-        ]
+        semaphores = [self._limit(name, limit) for name, limit in limits if limit is not None]
         started = self.clock.monotonic()
         held: list[asyncio.Semaphore] = []
         try:
@@ -339,6 +349,13 @@ class UpstreamClient:
                 semaphore.release()
             raise
         return _Slot(held, self.clock.monotonic() - started)
+
+    def _limit(self, name: str, limit: int) -> asyncio.Semaphore:
+        """The semaphore for ``name``, made on first use."""
+        semaphore = self._limits.get(name)
+        if semaphore is None:
+            semaphore = self._limits[name] = asyncio.Semaphore(limit)
+        return semaphore
 
 
 class _Slot:

@@ -20,11 +20,7 @@ from ..settings import Settings
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-def _unrenderable(value: Any) -> str:
-    return repr(value)
-
-
-_encode_line = msgspec.json.Encoder(enc_hook=_unrenderable).encode
+_encode_line = msgspec.json.Encoder(enc_hook=repr).encode
 
 
 def render_json(_: Any, __: str, event_dict: structlog.typing.EventDict) -> bytes:
@@ -32,17 +28,23 @@ def render_json(_: Any, __: str, event_dict: structlog.typing.EventDict) -> byte
     return _encode_line(event_dict)
 
 
+def _output(console: bool) -> tuple[structlog.typing.Processor, Any]:
+    """The last processor and the logger factory: console text, JSON bytes to stdout's byte
+    buffer, or JSON text when stdout has no byte buffer (a test runner's capture, an embedding
+    app)."""
+    if console:
+        return structlog.dev.ConsoleRenderer(), structlog.PrintLoggerFactory(sys.stdout)
+    stdout_bytes = getattr(sys.stdout, "buffer", None)
+    if stdout_bytes is None:
+        return structlog.processors.JSONRenderer(), structlog.PrintLoggerFactory(sys.stdout)
+    # Text already written through sys.stdout must not land after lines written beneath it.
+    sys.stdout.flush()
+    return render_json, structlog.BytesLoggerFactory(stdout_bytes)
+
+
 def configure_logging(settings: Settings) -> None:
     """Configure structlog (process-wide by nature) for the settings' format and level."""
-    level = _LEVELS.get(settings.log_level, logging.INFO)
-    console = settings.log_format == "console"
-    # A replaced stdout (a test runner's capture, an embedding app) may have no byte buffer.
-    stdout_bytes = getattr(sys.stdout, "buffer", None)
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if console else render_json
-    )
-    if not console and stdout_bytes is None:
-        renderer = structlog.processors.JSONRenderer()
+    renderer, logger_factory = _output(settings.log_format == "console")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -51,11 +53,9 @@ def configure_logging(settings: Settings) -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=(
-            structlog.PrintLoggerFactory(sys.stdout)
-            if console or stdout_bytes is None
-            else structlog.BytesLoggerFactory(stdout_bytes)
+        wrapper_class=structlog.make_filtering_bound_logger(
+            _LEVELS.get(settings.log_level, logging.INFO)
         ),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )

@@ -1,8 +1,9 @@
 """Running a fusion for an HTTP request: in a task, reporting through a queue, cancellable.
 
-Streaming routes read ``FusionRun`` items as they come; non-streaming routes use
-``until_disconnect`` because a non-streaming Litestar handler runs to its end even when the client
-has gone, so we watch the ASGI receive channel for ``http.disconnect`` and cancel the work.
+Streaming routes read ``FusionRun`` items as they come. Work a handler awaits before it
+answers (a whole fusion, a cache lookup, a stream's first events) goes through
+``until_disconnect``: a Litestar handler runs to its end even when the client has gone, so we
+watch the ASGI receive channel for ``http.disconnect`` and cancel the work.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ class FusionRun:
 
     async def next_item(self, timeout_s: float) -> RunItem | None:
         """The next item, or ``None`` if nothing came within ``timeout_s``."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()
+        if (item := self.ready_item()) is not None:
+            return item
         try:
             # Not wait_for: on 3.11 it wraps the wait in a task of its own, per item.
             async with asyncio.timeout(timeout_s):
@@ -116,8 +117,8 @@ async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) 
         return await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        gone = watcher.done() and not watcher.cancelled()
-        if gone and (current is None or not current.cancelling()):
+        # Only the work was cancelled (by the watcher: the client left), not this handler.
+        if current is None or not current.cancelling():
             raise ClientGone from None
         raise
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,9 +13,13 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import pytest
 
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.settings import Settings
@@ -22,7 +28,10 @@ from fusion_engine.timing import Clock, RetryPolicy
 from fusion_engine.upstream import UpstreamClient
 
 ROOT = Path(__file__).resolve().parent.parent
+E2E_FILES = ROOT / "tests" / "e2e_files"
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.02)
+#: The shared Redis on 127.0.0.1:6379, in a database of its own; tests never flush anything.
+REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def env_for(fake: FakeUpstream, **extra: str) -> dict[str, str]:
@@ -33,6 +42,35 @@ def env_for(fake: FakeUpstream, **extra: str) -> dict[str, str]:
         "FUSION_PANELS_DIR": str(ROOT / "panels"),
         "FUSION_JUDGES_DIR": str(ROOT / "judges"),
         "FUSION_CONFIG": str(ROOT / "config" / "gateway.yaml"),
+        **extra,
+    }
+
+
+def gateway_env(
+    fake: FakeUpstream,
+    api_keys: str,
+    *,
+    provider_key: str = "provider-secret-key",
+    panels: Path = E2E_FILES / "panels",
+    judges: Path = ROOT / "judges",
+    config: Path = E2E_FILES / "gateway.yaml",
+    **extra: str,
+) -> dict[str, str]:
+    """Environment of a gateway under test on the fake upstream.
+
+    Clients use ``api_keys`` (comma-separated); the provider key is one tests look for in leaks.
+    Panels and config default to tests/e2e_files, judges to the repo's; 0.5 s keep-alives and no
+    cache unless ``extra`` (added last) says otherwise.
+    """
+    return {
+        "OPENROUTER_API_KEY": provider_key,
+        "OPENROUTER_BASE_URL": fake.base_url,
+        "FUSION_SERVER_API_KEYS": api_keys,
+        "FUSION_PANELS_DIR": str(panels),
+        "FUSION_JUDGES_DIR": str(judges),
+        "FUSION_CONFIG": str(config),
+        "FUSION_KEEPALIVE_S": "0.5",
+        "FUSION_CACHE": "off",
         **extra,
     }
 
@@ -168,6 +206,53 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_answers(port: int, *, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def require_redis() -> None:
+    """Skip the calling test when the shared Redis on 127.0.0.1:6379 does not answer."""
+    if not port_answers(6379):
+        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+
+
+@contextmanager
+def private_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of the caller's own on a free port (the shared one is never touched):
+    the process, which the caller may kill, and its URL. Skips when redis-server is missing."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: port_answers(port, timeout_s=0.2), timeout_s=10)
+        yield process, f"redis://127.0.0.1:{port}/0"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(5)
+
+
+def load_script(relative: str) -> ModuleType:
+    """A file of scripts/ (not a package) loaded as a module named after it, e.g.
+    ``load_script("scripts/k8s_configmaps.py")``."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> bool:

@@ -4,11 +4,10 @@ policy, coalescing, and failing open when Redis goes away."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -29,19 +28,11 @@ from fusion_engine.plan import FusionPlan, make_plan
 from fusion_engine.protocol import GenerationParams
 from fusion_engine.results import FusionResult, PanelResponse
 
-from .helpers import free_port, wait_until
+from . import helpers
+from .helpers import REDIS_URL, require_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own; tests never flush anything
 CONFIG = resolve_config(GatewayConfig(), {"OPENROUTER_API_KEY": "k"})
 TEMPLATES = {"default": "Judge well.", "tool_synthesis": "Pick the next tool call."}
-
-
-def redis_available() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def plan_for(
@@ -79,8 +70,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]
     if request.param == "memory":
         yield MemoryCache(max_bytes=1 << 20)
         return
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    require_redis()
     redis = RedisCache(REDIS_URL)
     yield redis
     await redis.aclose()
@@ -152,8 +142,7 @@ async def test_entries_expire() -> None:
 
 async def test_redis_entries_carry_the_ttl() -> None:
     """Redis entries are written with FUSION_CACHE_TTL_S as their expiry."""
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    require_redis()
     from redis.asyncio import Redis
 
     cache = ResultCache(RedisCache(REDIS_URL), ttl_s=123)
@@ -253,10 +242,12 @@ async def test_corrupt_entry_counts_as_a_miss(backend: CacheBackend) -> None:
     assert (fused.answer, outcome) == ("fresh", "miss")
 
 
-async def test_identical_concurrent_requests_are_coalesced(backend: CacheBackend) -> None:
-    """Five identical requests at once run one fusion; the others get its result."""
-    cache = ResultCache(backend, ttl_s=60)
-    plan = plan_for(f"coalesce {uuid.uuid4().hex}")
+async def run_at_once(
+    cache: ResultCache, plan: FusionPlan, requests: int, finish: Callable[[], FusionResult]
+) -> tuple[int, list[Any]]:
+    """``requests`` identical requests at once, whose fusion waits until all are in, then returns
+    ``finish()`` (or raises what it raises): how many fusions ran, and what each request got
+    (an exception included)."""
     calls = 0
     release = asyncio.Event()
 
@@ -264,13 +255,22 @@ async def test_identical_concurrent_requests_are_coalesced(backend: CacheBackend
         nonlocal calls
         calls += 1
         await release.wait()
-        return result("shared")
+        return finish()
 
-    tasks = [asyncio.create_task(cache.run(plan, slow_fuse)) for _ in range(5)]
+    tasks = [asyncio.create_task(cache.run(plan, slow_fuse)) for _ in range(requests)]
     await asyncio.sleep(0.05)
     release.set()
-    outcomes = await asyncio.gather(*tasks)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    return calls, outcomes
+
+
+async def test_identical_concurrent_requests_are_coalesced(backend: CacheBackend) -> None:
+    """Five identical requests at once run one fusion; the others get its result."""
+    cache = ResultCache(backend, ttl_s=60)
+    plan = plan_for(f"coalesce {uuid.uuid4().hex}")
+    calls, outcomes = await run_at_once(cache, plan, 5, lambda: result("shared"))
     assert calls == 1
+    assert not [error for error in outcomes if isinstance(error, BaseException)], outcomes
     assert {fused.answer for fused, _ in outcomes} == {"shared"}
     assert sorted(outcome for _, outcome in outcomes) == ["hit", "hit", "hit", "hit", "miss"]
 
@@ -278,20 +278,11 @@ async def test_identical_concurrent_requests_are_coalesced(backend: CacheBackend
 async def test_failed_leader_fails_followers_without_a_second_spend() -> None:
     """If the coalesced fusion fails, the waiting requests get the same error."""
     cache = ResultCache(MemoryCache(1 << 20), ttl_s=60)
-    plan = plan_for()
-    calls = 0
-    release = asyncio.Event()
 
-    async def failing() -> FusionResult:
-        nonlocal calls
-        calls += 1
-        await release.wait()
+    def fail() -> FusionResult:
         raise PanelFailedError("every panel member failed")
 
-    tasks = [asyncio.create_task(cache.run(plan, failing)) for _ in range(3)]
-    await asyncio.sleep(0.05)
-    release.set()
-    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    calls, outcomes = await run_at_once(cache, plan_for(), 3, fail)
     assert calls == 1
     assert all(isinstance(outcome, PanelFailedError) for outcome in outcomes)
 
@@ -322,26 +313,8 @@ async def test_cancelled_leader_lets_a_follower_run() -> None:
 @pytest.fixture
 def private_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A redis-server of this test's own, on a free port (the shared one is never touched)."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    assert wait_until(lambda: _answers(port), timeout_s=10)
-    yield process, f"redis://127.0.0.1:{port}/0"
-    process.kill()
-    process.wait(5)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    with helpers.private_redis() as (process, url):
+        yield process, url
 
 
 async def test_redis_stopped_mid_test_fails_open(

@@ -15,7 +15,7 @@ from fusion_engine.panels import EstimatedCost, Panel, PanelMember
 from fusion_engine.plan import FusionPlan, make_plan
 from fusion_engine.results import PanelResponse
 
-from .helpers import ROOT, FakeInThread, GatewayProcess
+from .helpers import REDIS_URL, ROOT, FakeInThread, GatewayProcess, require_redis
 
 CONFIG = resolve_config(GatewayConfig(), {"OPENROUTER_API_KEY": "k"})
 
@@ -160,16 +160,12 @@ def test_gateway_refuses_a_fusion_over_the_ceiling(
 
 async def test_prices_are_pooled_through_redis() -> None:
     """Two workers' price books sync through Redis: each ends up with both workers' calls."""
-    import socket
     import uuid
 
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-    except OSError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    require_redis()
     from redis.asyncio import Redis
 
-    redis = Redis.from_url("redis://127.0.0.1:6379/15")
+    redis = Redis.from_url(REDIS_URL)
     model = f"test/model-{uuid.uuid4().hex}"
     first, second = PriceBook(), PriceBook()
     try:

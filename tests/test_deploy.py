@@ -7,7 +7,6 @@ cluster: ``docker-compose config``, hadolint and the offline Kubernetes schemas 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +25,8 @@ from fusion_engine.errors import ConfigError
 from fusion_engine.server.serving import check_auth_binding
 from fusion_engine.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import ROOT, load_script
+
 DEPLOY = ROOT / "deploy"
 SERVER = ROOT / "src" / "fusion_engine" / "server"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -184,16 +183,6 @@ def server_routes() -> set[str]:
     return {m for path in SERVER.glob("*.py") for m in decorator.findall(path.read_text())}
 
 
-def load_configmap_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "k8s_configmaps", ROOT / "scripts" / "k8s_configmaps.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # --- docker-compose -----------------------------------------------------------------------------
 
 
@@ -312,7 +301,7 @@ def test_kustomization_applies_every_manifest_but_the_secret_example() -> None:
 
 def test_configmaps_are_generated_from_panels_and_judges() -> None:
     """deploy/*-configmap.yaml carry exactly panels/*.yaml and judges/*.md (make deploy-configmaps)."""
-    script = load_configmap_script()
+    script = load_script("scripts/k8s_configmaps.py")
     resources = k8s_resources()
     for name, folder, pattern in [
         ("fusion-panels", "panels", "*.yaml"),
@@ -327,7 +316,7 @@ def test_configmaps_are_generated_from_panels_and_judges() -> None:
 
 def test_configmap_check_trips_on_an_edited_panel(tmp_path: Path) -> None:
     """The drift check is live: an edited panel renders a different manifest than the committed one."""
-    script = load_configmap_script()
+    script = load_script("scripts/k8s_configmaps.py")
     shutil.copytree(ROOT / "panels", tmp_path / "panels")
     assert script.render("fusion-panels", root=tmp_path) == script.render("fusion-panels")
     budget = tmp_path / "panels" / "budget.yaml"

@@ -4,7 +4,6 @@ and log names, CI and pre-commit set-up, and every command the docs print."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 import shutil
@@ -28,7 +27,7 @@ from fusion_engine.config import (
 from fusion_engine.panels import EstimatedCost, Panel, PanelMember
 from fusion_engine.schema_export import SCHEMA_PATH, main, panel_json_schema, render
 
-from .helpers import ROOT
+from .helpers import ROOT, load_script
 
 DOCS = ROOT / "docs"
 CONFIGURATION = (DOCS / "configuration.md").read_text()
@@ -392,16 +391,6 @@ def test_pre_commit_hooks_are_local_and_make_lint_runs_them() -> None:
     assert lint and "pre-commit run --all-files" in lint.group(1)
 
 
-def load_text_checker() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "check_text_files", ROOT / "scripts" / "check_text_files.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     ("before", "after"),
     [
@@ -415,11 +404,11 @@ def load_text_checker() -> types.ModuleType:
     ],
 )
 def test_text_file_hook_fixes_whitespace(before: bytes, after: bytes) -> None:
-    assert load_text_checker().fixed(before) == after
+    assert load_script("scripts/check_text_files.py").fixed(before) == after
 
 
 def test_text_file_hook_rewrites_and_fails(tmp_path: Path) -> None:
-    checker = load_text_checker()
+    checker = load_script("scripts/check_text_files.py")
     good, bad = tmp_path / "good.md", tmp_path / "bad.md"
     good.write_bytes(b"fine\n")
     bad.write_bytes(b"line  \n\n")

@@ -80,6 +80,15 @@ def install_fake_hub(
     monkeypatch.setitem(sys.modules, "datasets", module)
 
 
+def install_failing_hub(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """A stand-in ``datasets`` whose ``load_dataset`` raises ``error`` whatever is asked."""
+
+    def load_dataset(path: str, name: str, *, split: str) -> list[dict[str, Any]]:
+        raise error
+
+    install_fake_hub(monkeypatch, load_dataset)
+
+
 @pytest.fixture
 def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     """A fake Hub serving the mmlu/gpqa fixtures; returns the (path, config, split) asked for."""
@@ -367,11 +376,7 @@ def test_gated_gpqa_explains_how_to_get_access(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gated-dataset error says to accept the terms and log in, on one line."""
-
-    def load_dataset(path: str, name: str, *, split: str) -> list[dict[str, Any]]:
-        raise DatasetNotFoundError(GATED_MESSAGE)
-
-    install_fake_hub(monkeypatch, load_dataset)
+    install_failing_hub(monkeypatch, DatasetNotFoundError(GATED_MESSAGE))
     with pytest.raises(DatasetError) as caught:
         prepare("gpqa", cache_dir=tmp_path)
     message = caught.value.message
@@ -384,11 +389,10 @@ def test_hub_connection_failure_is_a_download_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A network error inside ``datasets`` gets the same advice as an HTTP download."""
-
-    def load_dataset(path: str, name: str, *, split: str) -> list[dict[str, Any]]:
-        raise ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (LocalEntryNotFoundError)")
-
-    install_fake_hub(monkeypatch, load_dataset)
+    install_failing_hub(
+        monkeypatch,
+        ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (LocalEntryNotFoundError)"),
+    )
     with pytest.raises(
         DatasetError,
         match=r"could not download https://huggingface\.co/datasets/cais/mmlu .*check your connection",
@@ -400,11 +404,9 @@ def test_other_hub_errors_are_one_line_dataset_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Any other failure of ``load_dataset`` names the dataset and the reason."""
-
-    def load_dataset(path: str, name: str, *, split: str) -> list[dict[str, Any]]:
-        raise ValueError("BuilderConfig 'all' not found.\nAvailable: ['abstract_algebra']")
-
-    install_fake_hub(monkeypatch, load_dataset)
+    install_failing_hub(
+        monkeypatch, ValueError("BuilderConfig 'all' not found.\nAvailable: ['abstract_algebra']")
+    )
     with pytest.raises(DatasetError) as caught:
         prepare("mmlu", cache_dir=tmp_path)
     assert caught.value.message == (

@@ -23,9 +23,9 @@ import pytest
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, wait_until
+from .helpers import E2E_FILES, FakeInThread, GatewayProcess, gateway_env, wait_until
 
-FILES = ROOT / "tests" / "e2e_files" / "faults"
+FILES = E2E_FILES / "faults"
 KEY = "fault-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ONE, TWO, THREE = "f/one", "f/two", "f/three"
@@ -55,19 +55,15 @@ WEATHER_TOOL: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(
-        {
-            "OPENROUTER_API_KEY": "provider-secret-key",
-            "OPENROUTER_BASE_URL": upstream.fake.base_url,
-            "FUSION_SERVER_API_KEYS": KEY,
-            "FUSION_PANELS_DIR": str(FILES / "panels"),
-            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-            "FUSION_CONFIG": str(FILES / "gateway.yaml"),
-            "FUSION_KEEPALIVE_S": "0.3",
-            "FUSION_CACHE": "off",
-            "FUSION_RELOAD_INTERVAL_S": "0",
-        }
+    env = gateway_env(
+        upstream.fake,
+        KEY,
+        panels=FILES / "panels",
+        config=FILES / "gateway.yaml",
+        FUSION_KEEPALIVE_S="0.3",
+        FUSION_RELOAD_INTERVAL_S="0",
     )
+    process = GatewayProcess(env)
     yield process
     process.stop()
 

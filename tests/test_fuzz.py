@@ -35,14 +35,13 @@ from fusion_engine.server import create_app
 from fusion_engine.settings import Settings
 from fusion_engine.testing import Reply
 
-from .helpers import ROOT, FakeInThread, make_engine
+from .helpers import FakeInThread, gateway_env, make_engine
 
 KEY = "sk-fuzz-Q7x9LmZ2vW"
 WRONG_KEY = "sk-wrong-R4t8Kp1n"
 PROVIDER_KEY = "sk-provider-J3w6Hd0c"
 SECRETS = (KEY, WRONG_KEY, PROVIDER_KEY)
 AUTH = {"Authorization": f"Bearer {KEY}"}
-FILES = ROOT / "tests" / "e2e_files"
 PANELS = ("trio", "quick", "patient")
 TEMPLATES = ("default", "creative", "code_review", "deep_research", "tool_synthesis")
 ROUTES = ("/v1/chat/completions", "/fuse")
@@ -62,24 +61,16 @@ FUZZ = settings(
 # --- the app under test ------------------------------------------------------------------------
 
 
-def gateway_env(upstream: FakeInThread) -> dict[str, str]:
-    """Environment of the gateway under test: the e2e panels and config, no cache."""
-    return {
-        "OPENROUTER_API_KEY": PROVIDER_KEY,
-        "OPENROUTER_BASE_URL": upstream.fake.base_url,
-        "FUSION_SERVER_API_KEYS": KEY,
-        "FUSION_PANELS_DIR": str(FILES / "panels"),
-        "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-        "FUSION_CONFIG": str(FILES / "gateway.yaml"),
-        "FUSION_CACHE": "off",
-        "FUSION_KEEPALIVE_S": "0.2",
-        "FUSION_RELOAD_INTERVAL_S": "0",
-    }
-
-
 def build_app(upstream: FakeInThread) -> Litestar:
-    """A fresh gateway app wired to the fake, with fast upstream retries."""
-    env = gateway_env(upstream)
+    """A fresh gateway app wired to the fake (the e2e panels and config, no cache), with fast
+    upstream retries."""
+    env = gateway_env(
+        upstream.fake,
+        KEY,
+        provider_key=PROVIDER_KEY,
+        FUSION_KEEPALIVE_S="0.2",
+        FUSION_RELOAD_INTERVAL_S="0",
+    )
     return create_app(Settings.from_environ(env), engine=make_engine(upstream.fake, env=env))
 
 
@@ -168,6 +159,17 @@ def post(
 def encode(value: Any) -> bytes:
     """JSON as a client would send it (non-ASCII kept as UTF-8)."""
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+def ad_hoc_body(route: str, members: list[str], judge: str) -> dict[str, Any]:
+    """A fused request to ``route`` that names its own members and judge."""
+    if route == "/fuse":
+        return {"prompt": "hi", "models": members, "judge_model": judge}
+    return {
+        "model": "fusion/trio",
+        "messages": [{"role": "user", "content": "hi"}],
+        "fusion": {"models": members, "judge_model": judge},
+    }
 
 
 # --- strategies ----------------------------------------------------------------------------------
@@ -522,23 +524,25 @@ def test_near_valid_fuse_requests(client: TestClient[Any], body: dict[str, Any])
 
 
 @FUZZ
-@given(body=valid_chat_requests())
-def test_valid_chat_requests_succeed(client: TestClient[Any], body: dict[str, Any]) -> None:
-    """With the fake answering normally, every valid chat request gets a complete 200."""
-    reply = post(client, "/v1/chat/completions", encode(body))
+@pytest.mark.parametrize(
+    ("route", "bodies"),
+    [("/v1/chat/completions", valid_chat_requests()), ("/fuse", valid_fuse_requests())],
+    ids=["chat", "fuse"],
+)
+@given(data=st.data())
+def test_valid_requests_succeed(
+    client: TestClient[Any],
+    route: str,
+    bodies: st.SearchStrategy[dict[str, Any]],
+    data: st.DataObject,
+) -> None:
+    """With the fake answering normally, every valid chat request or /fuse body gets a
+    complete 200."""
+    body = data.draw(bodies, label="body")
+    reply = post(client, route, encode(body))
     check_reply(reply)
     assert reply.status_code == 200, reply.text[:500]
-    check_success("/v1/chat/completions", body, reply)
-
-
-@FUZZ
-@given(body=valid_fuse_requests())
-def test_valid_fuse_requests_succeed(client: TestClient[Any], body: dict[str, Any]) -> None:
-    """With the fake answering normally, every valid /fuse body gets a complete 200."""
-    reply = post(client, "/fuse", encode(body))
-    check_reply(reply)
-    assert reply.status_code == 200, reply.text[:500]
-    check_success("/fuse", body, reply)
+    check_success(route, body, reply)
 
 
 #: Nesting the JSON parser takes in its stride; ~1000 levels is a known 500, pinned by
@@ -801,14 +805,7 @@ def test_upstream_failures_keep_the_error_shape(
     for slug, scripted in zip(members, member_replies, strict=True):
         upstream.fake.script(slug, scripted)
     upstream.fake.script(judge, judge_reply)
-    if route == "/fuse":
-        body: dict[str, Any] = {"prompt": "hi", "models": members, "judge_model": judge}
-    else:
-        body = {
-            "model": "fusion/trio",
-            "messages": [{"role": "user", "content": "hi"}],
-            "fusion": {"models": members, "judge_model": judge},
-        }
+    body = ad_hoc_body(route, members, judge)
     if stream:
         body["stream"] = True
     reply = post(client, route, encode(body))
@@ -924,15 +921,7 @@ def test_streamed_judge_failing_before_any_text_falls_back(
     member, judge = f"fuzz/{run}-member", f"fuzz/{run}-judge"
     upstream.fake.script(member, Reply(text="the member's answer"))
     upstream.fake.script(judge, judge_reply)
-    if route == "/fuse":
-        body: dict[str, Any] = {"prompt": "hi", "models": [member], "judge_model": judge}
-    else:
-        body = {
-            "model": "fusion/trio",
-            "messages": [{"role": "user", "content": "hi"}],
-            "fusion": {"models": [member], "judge_model": judge},
-        }
-    reply = post(client, route, encode({**body, "stream": True}))
+    reply = post(client, route, encode({**ad_hoc_body(route, [member], judge), "stream": True}))
     assert reply.status_code == 200
     assert '"degraded":"judge_failed"' in reply.text, reply.text[-500:]
     check_success(route, {"stream": True}, reply)

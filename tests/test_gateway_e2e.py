@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -15,10 +15,9 @@ from openai import AsyncOpenAI, OpenAI
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, wait_until
+from .helpers import FakeInThread, GatewayProcess, gateway_env, wait_until
 
 KEYS = ("key-one", "key-two")
-FILES = ROOT / "tests" / "e2e_files"
 ALPHA, BETA, GAMMA = "e2e/alpha", "e2e/beta", "e2e/gamma"
 JUDGE, BACKUP = "e2e/judge", "e2e/judge-backup"
 WEATHER_TOOL: dict[str, Any] = {
@@ -38,18 +37,7 @@ USER = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(
-        {
-            "OPENROUTER_API_KEY": "provider-secret-key",
-            "OPENROUTER_BASE_URL": upstream.fake.base_url,
-            "FUSION_SERVER_API_KEYS": ",".join(KEYS),
-            "FUSION_PANELS_DIR": str(FILES / "panels"),
-            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-            "FUSION_CONFIG": str(FILES / "gateway.yaml"),
-            "FUSION_KEEPALIVE_S": "0.5",
-            "FUSION_CACHE": "off",
-        }
-    )
+    process = GatewayProcess(gateway_env(upstream.fake, ",".join(KEYS)))
     yield process
     process.stop()
 
@@ -607,13 +595,32 @@ def test_judge_failing_mid_stream_is_an_in_band_error(client: OpenAI, fake: Fake
 
 # --- client disconnects ----------------------------------------------------------------------
 
+PATIENT_MEMBERS = ["e2e/patient-a", "e2e/patient-b"]  # the "patient" panel, judge aside
+
+
+def hang_patient_members(fake: FakeUpstream) -> list[str]:
+    """Make the patient panel's members hang (their own budget is 60 s); their slugs."""
+    for member in PATIENT_MEMBERS:
+        fake.script(member, Reply(hang=True))
+    return PATIENT_MEMBERS
+
+
+def leave_stream_at(gateway: GatewayProcess, model: str, leave: Callable[[str], bool]) -> None:
+    """Stream a chat request to ``model`` and disconnect at the first line ``leave`` accepts."""
+    with httpx.Client(base_url=gateway.base_url, timeout=30) as session, session.stream(
+        "POST", "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEYS[0]}"},
+        json={"model": model, "messages": USER, "stream": True},
+    ) as reply:  # fmt: skip
+        for line in reply.iter_lines():
+            if leave(line):
+                break
+
 
 def test_disconnect_cancels_member_calls(gateway: GatewayProcess, fake: FakeUpstream) -> None:
     """A non-streaming client that gives up makes the gateway cancel every upstream call
     (the members' own budget is 60 s, so only the disconnect can end them this early)."""
-    members = ["e2e/patient-a", "e2e/patient-b"]
-    for member in members:
-        fake.script(member, Reply(hang=True))
+    members = hang_patient_members(fake)
     impatient = OpenAI(
         base_url=f"{gateway.base_url}/v1", api_key=KEYS[0], max_retries=0, timeout=1.0
     )
@@ -627,9 +634,7 @@ def test_disconnect_while_status_is_held_cancels_members(
     gateway: GatewayProcess, fake: FakeUpstream
 ) -> None:
     """A streaming client leaving before the first byte still cancels every member call."""
-    members = ["e2e/patient-a", "e2e/patient-b"]
-    for member in members:
-        fake.script(member, Reply(hang=True))
+    members = hang_patient_members(fake)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{gateway.base_url}/v1/chat/completions", timeout=0.3,
@@ -643,17 +648,8 @@ def test_disconnect_after_keepalives_cancels_members(
     gateway: GatewayProcess, fake: FakeUpstream
 ) -> None:
     """A streaming client leaving while members still work (stream already open) cancels them."""
-    members = ["e2e/patient-a", "e2e/patient-b"]
-    for member in members:
-        fake.script(member, Reply(hang=True))
-    with httpx.Client(base_url=gateway.base_url, timeout=30) as session, session.stream(
-        "POST", "/v1/chat/completions",
-        headers={"Authorization": f"Bearer {KEYS[0]}"},
-        json={"model": "fusion/patient", "messages": USER, "stream": True},
-    ) as reply:  # fmt: skip
-        for line in reply.iter_lines():
-            if line == ": keep-alive":
-                break
+    members = hang_patient_members(fake)
+    leave_stream_at(gateway, "fusion/patient", lambda line: line == ": keep-alive")
     assert wait_until(lambda: sorted(fake.cancelled) == members, timeout_s=10)
 
 
@@ -662,14 +658,9 @@ def test_disconnect_during_judge_stream_cancels_the_judge(
 ) -> None:
     """A streaming client leaving mid-answer makes the gateway drop the judge's stream."""
     script_trio(fake, Reply(text="a long verdict " * 20, chunk_size=4, chunk_delay_s=0.1))
-    with httpx.Client(base_url=gateway.base_url, timeout=30) as session, session.stream(
-        "POST", "/v1/chat/completions",
-        headers={"Authorization": f"Bearer {KEYS[0]}"},
-        json={"model": "fusion/trio", "messages": USER, "stream": True},
-    ) as reply:  # fmt: skip
-        for line in reply.iter_lines():
-            if line.startswith("data: {") and '"content"' in line:
-                break
+    leave_stream_at(
+        gateway, "fusion/trio", lambda line: line.startswith("data: {") and '"content"' in line
+    )
     assert wait_until(lambda: JUDGE in fake.cancelled)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,21 +19,22 @@ import pytest
 
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, free_port, wait_until
+from .helpers import (
+    REDIS_URL,
+    ROOT,
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    private_redis,
+    require_redis,
+    wait_until,
+)
 
 KEY = "production-key"
 PROVIDER_KEY = "provider-key-that-must-not-leak"
 FILES = ROOT / "tests" / "e2e_files"
 MEMBERS = ("e2e/alpha", "e2e/beta", "e2e/gamma")
 JUDGE = "e2e/judge"
-
-
-def redis_answers(port: int = 6379) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -54,28 +53,24 @@ def definitions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def environment(upstream: FakeInThread, definitions: Path, **extra: str) -> dict[str, str]:
-    return {
-        "OPENROUTER_API_KEY": PROVIDER_KEY,
-        "OPENROUTER_BASE_URL": upstream.fake.base_url,
-        "FUSION_SERVER_API_KEYS": KEY,
-        "FUSION_PANELS_DIR": str(definitions / "panels"),
-        "FUSION_JUDGES_DIR": str(definitions / "judges"),
-        "FUSION_CONFIG": str(FILES / "gateway.yaml"),
-        "FUSION_KEEPALIVE_S": "0.5",
-        "FUSION_RELOAD_INTERVAL_S": "0.2",
-        "FUSION_LOG_FORMAT": "json",
+    """The e2e config with the private panels and judges, reloaded every 0.2 s, JSON logs."""
+    return gateway_env(
+        upstream.fake,
+        KEY,
+        provider_key=PROVIDER_KEY,
+        panels=definitions / "panels",
+        judges=definitions / "judges",
+        FUSION_RELOAD_INTERVAL_S="0.2",
+        FUSION_LOG_FORMAT="json",
         **extra,
-    }
+    )
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread, definitions: Path) -> Iterator[GatewayProcess]:
-    if not redis_answers():
-        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    require_redis()
     process = GatewayProcess(
-        environment(
-            upstream, definitions, FUSION_CACHE="redis", REDIS_URL="redis://127.0.0.1:6379/15"
-        )
+        environment(upstream, definitions, FUSION_CACHE="redis", REDIS_URL=REDIS_URL)
     )
     yield process
     process.stop()
@@ -289,40 +284,28 @@ def test_request_log_lines(gateway: GatewayProcess, http: httpx.Client) -> None:
 
 def test_gateway_fails_open_when_redis_dies(upstream: FakeInThread, definitions: Path) -> None:
     """Redis stopped mid-test: fused requests still succeed, uncached, and the errors are counted."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    redis = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    assert wait_until(lambda: redis_answers(port), timeout_s=10)
-    gateway = GatewayProcess(
-        environment(
-            upstream, definitions, FUSION_CACHE="redis", REDIS_URL=f"redis://127.0.0.1:{port}/0"
+    with private_redis() as (redis, url):
+        gateway = GatewayProcess(
+            environment(upstream, definitions, FUSION_CACHE="redis", REDIS_URL=url)
         )
-    )
-    try:
-        with httpx.Client(
-            base_url=gateway.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30
-        ) as http:
-            question = f"fail open {uuid.uuid4().hex}"
-            assert ask(http, question).headers["x-fusion-cache"] == "miss"
-            assert ask(http, question).headers["x-fusion-cache"] == "hit"
-            redis.kill()
-            redis.wait(5)
-            after = ask(http, question)
-            assert after.status_code == 200
-            assert after.headers["x-fusion-cache"] == "miss"
-            assert (
-                metric(http.get("/metrics").text, "fusion_cache_requests_total", result="error")
-                >= 1
-            )
-    finally:
-        gateway.stop()
-        if redis.poll() is None:
-            redis.kill()
+        try:
+            with httpx.Client(
+                base_url=gateway.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+            ) as http:
+                question = f"fail open {uuid.uuid4().hex}"
+                assert ask(http, question).headers["x-fusion-cache"] == "miss"
+                assert ask(http, question).headers["x-fusion-cache"] == "hit"
+                redis.kill()
+                redis.wait(5)
+                after = ask(http, question)
+                assert after.status_code == 200
+                assert after.headers["x-fusion-cache"] == "miss"
+                assert (
+                    metric(http.get("/metrics").text, "fusion_cache_requests_total", result="error")
+                    >= 1
+                )
+        finally:
+            gateway.stop()
 
 
 # --- several workers ---------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,19 +22,10 @@ from fusion_engine.ratelimit import (
 )
 from fusion_engine.testing import Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess
+from .helpers import REDIS_URL, ROOT, FakeInThread, GatewayProcess, free_port, require_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 #: Fresh keys per run: counts in the shared Redis outlive a test run by up to two minutes.
 ALPHA, BETA = f"alpha-{uuid.uuid4().hex}", f"beta-{uuid.uuid4().hex}"
-
-
-def redis_available() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -44,8 +34,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
     if request.param == "memory":
         yield MemoryLimitStore()
         return
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    require_redis()
     redis = RedisLimitStore(REDIS_URL)
     yield redis
     await redis.aclose()
@@ -112,7 +101,7 @@ async def test_unlimited_by_default() -> None:
 @pytest.mark.parametrize("fail_open", [True, False])
 async def test_unreachable_redis_fails_open_or_closed(fail_open: bool) -> None:
     """With Redis down, requests pass when failing open and get 429 when failing closed."""
-    port = _closed_port()
+    port = free_port()
     store = RedisLimitStore(f"redis://127.0.0.1:{port}/0")
     limiter = RateLimiter(
         RateLimitSpec(requests_per_minute=1, concurrent_fusions=1), store, fail_open=fail_open
@@ -129,13 +118,6 @@ async def test_unreachable_redis_fails_open_or_closed(fail_open: bool) -> None:
         await store.aclose()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # --- through the gateway, two workers sharing Redis ----------------------------------------------
 
 
@@ -143,8 +125,7 @@ def _closed_port() -> int:
 def limited_gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[GatewayProcess, FakeInThread]]:
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379 (make test starts one)")
+    require_redis()
     config = tmp_path_factory.mktemp("config") / "gateway.yaml"
     config.write_text(
         (ROOT / "tests" / "e2e_files" / "gateway.yaml").read_text()

@@ -26,13 +26,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
 from openai import OpenAI
 
-from .helpers import ROOT, GatewayProcess
+from .helpers import ROOT, GatewayProcess, load_script
 
 pytestmark = pytest.mark.real_model
 
@@ -58,18 +57,7 @@ WEATHER_TOOL = {
 RUNS = int(os.environ.get("REAL_MODEL_RUNS", "3"))
 
 
-def load_server_module() -> ModuleType:
-    """scripts/real_model_server.py (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location(
-        "real_model_server", ROOT / "scripts" / "real_model_server.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-real_model_server = load_server_module()
+real_model_server = load_script("scripts/real_model_server.py")
 MODEL_ID: str = real_model_server.MODEL_ID
 
 

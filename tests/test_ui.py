@@ -24,7 +24,7 @@ import pytest
 from fusion_engine.server.ui import CONTENT_SECURITY_POLICY
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, wait_until
+from .helpers import ROOT, FakeInThread, GatewayProcess, gateway_env, wait_until
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -69,18 +69,7 @@ def _missing_browser() -> str | None:
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(
-        {
-            "OPENROUTER_API_KEY": "provider-secret-key",
-            "OPENROUTER_BASE_URL": upstream.fake.base_url,
-            "FUSION_SERVER_API_KEYS": KEY,
-            "FUSION_PANELS_DIR": str(FILES / "panels"),
-            "FUSION_JUDGES_DIR": str(ROOT / "judges"),
-            "FUSION_CONFIG": str(ROOT / "tests" / "e2e_files" / "gateway.yaml"),
-            "FUSION_KEEPALIVE_S": "0.5",
-            "FUSION_CACHE": "off",
-        }
-    )
+    process = GatewayProcess(gateway_env(upstream.fake, KEY, panels=FILES / "panels"))
     yield process
     process.stop()
 

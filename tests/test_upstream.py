@@ -50,6 +50,15 @@ OPENROUTER = Provider(
 OPENAI = Provider(
     name="local", kind="openai", base_url=LOCAL_URL, api_key=Secret(KEY), api_key_env="LOCAL_KEY"
 )
+#: One request at a time: a slot that is not given back makes the next call hang.
+LIMITED = Provider(
+    name="limited",
+    kind="openrouter",
+    base_url=BASE_URL,
+    api_key=Secret(KEY),
+    api_key_env=None,
+    max_concurrency=1,
+)
 
 
 class FakeClock:
@@ -756,21 +765,13 @@ async def test_concurrency_slot_is_released_after_failures(
     client: UpstreamClient, mocked: aioresponses
 ) -> None:
     """With max_concurrency=1, a call that failed (HTTP, connection) frees its slot."""
-    limited = Provider(
-        name="limited",
-        kind="openrouter",
-        base_url=BASE_URL,
-        api_key=Secret(KEY),
-        api_key_env=None,
-        max_concurrency=1,
-    )
     mocked.post(CHAT_URL, status=400)
     mocked.post(CHAT_URL, exception=aiohttp.ClientConnectionError())
     mocked.post(CHAT_URL, payload=completion("third"))
     with pytest.raises(UpstreamError):
-        await client.chat(limited, BODY, timeout_s=30)
+        await client.chat(LIMITED, BODY, timeout_s=30)
     async with asyncio.timeout(1):  # a leaked slot would hang here
-        reply = await client.chat(limited, BODY, timeout_s=30)
+        reply = await client.chat(LIMITED, BODY, timeout_s=30)
     assert reply.attempts == 2
     assert reply.completion.choices[0].message.content == "third"
 
@@ -786,24 +787,16 @@ async def test_leaving_a_stream_early_closes_the_response_and_frees_the_slot(
             calls.append("close")
             super().close()
 
-    limited = Provider(
-        name="limited",
-        kind="openrouter",
-        base_url=BASE_URL,
-        api_key=Secret(KEY),
-        api_key_env=None,
-        max_concurrency=1,
-    )
     body = sse(chunk(content="a"), chunk(content="b"), chunk("stop"))
     mocked.post(CHAT_URL, body=body, content_type="text/event-stream", response_class=Recording)
     mocked.post(CHAT_URL, payload=completion())
-    async with aclosing(client.stream(limited, BODY, timeout_s=30)) as stream:
+    async with aclosing(client.stream(LIMITED, BODY, timeout_s=30)) as stream:
         async for first in stream:
             assert first[0].chunk.choices[0].delta.content == "a"
             break
     assert calls == ["close"]
     async with asyncio.timeout(1):  # a leaked slot would hang here
-        reply = await client.chat(limited, BODY, timeout_s=30)
+        reply = await client.chat(LIMITED, BODY, timeout_s=30)
     assert reply.attempts == 1
 
 

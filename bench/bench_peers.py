@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import operator
 import os
 import platform
 import re
@@ -49,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -809,24 +810,23 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         shown = f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
         rows.append((name, shown, need if limit is None else need.format(limit), verdict))
 
+    def check(
+        name: str,
+        value: float | None,
+        limit: float,
+        need: str = "≤ {:.0f}",
+        meets: Callable[[float, float], bool] = operator.le,
+    ) -> None:
+        """A row met when ``meets(value, limit)``; none when ``value`` was not measured."""
+        if value is not None:
+            add(name, value, limit, need, meets(value, limit))
+
     ours = get("fusion-1w", "passthrough", 1, "added_p50_ms")
     floor = get("floor", "passthrough", 1, "added_p50_ms")
     peer = get("litellm", "passthrough", 1, "added_p50_ms")
-    add(
-        "passthrough added p50, c=1 (ms)",
-        ours,
-        1.5,
-        "≤ {:.1f}",
-        None if ours is None else ours <= 1.5,
-    )
+    check("passthrough added p50, c=1 (ms)", ours, 1.5, "≤ {:.1f}")
     if ours is not None and peer is not None:
-        add(
-            "… vs LiteLLM's added p50 (ratio)",
-            ours / peer,
-            1 / 18,
-            "≤ {:.3f}",
-            ours / peer <= 1 / 18,
-        )
+        check("… vs LiteLLM's added p50 (ratio)", ours / peer, 1 / 18, "≤ {:.3f}")
     if ours is not None and floor is not None and floor > 0:
         add("… vs the floor's added p50 (ratio)", ours / floor, 2, "≤ {:.0f}×", ours <= 2 * floor)
     cpu = get("fusion-1w", "passthrough", 10, "cpu_ms_per_request")
@@ -841,55 +841,45 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     ours_rps, peer_rps = best_rps("fusion-1w", "passthrough"), best_rps("litellm", "passthrough")
     if ours_rps and peer_rps:
-        ratio = ours_rps / peer_rps
-        add("passthrough req/s per worker vs LiteLLM (ratio)", ratio, 20, "≥ {:.0f}×", ratio >= 20)
-    fused_cpu = get("fusion-1w", "fused", 10, "cpu_ms_per_request")
-    add(
-        "fused CPU per request, c=10 (ms)",
-        fused_cpu,
-        4,
-        "≤ {:.0f}",
-        None if fused_cpu is None else fused_cpu <= 4,
+        check(
+            "passthrough req/s per worker vs LiteLLM (ratio)",
+            ours_rps / peer_rps,
+            20,
+            "≥ {:.0f}×",
+            operator.ge,
+        )
+    check(
+        "fused CPU per request, c=10 (ms)", get("fusion-1w", "fused", 10, "cpu_ms_per_request"), 4
     )
-    fused_rps = best_rps("fusion-2w", "fused")
-    add(
+    check(
         "fused req/s, 2 workers (best c)",
-        fused_rps,
+        best_rps("fusion-2w", "fused"),
         300,
         "≥ {:.0f}",
-        None if fused_rps is None else fused_rps >= 300,
+        operator.ge,
     )
-    fused_p99 = get("fusion-1w", "fused", 10, "added_p99_ms")
-    add(
+    check(
         "fused added p99, c=10 (ms)",
-        fused_p99,
+        get("fusion-1w", "fused", 10, "added_p99_ms"),
         5,
         "< {:.0f}",
-        None if fused_p99 is None else fused_p99 < 5,
+        operator.lt,
     )
-    ttft = get("fusion-1w", "passthrough-stream", 1, "added_ttft_p50_ms")
-    add(
+    check(
         "passthrough added TTFT p50, c=1 (ms)",
-        ttft,
+        get("fusion-1w", "passthrough-stream", 1, "added_ttft_p50_ms"),
         2,
-        "≤ {:.0f}",
-        None if ttft is None else ttft <= 2,
     )
-    fused_ttft = get("fusion-1w", "fused-stream", 1, "added_ttft_p50_ms")
-    add(
+    check(
         "fused-stream added TTFT p50, c=1 (ms)",
-        fused_ttft,
+        get("fusion-1w", "fused-stream", 1, "added_ttft_p50_ms"),
         2,
         "≤ {:.0f} (seen from outside)",
-        None if fused_ttft is None else fused_ttft <= 2,
     )
-    relay = get("fusion-1w", "fused-stream", 1, "relay_p50_ms")
-    add(
+    check(
         "fused-stream: judge's first token, sent by the upstream → at the client, p50 c=1 (ms)",
-        relay,
+        get("fusion-1w", "fused-stream", 1, "relay_p50_ms"),
         2,
-        "≤ {:.0f}",
-        None if relay is None else relay <= 2,
     )
     relay_c10 = get("fusion-1w", "fused-stream", 10, "relay_p50_ms")
     add(
@@ -899,15 +889,14 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         "–",
         None,
     )
-    hit = get("fusion-1w", "cache-hit", 1, "p50_ms")
-    add("cache hit p50, c=1 (ms)", hit, 2, "≤ {:.0f}", None if hit is None else hit <= 2)
+    check("cache hit p50, c=1 (ms)", get("fusion-1w", "cache-hit", 1, "p50_ms"), 2)
     rss = [
         e["median"]["peak_rss_mib_per_worker"]
         for e in report["results"]
         if e["server"].startswith("fusion") and e["median"].get("peak_rss_mib_per_worker")
     ]
     if rss:
-        add("peak RSS per worker, whole run (MiB)", max(rss), 100, "≤ {:.0f}", max(rss) <= 100)
+        check("peak RSS per worker, whole run (MiB)", max(rss), 100)
     return rows
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
 
 from fusion_engine.config import GatewayConfig, PassthroughSpec, resolve_config
@@ -18,9 +21,12 @@ from fusion_engine.server.auth import check_bearer
 from fusion_engine.server.gateway import Gateway
 from fusion_engine.server.passthrough import passthrough_provider
 from fusion_engine.server.request_id import request_id
+from fusion_engine.server.runs import Finished, RunItem
 from fusion_engine.server.serving import check_auth_binding, is_loopback
 from fusion_engine.server.streaming import ChunkWriter
 from fusion_engine.settings import Secret, Settings
+
+from .helpers import E2E_FILES, FakeInThread, gateway_env, make_engine
 
 KEYS = (Secret("first-key"), Secret("second-key"))
 
@@ -131,3 +137,74 @@ def test_skipped_judge_and_agreement_on_the_wire() -> None:
     wire = msgspec.json.decode(msgspec.json.encode(fusion_detail(result, "full")))
     assert wire["judge"] == {"skipped": "consensus"}
     assert wire["agreement"] == {"score": 1.0, "method": "answer", "majority": [0], "outliers": []}
+
+
+class _QueuedRun:
+    """Stands in for a FusionRun whose items are all queued already (a burst)."""
+
+    def __init__(self, items: list[RunItem]) -> None:
+        self._items = items
+        self.waits = 0
+
+    def ready_item(self) -> RunItem | None:
+        return self._items.pop(0) if self._items else None
+
+    async def next_item(self, timeout_s: float) -> RunItem | None:
+        self.waits += 1
+        return self.ready_item()
+
+    async def cancel(self) -> None:
+        return None
+
+
+async def test_a_burst_of_judge_chunks_goes_out_in_one_write() -> None:
+    """Judge chunks, a progress comment and the end, all queued at once: one bytes for the
+    client holding every event in order, and the result recorded for the request's log."""
+    from contextlib import AsyncExitStack
+
+    from fusion_engine.results import FusionResult, JudgeDelta
+    from fusion_engine.server.observe import RequestFacts
+    from fusion_engine.server.streaming import _events
+
+    def delta(text: str) -> JudgeDelta:
+        return JudgeDelta(chunk=msgspec.json.decode(
+            msgspec.json.encode({"choices": [{"index": 0, "delta": {"content": text}}]}),
+            type=ChatCompletionChunk,
+        ))  # fmt: skip
+
+    result = FusionResult(answer="Hello world", total_cost=0.25)
+    run = _QueuedRun([delta("Hello"), delta(" world"), Finished(result)])
+    facts = RequestFacts()
+    writer = ChunkWriter(completion_id="chatcmpl-1", created=1, model="fusion/p")
+    writes = [
+        part
+        async for part in _events(
+            run, [], writer, 1.0, include_usage=False, detail="none", facts=facts,  # type: ignore[arg-type]
+            outcome="miss", slot=AsyncExitStack(),
+        )
+    ]  # fmt: skip
+    assert len(writes) == 1 and run.waits == 1
+    events = [e for e in writes[0].decode().split("\n\n") if e]
+    contents = [msgspec.json.decode(e.removeprefix("data: "))["choices"][0]["delta"].get("content")
+                for e in events[:2]]  # fmt: skip
+    assert contents == ["Hello", " world"]
+    assert events[-1] == "data: [DONE]"
+    assert facts.cost_usd == 0.25 and facts.cache == "miss"
+
+
+def test_private_metrics_need_a_key(upstream: FakeInThread, tmp_path: Path) -> None:
+    """With metrics_public: false, /metrics answers 401 without the bearer key, 200 with it."""
+    from litestar.testing import TestClient
+
+    from fusion_engine.server.app import create_app
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text((E2E_FILES / "gateway.yaml").read_text() + "\nmetrics_public: false\n")
+    env = gateway_env(upstream.fake, "k-1", config=config, FUSION_RELOAD_INTERVAL_S="0")
+    app = create_app(Settings.from_environ(env), engine=make_engine(upstream.fake, env=env))
+    with TestClient(app=app) as client:
+        refused = client.get("/metrics")
+        allowed = client.get("/metrics", headers={"Authorization": "Bearer k-1"})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert allowed.status_code == 200 and "fusion_requests_total" in allowed.text

@@ -1253,3 +1253,100 @@ async def test_a_line_longer_than_the_limit_is_refused_not_buffered() -> None:
     with pytest.raises(EventTooLargeError):
         await _events(raw, 100)
     assert await _events(b"data: " + b"x" * 1000 + b"\n\n", 100) == [b"x" * 1000]
+
+
+async def test_an_event_of_many_short_lines_is_bounded_too() -> None:
+    """Short data lines that add up past the limit are refused like one long line."""
+    with pytest.raises(EventTooLargeError):
+        await _events(b"data: 0123456789\n" * 200 + b"\n", 4096)
+    assert len((await _events(b"data: 0123456789\n" * 50 + b"\n", 4096))[0]) == 50 * 11 - 1
+
+
+# --- review fixes: slots, bad bytes, oversized events, partial batches --------------------------
+
+
+class TickingClock(FakeClock):
+    """A clock that moves ``step`` seconds every time it is read."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def monotonic(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+async def test_a_budget_spent_while_queued_gives_the_slot_back(mocked: aioresponses) -> None:
+    """The deadline passes between taking the provider's only slot and starting the attempt:
+    the call times out, and the slot is free for the next call (it used to be lost)."""
+    clock = TickingClock(step=1.0)
+    client = UpstreamClient(clock=clock, rand=lambda: 0.0)
+    mocked.post(CHAT_URL, payload=completion())
+    try:
+        with pytest.raises(UpstreamTimeoutError):
+            await client.chat(LIMITED, BODY, timeout_s=2.5)
+        clock.step = 0.0
+        async with asyncio.timeout(1):  # a lost slot would hang here
+            reply = await client.chat(LIMITED, BODY, timeout_s=30)
+        assert reply.completion.choices[0].message.content == "Hello"
+    finally:
+        await client.aclose()
+
+
+async def test_invalid_utf8_in_a_stream_event_is_an_invalid_response(
+    client: UpstreamClient, mocked: aioresponses
+) -> None:
+    """Bytes that are not UTF-8 inside an event are a malformed event, not a crash."""
+    event = json.dumps(chunk(content="X")).encode().replace(b'"X"', b'"\xff"')
+    body = b"data: " + event + b"\n\ndata: [DONE]\n\n"
+    mocked.post(CHAT_URL, body=body, content_type="text/event-stream")
+    with pytest.raises(UpstreamError) as caught:
+        await collect(client)
+    assert caught.value.kind == "invalid_response"
+
+
+async def test_invalid_utf8_in_a_completion_is_an_invalid_response(
+    client: UpstreamClient, mocked: aioresponses
+) -> None:
+    """The same for a whole (non-streamed) body."""
+    body = json.dumps(completion("X")).encode().replace(b'"X"', b'"\xff"')
+    mocked.post(CHAT_URL, body=body, content_type="application/json")
+    with pytest.raises(UpstreamError) as caught:
+        await client.chat(OPENROUTER, BODY, timeout_s=30)
+    assert caught.value.kind == "invalid_response"
+
+
+async def test_an_event_over_the_limit_is_an_invalid_response(
+    client: UpstreamClient, mocked: aioresponses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream event larger than MAX_EVENT_BYTES ends the stream with a clear error."""
+    monkeypatch.setattr("fusion_engine.upstream.MAX_EVENT_BYTES", 200)
+    mocked.post(CHAT_URL, body=sse(chunk(content="x" * 500)), content_type="text/event-stream")
+    with pytest.raises(UpstreamError) as caught:
+        await collect(client)
+    assert caught.value.kind == "invalid_response"
+    assert "over 200 bytes" in caught.value.message
+
+
+async def test_events_before_a_malformed_one_in_the_same_read_are_delivered(
+    client: UpstreamClient, mocked: aioresponses
+) -> None:
+    """Two good events and a broken one arrive in one read: the good ones are handed on
+    before the error is raised."""
+    mocked.post(
+        CHAT_URL,
+        body=sse(chunk(content="a"), chunk(content="b"), "{oops"),
+        content_type="text/event-stream",
+    )
+    seen: list[str | None] = []
+
+    async def consume() -> None:
+        async with aclosing(client.stream(OPENROUTER, BODY, timeout_s=30)) as stream:
+            async for batch in stream:
+                seen.extend(event.chunk.choices[0].delta.content for event in batch)
+
+    with pytest.raises(UpstreamError) as caught:
+        await consume()
+    assert caught.value.kind == "invalid_response"
+    assert seen == ["a", "b"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,11 +19,12 @@ from fusion_engine.protocol import (
     FunctionCallDelta,
     ToolCallDelta,
 )
+from fusion_engine.results import FusionResult, JudgeDelta
 from fusion_engine.server.auth import check_bearer
 from fusion_engine.server.gateway import Gateway
 from fusion_engine.server.passthrough import passthrough_provider
 from fusion_engine.server.request_id import request_id
-from fusion_engine.server.runs import Finished, RunItem
+from fusion_engine.server.runs import FusionRun, RunItem
 from fusion_engine.server.serving import check_auth_binding, is_loopback
 from fusion_engine.server.streaming import ChunkWriter
 from fusion_engine.settings import Secret, Settings
@@ -139,32 +142,25 @@ def test_skipped_judge_and_agreement_on_the_wire() -> None:
     assert wire["agreement"] == {"score": 1.0, "method": "answer", "majority": [0], "outliers": []}
 
 
-class _QueuedRun:
-    """Stands in for a FusionRun whose items are all queued already (a burst)."""
+class _BurstEngine:
+    """Stands in for the engine: reports ``items`` all at once, then returns ``result``."""
 
-    def __init__(self, items: list[RunItem]) -> None:
-        self._items = items
-        self.waits = 0
+    def __init__(self, items: list[RunItem], result: FusionResult) -> None:
+        self._items, self._result = items, result
 
-    def ready_item(self) -> RunItem | None:
-        return self._items.pop(0) if self._items else None
-
-    async def next_item(self, timeout_s: float) -> RunItem | None:
-        self.waits += 1
-        return self.ready_item()
-
-    async def cancel(self) -> None:
-        return None
+    async def run(self, plan: object, *, listener: Any, stream_judge: bool) -> FusionResult:
+        for item in self._items:
+            listener(item)
+        return self._result
 
 
 async def test_a_burst_of_judge_chunks_goes_out_in_one_write() -> None:
-    """Judge chunks, a progress comment and the end, all queued at once: one bytes for the
-    client holding every event in order, and the result recorded for the request's log."""
+    """Judge chunks and the end, all queued at once: one write for the client holding every
+    event in order, and the result recorded for the request's log."""
     from contextlib import AsyncExitStack
 
-    from fusion_engine.results import FusionResult, JudgeDelta
     from fusion_engine.server.observe import RequestFacts
-    from fusion_engine.server.streaming import _events
+    from fusion_engine.server.streaming import KEEPALIVE, _events
 
     def delta(text: str) -> JudgeDelta:
         return JudgeDelta(chunk=msgspec.json.decode(
@@ -173,18 +169,20 @@ async def test_a_burst_of_judge_chunks_goes_out_in_one_write() -> None:
         ))  # fmt: skip
 
     result = FusionResult(answer="Hello world", total_cost=0.25)
-    run = _QueuedRun([delta("Hello"), delta(" world"), Finished(result)])
+    engine = _BurstEngine([delta("Hello"), delta(" world")], result)
+    run = FusionRun(engine, None, stream_judge=True)  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the run reports everything before the stream reads
     facts = RequestFacts()
     writer = ChunkWriter(completion_id="chatcmpl-1", created=1, model="fusion/p")
     writes = [
         part
         async for part in _events(
-            run, [], writer, 1.0, include_usage=False, detail="none", facts=facts,  # type: ignore[arg-type]
+            run, [], writer, 1.0, include_usage=False, detail="none", facts=facts,
             outcome="miss", slot=AsyncExitStack(),
         )
     ]  # fmt: skip
-    assert len(writes) == 1 and run.waits == 1
-    events = [e for e in writes[0].decode().split("\n\n") if e]
+    assert len(writes) == 2 and writes[0] == KEEPALIVE  # nothing was held back
+    events = [e for e in writes[1].decode().split("\n\n") if e]
     contents = [msgspec.json.decode(e.removeprefix("data: "))["choices"][0]["delta"].get("content")
                 for e in events[:2]]  # fmt: skip
     assert contents == ["Hello", " world"]

@@ -22,7 +22,7 @@ from .chat import decode_object
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
-from .runs import Failed, Finished, FusionRun, until_disconnect
+from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
 from .schema import FuseRequest, fused_headers
 from .streaming import KEEPALIVE, SSE_HEADERS
 
@@ -105,20 +105,26 @@ def _event(name: str, payload: Any) -> bytes:
 async def _progress(run: FusionRun, keepalive_s: float) -> AsyncIterator[bytes]:
     try:
         while True:
-            item = await run.next_item(keepalive_s)
-            if item is None:
+            burst = await run.next_burst(keepalive_s)
+            if not burst:
                 yield KEEPALIVE
-            elif isinstance(item, MemberFinished):
-                yield _event("member", item.response)
-            elif isinstance(item, JudgeDelta):
-                text = "".join(choice.delta.content or "" for choice in item.chunk.choices)
-                if text:
-                    yield _event("judge", {"delta": text})
-            elif isinstance(item, Finished):
-                yield _event("result", item.result)
-                return
-            elif isinstance(item, Failed):
-                yield _event("error", error_payload(item.error))
+                continue
+            if text := b"".join(_progress_event(item) for item in burst):
+                yield text
+            if isinstance(burst[-1], Finished | Failed):
                 return
     finally:
         await run.cancel()
+
+
+def _progress_event(item: RunItem) -> bytes:
+    if isinstance(item, MemberFinished):
+        return _event("member", item.response)
+    if isinstance(item, JudgeDelta):
+        text = "".join(choice.delta.content or "" for choice in item.chunk.choices)
+        return _event("judge", {"delta": text}) if text else b""
+    if isinstance(item, Finished):
+        return _event("result", item.result)
+    if isinstance(item, Failed):
+        return _event("error", error_payload(item.error))
+    return b""

@@ -79,14 +79,24 @@ class FusionRun:
             await self._cache.finish(self._ticket, result)
         self._queue.put_nowait(Finished(result))
 
-    def ready_item(self) -> RunItem | None:
-        """The next item if one is already waiting, else ``None``."""
-        return None if self._queue.empty() else self._queue.get_nowait()
+    async def next_burst(self, timeout_s: float) -> list[RunItem]:
+        """Every item waiting now, after up to ``timeout_s`` for the first; ``[]`` if none came.
+
+        Streams write a burst in one send: a judge streaming fast costs one write per burst,
+        not one per chunk.
+        """
+        first = await self.next_item(timeout_s)
+        if first is None:
+            return []
+        burst = [first]
+        while not self._queue.empty():
+            burst.append(self._queue.get_nowait())
+        return burst
 
     async def next_item(self, timeout_s: float) -> RunItem | None:
         """The next item, or ``None`` if nothing came within ``timeout_s``."""
-        if (item := self.ready_item()) is not None:
-            return item
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
             # Not wait_for: on 3.11 it wraps the wait in a task of its own, per item.
             async with asyncio.timeout(timeout_s):

@@ -174,10 +174,10 @@ async def _start_stream(
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if ticket.result is not None:
         record_result(facts, ticket.result, ticket.outcome)
-        replay = _render(
-            Finished(ticket.result), writer, include_usage=include_usage, detail=detail
+        replay = b"".join(
+            _render(Finished(ticket.result), writer, include_usage=include_usage, detail=detail)
         )
-        return Stream(_aiter(replay), media_type="text/event-stream", headers=headers), False
+        return Stream(_once(replay), media_type="text/event-stream", headers=headers), False
     run = FusionRun(gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket)
     keepalive_s = gateway.settings.keepalive_s
     try:
@@ -198,9 +198,8 @@ async def _start_stream(
     return Stream(events, media_type="text/event-stream", headers=headers), True
 
 
-async def _aiter(events: Iterator[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 async def _hold(run: FusionRun, keepalive_s: float) -> list[RunItem]:
@@ -231,27 +230,21 @@ async def _events(
     slot: AsyncExitStack,
 ) -> AsyncIterator[bytes]:
     """The SSE body; cancelling it (client gone) cancels the fusion."""
-
-    pending = iter(held)
+    burst = held
     try:
         while True:
-            item = next(pending, None) or await run.next_item(keepalive_s)
-            if item is None:
+            if not burst:
                 yield KEEPALIVE
-                continue
-            # Everything already waiting goes out in one write: a burst of judge chunks
-            # costs one send, not one each.
             parts: list[bytes] = []
-            while item is not None:
+            for item in burst:
                 if isinstance(item, Finished):
                     record_result(facts, item.result, outcome)
                 parts.extend(_render(item, writer, include_usage=include_usage, detail=detail))
-                if isinstance(item, Finished | Failed):
-                    yield b"".join(parts)
-                    return
-                item = next(pending, None) or run.ready_item()
             if parts:
                 yield b"".join(parts)
+            if burst and isinstance(burst[-1], Finished | Failed):
+                return
+            burst = await run.next_burst(keepalive_s)
     finally:
         await run.cancel()
         await slot.aclose()

@@ -33,6 +33,31 @@ from fusion_engine.testing.fake_upstream import stamped_ns
 STAMP_SEARCH_BYTES = 16 * 1024
 
 
+class FirstToken:
+    """Watches a streamed reply for its first ``data:`` event (``first``, a perf_counter time)
+    and for the fake's send stamp in it (``relay_ms``: arrival minus stamp)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.relay_ms: float | None = None
+        self._seen = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at the next piece of the body as it arrives."""
+        stamp_wanted = self.relay_ms is None and len(self._seen) < STAMP_SEARCH_BYTES
+        if self.first is not None and not stamp_wanted:
+            return
+        arrived_ns, now = time.monotonic_ns(), time.perf_counter()
+        # After the first event only the stamp is looked for, and only in the body's start.
+        self._seen += chunk
+        if self.first is None and (self._seen.startswith(b"data:") or b"\ndata:" in self._seen):
+            self.first = now
+        if stamp_wanted:
+            sent = stamped_ns(self._seen.decode("utf-8", "replace"))
+            if sent is not None:
+                self.relay_ms = (arrived_ns - sent) / 1e6
+
+
 async def run(
     url: str,
     body: bytes,
@@ -63,20 +88,10 @@ async def run(
                 try:
                     async with session.post(url, data=body, headers=headers) as reply:
                         if stream:
-                            seen = b""
-                            relayed: float | None = None
+                            watch = FirstToken()
                             async for chunk in reply.content.iter_any():
-                                # The stamp is in the first token: no need to look further.
-                                if relayed is None and len(seen) < STAMP_SEARCH_BYTES:
-                                    arrived = time.monotonic_ns()
-                                    seen += chunk
-                                    if first is None and (
-                                        seen.startswith(b"data:") or b"\ndata:" in seen
-                                    ):
-                                        first = time.perf_counter()
-                                    sent = stamped_ns(seen.decode("utf-8", "replace"))
-                                    if sent is not None:
-                                        relayed = (arrived - sent) / 1e6
+                                watch.feed(chunk)
+                            first, relayed = watch.first, watch.relay_ms
                         else:
                             await reply.read()
                         if reply.status != 200:

@@ -121,11 +121,10 @@ class UpstreamClient:
                     deadline, self._attempt_chat(provider, payload, headers, slot)
                 )
             except UpstreamError as error:
-                await self._wait_before_retry(provider, error, attempt, deadline)
-                continue
-            finally:
                 # Idempotent; needed when the budget ran out before the attempt could start.
                 slot.release()
+                await self._wait_before_retry(provider, error, attempt, deadline)
+                continue
             latency_ms = (self.clock.monotonic() - started) * 1000
             return UpstreamReply(
                 completion=completion, latency_ms=latency_ms, attempts=attempt, raw=raw,

@@ -19,16 +19,10 @@ import json
 import re
 from collections.abc import Sequence
 from itertools import combinations
-from typing import TYPE_CHECKING, Literal
-
-import msgspec
 
 from .protocol import ToolCall
+from .results import Agreement, AgreementMethod, PanelResponse
 
-if TYPE_CHECKING:  # results.py imports this module for its Agreement field
-    from .results import PanelResponse
-
-Method = Literal["tool_calls", "answer", "text"]
 SHORT_ANSWER_WORDS = 12
 #: A prose member whose mean similarity is this far below the panel's stands apart.
 OUTLIER_MARGIN = 0.2
@@ -40,18 +34,6 @@ _FINAL = re.compile(
 )
 _CHOICE = re.compile(r"^\(?([A-J])\)?[.)]?$")
 _YES_NO = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
-
-
-class Agreement(msgspec.Struct, frozen=True, kw_only=True):
-    """The panel's agreement: a score in [0, 1], how it was measured, who stands apart.
-
-    ``majority`` and ``outliers`` are members' panel indices.
-    """
-
-    score: float
-    method: Method
-    majority: list[int]
-    outliers: list[int]
 
 
 def measure_agreement(answers: Sequence[PanelResponse]) -> Agreement | None:
@@ -110,7 +92,9 @@ def _tool_key(answer: PanelResponse) -> str:
     return json.dumps(sorted(tool_call_key(call) for call in answer.tool_calls or ()))
 
 
-def _grouped(answers: Sequence[PanelResponse], keys: Sequence[str], method: Method) -> Agreement:
+def _grouped(
+    answers: Sequence[PanelResponse], keys: Sequence[str], method: AgreementMethod
+) -> Agreement:
     groups: dict[str, list[int]] = {}
     for answer, key in zip(answers, keys, strict=True):
         groups.setdefault(key, []).append(answer.index)

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from .agreement import Agreement, measure_agreement
+from .agreement import measure_agreement
 from .calls import failed_response, response_from_reply
 from .config import Provider, ResolvedConfig, load_config
 from .definitions import load_definitions
@@ -43,6 +43,7 @@ from .quorum import (
     within_tool_quorum,
 )
 from .results import (
+    Agreement,
     Degraded,
     FusionEvent,
     FusionResult,

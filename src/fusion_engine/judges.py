@@ -14,10 +14,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .agreement import Agreement
 from .errors import ConfigFileError
 from .protocol import Message, message_text
-from .results import PanelResponse
+from .results import Agreement, PanelResponse
 
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 USER_INSTRUCTIONS_HEADING = "## Instructions from the user's system prompt"

@@ -9,11 +9,11 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from .agreement import Agreement, jaccard, measure_agreement, tool_call_key, word_set
+from .agreement import jaccard, measure_agreement, tool_call_key, word_set
 from .errors import PanelFailedError, PanelTimeoutError
 from .panels import Panel
 from .protocol import FunctionCall, ToolCall
-from .results import JudgeSkip, PanelResponse, ToolVote
+from .results import Agreement, JudgeSkip, PanelResponse, ToolVote
 
 _TIMEOUT_KINDS = frozenset({"timeout", "deadline"})
 

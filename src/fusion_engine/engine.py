@@ -31,14 +31,13 @@ from .protocol import (
     Message,
 )
 from .quorum import (
-    best_member_answer,
     cascade_settled,
     cascade_size,
     invalid_tool_call,
     judge_skip,
-    majority_of,
     panel_failure,
     quorum_reached,
+    quorum_stand_in,
     tool_votes,
     within_tool_quorum,
 )
@@ -210,7 +209,10 @@ class FusionEngine:
         votes = tool_votes(answers) if quorum else []
         judge: PanelResponse | None = None
         attempts: list[PanelResponse] = []
-        if skipped is None:
+        # Every member answer that becomes the reply passes the tool quorum, as the judge's does.
+        final = quorum_stand_in(answers, agreement, votes, quorum) if skipped else None
+        if final is None:
+            skipped = None  # no member answer may be returned as it is: the judge decides
             text_only = quorum is not None and not any(v.votes >= quorum for v in votes)
             judge, attempts = await self._judge(
                 plan, answers, agreement, notify, stream_judge, text_only=text_only
@@ -218,7 +220,12 @@ class FusionEngine:
             if judge is not None and quorum is not None:
                 judge = within_tool_quorum(judge, votes, quorum)
                 judge = judge if judge.ok else None
-        final = judge or best_member_answer(majority_of(answers, agreement))
+            final = judge or quorum_stand_in(answers, agreement, votes, quorum)
+        if final is None:
+            raise JudgeFailedError(
+                "every judge failed and no member answer passes the tool quorum"
+                f" ({quorum} proposals needed)"
+            )
         degraded: Degraded | None = "judge_failed" if attempts and judge is None else None
         if degraded:
             log.warning("judge_failed", panel=plan.panel.name, stand_in=final.model)

@@ -171,3 +171,30 @@ def within_tool_quorum(
         )  # fmt: skip
     call = ToolCall(id=verdict.tool_calls[0].id, function=FunctionCall(top.name, top.arguments))
     return msgspec.structs.replace(verdict, tool_calls=[call])
+
+
+def quorum_stand_in(
+    answers: Sequence[PanelResponse],
+    agreement: Agreement | None,
+    votes: Sequence[ToolVote],
+    quorum: int | None,
+) -> PanelResponse | None:
+    """The member answer that stands in for the judge, held to the same ``tool_quorum``.
+
+    The best answer of the majority (``best_member_answer``) is passed through
+    ``within_tool_quorum`` like a judge's verdict. When no proposed call reached the quorum,
+    only words may stand in: the best answer that has text, without its calls. ``None`` when
+    no member answer passes (every one is an unqualified tool call and nothing else).
+    """
+    best = best_member_answer(majority_of(answers, agreement))
+    if quorum is None or not best.tool_calls:
+        return best
+    allowed = within_tool_quorum(best, votes, quorum)
+    if allowed.ok:
+        return allowed
+    words = [
+        msgspec.structs.replace(answer, tool_calls=None, finish_reason="stop")
+        for answer in answers
+        if answer.content
+    ]
+    return best_member_answer(words) if words else None

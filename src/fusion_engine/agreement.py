@@ -24,6 +24,10 @@ from .protocol import ToolCall
 from .results import Agreement, AgreementMethod, PanelResponse
 
 SHORT_ANSWER_WORDS = 12
+#: At most this many characters of an answer are scored: its first and last halves. Tens of
+#: pages, so real answers are scored whole, while a 20 MiB answer cannot hold the event loop for
+#: seconds (the conclusion, where a final answer sits, is in the tail).
+SCORED_CHARS = 64 * 1024
 #: A prose member whose mean similarity is this far below the panel's stands apart.
 OUTLIER_MARGIN = 0.2
 
@@ -49,8 +53,17 @@ def measure_agreement(answers: Sequence[PanelResponse]) -> Agreement | None:
     return _prose(answers)
 
 
+def scored_sample(text: str) -> str:
+    """What of ``text`` is scored: all of it up to ``SCORED_CHARS``, else its head and tail."""
+    if len(text) <= SCORED_CHARS:
+        return text
+    half = SCORED_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
+
+
 def final_answer(text: str) -> str | None:
     """The normalised final answer of a short or explicitly concluded answer, if it has one."""
+    text = scored_sample(text)
     marked = _FINAL.findall(text)
     candidate = marked[-1] if marked else None
     if candidate is None and len(_WORD.findall(text)) <= SHORT_ANSWER_WORDS:
@@ -127,8 +140,8 @@ def _prose(answers: Sequence[PanelResponse]) -> Agreement:
 
 
 def word_set(text: str) -> frozenset[str]:
-    """The lower-cased words of ``text``."""
-    return frozenset(word.lower() for word in _WORD.findall(text))
+    """The lower-cased words of ``text`` (of its scored sample when it is huge)."""
+    return frozenset(word.lower() for word in _WORD.findall(scored_sample(text)))
 
 
 def jaccard(first: frozenset[str], second: frozenset[str]) -> float:

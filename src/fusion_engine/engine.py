@@ -21,7 +21,7 @@ from .calls import failed_response, response_from_reply
 from .config import Provider, ResolvedConfig, load_config
 from .definitions import load_definitions
 from .errors import JudgeFailedError, UpstreamError
-from .judges import build_judge_messages
+from .judges import build_judge_messages, new_boundary
 from .panels import Panel, PanelMember
 from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
 from .protocol import (
@@ -355,6 +355,7 @@ class FusionEngine:
             max_input_tokens=plan.panel.judge_max_input_tokens,
             with_tools=plan.with_tools,
             agreement=agreement,
+            boundary=new_boundary(),  # per request, never shown to a member
         )
         attempts: list[PanelResponse] = []
         for position, model in enumerate(plan.judge_chain):

@@ -79,3 +79,30 @@ async def test_skipped_judge_does_not_skip_the_quorum(fake: FakeUpstream) -> Non
     assert result.tool_calls is None
     assert result.answer == "Which repository do you mean?"
     assert fake.requests_for(JUDGE)[0].body["tool_choice"] == "none"
+
+
+async def test_streamed_judge_never_relays_a_call_below_the_quorum(fake: FakeUpstream) -> None:
+    """Streaming (as the SSE routes do), the judge's delete_repo (one vote of two needed) never
+    reaches the listener: with a tool quorum the verdict is checked before anything is relayed."""
+    from fusion_engine.results import JudgeDelta
+
+    fake.script(A, Reply(tool_calls=[DELETE]))
+    fake.script(B, Reply(tool_calls=[WEATHER]))
+    fake.script(C, Reply(tool_calls=[WEATHER]))
+    fake.script(JUDGE, Reply(tool_calls=[DELETE]))
+    events: list[object] = []
+    async with make_engine(fake) as engine:
+        plan = engine.plan(
+            "go", panel=panel(A, B, C, tool_quorum=2), params=GenerationParams(tools=TOOLS)
+        )
+        result = await engine.run(plan, listener=events.append, stream_judge=True)
+    relayed = [
+        fragment.function.name
+        for event in events
+        if isinstance(event, JudgeDelta)
+        for choice in event.chunk.choices
+        for fragment in choice.delta.tool_calls or ()
+        if fragment.function is not None
+    ]
+    assert "delete_repo" not in relayed
+    assert called(result.tool_calls) == ["get_weather"]

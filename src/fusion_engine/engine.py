@@ -214,8 +214,11 @@ class FusionEngine:
         if final is None:
             skipped = None  # no member answer may be returned as it is: the judge decides
             text_only = quorum is not None and not any(v.votes >= quorum for v in votes)
+            # A verdict must pass the tool quorum before any of it reaches the caller, so with
+            # a quorum the judge is not relayed live (its checked answer is sent whole).
+            stream = stream_judge and quorum is None
             judge, attempts = await self._judge(
-                plan, answers, agreement, notify, stream_judge, text_only=text_only
+                plan, answers, agreement, notify, stream, text_only=text_only
             )
             if judge is not None and quorum is not None:
                 judge = within_tool_quorum(judge, votes, quorum)

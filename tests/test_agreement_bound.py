@@ -66,3 +66,38 @@ def test_real_answers_are_scored_whole() -> None:
     text = " ".join(f"w{i}" for i in range(SCORED_CHARS // 8))
     assert len(text) <= SCORED_CHARS
     assert word_set(text) == frozenset(re.findall(r"\w+", text.lower()))
+
+
+def test_huge_tool_arguments_are_compared_without_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 x 20 MiB tool-call arguments: none is parsed (compared by a hash of the exact text);
+    small arguments are still compared parsed (spacing does not matter)."""
+    import json
+    import types
+
+    from fusion_engine.protocol import FunctionCall, ToolCall
+
+    parsed: list[int] = []
+
+    def counting_loads(text: str) -> object:
+        parsed.append(len(text))
+        return json.loads(text)
+
+    monkeypatch.setattr(
+        agreement, "json", types.SimpleNamespace(loads=counting_loads, dumps=json.dumps)
+    )
+    huge = json.dumps({"text": "x" * (20 * MIB)})
+    answers = [
+        PanelResponse(
+            index=i, model="m", tool_calls=[ToolCall(id="c", function=FunctionCall("f", huge))]
+        )
+        for i in range(3)
+    ]
+    measured = measure_agreement(answers)
+    votes = quorum.tool_votes(answers)
+    quorum.best_member_answer(answers)
+    assert measured is not None and measured.score == 1.0
+    assert [vote.votes for vote in votes] == [3]
+    assert max(parsed, default=0) <= SCORED_CHARS
+    spaced = ToolCall(id="a", function=FunctionCall("f", '{"a": 1}'))
+    tight = ToolCall(id="b", function=FunctionCall("f", '{"a":1}'))
+    assert agreement.tool_call_key(spaced) == agreement.tool_call_key(tight)

@@ -15,6 +15,7 @@ prose, clearly less similar to the others than the rest are).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -93,11 +94,17 @@ def _normalise(candidate: str) -> str | None:
 
 
 def tool_call_key(call: ToolCall) -> str:
-    """One call as a comparable key: its function and its parsed arguments."""
+    """One call as a comparable key: its function and its parsed arguments (arguments over
+    ``SCORED_CHARS`` are compared by a hash of their exact text, not parsed and re-encoded)."""
+    raw = call.function.arguments or "{}"
+    if len(raw) > SCORED_CHARS:
+        return json.dumps(
+            [call.function.name, {"sha256": hashlib.sha256(raw.encode()).hexdigest()}]
+        )
     try:
-        arguments = json.loads(call.function.arguments or "{}")
+        arguments = json.loads(raw)
     except ValueError:
-        arguments = call.function.arguments
+        arguments = raw
     return json.dumps([call.function.name, arguments], sort_keys=True)
 
 

@@ -74,10 +74,10 @@ def best_member_answer(answers: Sequence[PanelResponse]) -> PanelResponse:
 
 
 def _comparison_key(answer: PanelResponse) -> frozenset[str]:
-    text = answer.content or ""
-    if answer.tool_calls:
-        text += " ".join(f"{c.function.name} {c.function.arguments}" for c in answer.tool_calls)
-    return word_set(text)
+    words = word_set(answer.content or "")
+    for call in answer.tool_calls or ():
+        words |= word_set(f"{call.function.name} {call.function.arguments}")
+    return words
 
 
 def invalid_tool_call(calls: Sequence[ToolCall] | None) -> str | None:

@@ -34,9 +34,11 @@ BOUNDARY_BYTES = 12
 #: Lines of an answer that could pass for the gateway's frame, hint, tool-call header or closing
 #: instruction (after any Markdown decoration); such a line is escaped with a leading backslash.
 _LOOKALIKE = re.compile(
-    r"^[^\S\n]*[>#*_=|<\[(\-]*[^\S\n]*"
-    r"(?:(?:end\s+of\s+)?answer\s*#?\s*\d|hint\b|proposed\s+tool\s+calls|now\s+(?:write|reply))",
-    re.IGNORECASE | re.MULTILINE,
+    # A newline followed by the look-alike: the literal "\n" lets the regex engine skip ahead
+    # between line starts (faster than a multiline "^").
+    r"\n(?=[^\S\n]*[>#*_=|<\[(\-]*[^\S\n]*"
+    r"(?:(?:end\s+of\s+)?answer\s*#?\s*\d|hint\b|proposed\s+tool\s+calls|now\s+(?:write|reply)))",
+    re.IGNORECASE,
 )
 
 
@@ -138,8 +140,13 @@ def render_answer(answer: PanelResponse, boundary: str) -> str:
 
 def escape_frame_lookalikes(text: str, boundary: str) -> str:
     """``text`` with every line that could pass for the frame escaped by a leading backslash,
-    and the boundary itself (which a member cannot know) removed should it ever appear."""
-    return _LOOKALIKE.sub(lambda match: "\\" + match.group(0), text.replace(boundary, "[boundary]"))
+    and the boundary itself (which a member cannot know) removed should it ever appear.
+
+    Every kind of line break (``\r``, ``\u2028``...) becomes ``\n`` first, so none can start
+    a line the escaping does not see.
+    """
+    cleaned = "\n" + "\n".join(text.replace(boundary, "[boundary]").splitlines())
+    return _LOOKALIKE.sub("\n\\\\", cleaned)[1:]
 
 
 def _arguments(raw: str) -> object:

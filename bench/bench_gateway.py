@@ -131,7 +131,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "fused": (caller(session, chat_url, fused, stream=False), 2, gateway.pid),
                 "fused-stream": (caller(session, chat_url, fused, stream=True), 2, gateway.pid),
                 "cache-hit": (
-                    caller(session, chat_url, fused, stream=False, cached=True),
+                    caller(session, chat_url, {**fused, "seed": 1}, stream=False, cached=True),
                     0,
                     gateway.pid,
                 ),

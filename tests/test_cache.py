@@ -19,6 +19,7 @@ from fusion_engine.cache import (
     RedisCache,
     ResultCache,
     cache_key,
+    cache_material,
     cache_policy,
 )
 from fusion_engine.config import GatewayConfig, resolve_config
@@ -33,6 +34,8 @@ from .helpers import REDIS_URL, require_redis
 
 CONFIG = resolve_config(GatewayConfig(), {"OPENROUTER_API_KEY": "k"})
 TEMPLATES = {"default": "Judge well.", "tool_synthesis": "Pick the next tool call."}
+#: The caller these tests cache for (tests/test_cache_policy.py covers scopes).
+SCOPE = "test-caller"
 
 
 def plan_for(
@@ -43,6 +46,9 @@ def plan_for(
     params: GenerationParams | None = None,
     **panel_options: object,
 ) -> FusionPlan:
+    """A plan; its panel caches ``always`` unless told otherwise (these tests are about the
+    store, tests/test_cache_policy.py about the policy)."""
+    panel_options.setdefault("cache", "always")
     panel = Panel(
         name=str(panel_options.pop("name", "p")),
         models=[PanelMember(slug=slug) for slug in members],
@@ -57,6 +63,10 @@ def plan_for(
         config=CONFIG,
         params=params,
     )
+
+
+def key_of(plan: FusionPlan, scope: str = SCOPE) -> str:
+    return cache_key(cache_material(plan, scope))
 
 
 def result(answer: str = "fused", **fields: object) -> FusionResult:
@@ -80,9 +90,10 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]
 
 
 def test_key_is_stable_for_the_same_request() -> None:
-    """Two identical requests share a key; the panel's name and description do not matter."""
-    assert cache_key(plan_for()) == cache_key(plan_for())
-    assert cache_key(plan_for(name="x", description="a")) == cache_key(plan_for(name="y"))
+    """Two identical requests share a key; the panel's name and the scope count."""
+    assert key_of(plan_for()) == key_of(plan_for())
+    assert key_of(plan_for(name="x")) != key_of(plan_for(name="y"))
+    assert key_of(plan_for(), "caller-a") != key_of(plan_for(), "caller-b")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +115,7 @@ def test_key_is_stable_for_the_same_request() -> None:
 def test_key_changes_with_whatever_changes_the_answer(changed: object) -> None:
     """Question, members, order, template text, parameters, tools and judge settings all count."""
     assert callable(changed)
-    assert cache_key(changed()) != cache_key(plan_for())
+    assert key_of(changed()) != key_of(plan_for())
 
 
 def test_policy() -> None:
@@ -113,7 +124,11 @@ def test_policy() -> None:
     assert cache_policy(plan_for(), "no-cache") == (False, True)
     assert cache_policy(plan_for(), "max-age=0, no-store") == (True, False)
     assert cache_policy(plan_for(cache=False), None) == (False, False)
-    assert cache_policy(plan_for(web_search=True), None) == (False, False)
+    assert cache_policy(plan_for(cache="never"), None) == (False, False)
+    seeded = GenerationParams(seed=1)
+    assert cache_policy(plan_for(web_search=True, cache="auto", params=seeded), None) == (
+        False, False,
+    )  # fmt: skip
     assert cache_policy(plan_for(web_search=True, cache=True), None) == (True, True)
 
 
@@ -147,10 +162,10 @@ async def test_redis_entries_carry_the_ttl() -> None:
 
     cache = ResultCache(RedisCache(REDIS_URL), ttl_s=123)
     plan = plan_for(f"ttl {uuid.uuid4().hex}")
-    await cache.run(plan, lambda: _resolved(result()))
+    await cache.run(plan, lambda: _resolved(result()), scope=SCOPE)
     client = Redis.from_url(REDIS_URL)
     try:
-        assert 120 <= await client.ttl(cache_key(plan)) <= 123
+        assert 120 <= await client.ttl(key_of(plan)) <= 123
     finally:
         await client.aclose()
         await cache.aclose()
@@ -190,8 +205,8 @@ async def test_miss_then_hit(backend: CacheBackend) -> None:
         calls += 1
         return result()
 
-    first, first_outcome = await cache.run(plan, fuse)
-    second, second_outcome = await cache.run(plan, fuse)
+    first, first_outcome = await cache.run(plan, fuse, scope=SCOPE)
+    second, second_outcome = await cache.run(plan, fuse, scope=SCOPE)
     assert (first_outcome, second_outcome) == ("miss", "hit")
     assert calls == 1
     assert second.answer == first.answer and second.cached and not first.cached
@@ -203,25 +218,27 @@ async def test_no_cache_and_no_store(backend: CacheBackend) -> None:
     """no-store fuses without storing; no-cache fuses again and refreshes the entry."""
     cache = ResultCache(backend, ttl_s=60)
     plan = plan_for(f"cc {uuid.uuid4().hex}")
-    await cache.run(plan, lambda: _resolved(result("first")), cache_control="no-store")
-    assert await cache.lookup(cache_key(plan)) is None
-    await cache.run(plan, lambda: _resolved(result("second")))
+    await cache.run(plan, lambda: _resolved(result("first")), cache_control="no-store", scope=SCOPE)
+    assert await cache.lookup(key_of(plan)) is None
+    await cache.run(plan, lambda: _resolved(result("second")), scope=SCOPE)
     refreshed, outcome = await cache.run(
-        plan, lambda: _resolved(result("third")), cache_control="no-cache"
+        plan, lambda: _resolved(result("third")), cache_control="no-cache", scope=SCOPE
     )
     assert (refreshed.answer, outcome) == ("third", "miss")
-    stored = await cache.lookup(cache_key(plan))
+    stored = await cache.lookup(key_of(plan))
     assert stored is not None and stored.answer == "third"
 
 
 async def test_bypass_and_off() -> None:
     """A panel with cache: false bypasses; the off backend says off."""
     bypassed = ResultCache(MemoryCache(1 << 20), ttl_s=60)
-    _, outcome = await bypassed.run(plan_for(cache=False), lambda: _resolved(result()))
+    _, outcome = await bypassed.run(plan_for(cache=False), lambda: _resolved(result()), scope=SCOPE)
     assert outcome == "bypass"
-    _, outcome = await bypassed.run(plan_for(cache=False), lambda: _resolved(result()))
+    _, outcome = await bypassed.run(plan_for(cache=False), lambda: _resolved(result()), scope=SCOPE)
     assert outcome == "bypass"
-    _, off = await ResultCache(OffCache(), ttl_s=60).run(plan_for(), lambda: _resolved(result()))
+    _, off = await ResultCache(OffCache(), ttl_s=60).run(
+        plan_for(), lambda: _resolved(result()), scope=SCOPE
+    )
     assert off == "off"
 
 
@@ -229,16 +246,16 @@ async def test_degraded_results_are_not_stored(backend: CacheBackend) -> None:
     """A stand-in answer (judge failed) is served but not kept."""
     cache = ResultCache(backend, ttl_s=60)
     plan = plan_for(f"degraded {uuid.uuid4().hex}")
-    await cache.run(plan, lambda: _resolved(result(degraded="judge_failed")))
-    assert await cache.lookup(cache_key(plan)) is None
+    await cache.run(plan, lambda: _resolved(result(degraded="judge_failed")), scope=SCOPE)
+    assert await cache.lookup(key_of(plan)) is None
 
 
 async def test_corrupt_entry_counts_as_a_miss(backend: CacheBackend) -> None:
     """Garbage under a key is ignored, not an error."""
     cache = ResultCache(backend, ttl_s=60)
     plan = plan_for(f"corrupt {uuid.uuid4().hex}")
-    await backend.set(cache_key(plan), b"\x00not msgpack", 60)
-    fused, outcome = await cache.run(plan, lambda: _resolved(result("fresh")))
+    await backend.set(key_of(plan), b"\x00not msgpack", 60)
+    fused, outcome = await cache.run(plan, lambda: _resolved(result("fresh")), scope=SCOPE)
     assert (fused.answer, outcome) == ("fresh", "miss")
 
 
@@ -257,7 +274,7 @@ async def run_at_once(
         await release.wait()
         return finish()
 
-    tasks = [asyncio.create_task(cache.run(plan, slow_fuse)) for _ in range(requests)]
+    tasks = [asyncio.create_task(cache.run(plan, slow_fuse, scope=SCOPE)) for _ in range(requests)]
     await asyncio.sleep(0.05)
     release.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -298,9 +315,9 @@ async def test_cancelled_leader_lets_a_follower_run() -> None:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
-    leader = asyncio.create_task(cache.run(plan, never))
+    leader = asyncio.create_task(cache.run(plan, never, scope=SCOPE))
     await started.wait()
-    follower = asyncio.create_task(cache.run(plan, lambda: _resolved(result("own"))))
+    follower = asyncio.create_task(cache.run(plan, lambda: _resolved(result("own")), scope=SCOPE))
     await asyncio.sleep(0.02)
     leader.cancel()
     fused, outcome = await asyncio.wait_for(follower, 5)
@@ -330,14 +347,14 @@ async def test_redis_stopped_mid_test_fails_open(
 
     cache = ResultCache(RedisCache(url, on_error=count), ttl_s=60)
     plan = plan_for("fail open")
-    await cache.run(plan, lambda: _resolved(result("before")))
-    cached, outcome = await cache.run(plan, lambda: _resolved(result("unused")))
+    await cache.run(plan, lambda: _resolved(result("before")), scope=SCOPE)
+    cached, outcome = await cache.run(plan, lambda: _resolved(result("unused")), scope=SCOPE)
     assert outcome == "hit" and cached.answer == "before"
     process.kill()
     process.wait(5)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    served, outcome = await cache.run(plan, lambda: _resolved(result("after")))
+    served, outcome = await cache.run(plan, lambda: _resolved(result("after")), scope=SCOPE)
     assert (served.answer, outcome) == ("after", "miss")
     assert errors >= 2  # the failed read and the failed write
     assert loop.time() - started < 2  # short timeouts, not a hang

@@ -86,7 +86,9 @@ def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
 
 def ask(http: httpx.Client, question: str, **extra: object) -> httpx.Response:
     headers = extra.pop("headers", None)
-    body = {"model": "fusion/trio", "messages": [{"role": "user", "content": question}], **extra}
+    # Seeded: a deterministic request, which the panels' default `cache: auto` caches.
+    body = {"model": "fusion/trio", "messages": [{"role": "user", "content": question}], "seed": 1}
+    body.update(extra)
     return http.post("/v1/chat/completions", json=body, headers=headers)  # type: ignore[arg-type]
 
 
@@ -145,7 +147,7 @@ def test_streamed_request_is_replayed_from_the_cache(
     plain = ask(http, question).json()
     with http.stream(
         "POST", "/v1/chat/completions",
-        json={"model": "fusion/trio", "stream": True, "messages": [{"role": "user", "content": question}]},
+        json={"model": "fusion/trio", "stream": True, "seed": 1, "messages": [{"role": "user", "content": question}]},
     ) as reply:  # fmt: skip
         assert reply.headers["x-fusion-cache"] == "hit"
         lines = [line for line in reply.iter_lines() if line.startswith("data: ")]

@@ -53,13 +53,15 @@ def test_messages_are_template_conversation_then_answers() -> None:
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "2+2?"},
     ]
-    messages = build_judge_messages("TEMPLATE", conversation, [answer(0, "4"), answer(1, "four")])
+    messages = build_judge_messages(
+        "TEMPLATE", conversation, [answer(0, "4"), answer(1, "four")], boundary="B"
+    )
     assert messages[0] == {"role": "system", "content": "TEMPLATE"}
     assert messages[1:4] == conversation
     closing = messages[4]
     assert closing["role"] == "user"
-    assert "### Answer 1\n\n4" in closing["content"]
-    assert "### Answer 2\n\nfour" in closing["content"]
+    assert "### Answer 1 [B]\n\n4\n\n### End of answer 1 [B]" in closing["content"]
+    assert "### Answer 2 [B]\n\nfour\n\n### End of answer 2 [B]" in closing["content"]
     assert "secret-model" not in json.dumps(messages)
 
 
@@ -90,9 +92,9 @@ def test_shuffle_is_deterministic_for_the_same_conversation() -> None:
     """With shuffle, the same conversation always gives the same order."""
     answers = [answer(i, f"answer-{i}") for i in range(6)]
     convo = [{"role": "user", "content": "q"}]
-    first = build_judge_messages("T", convo, answers, shuffle=True)[-1]["content"]
-    again = build_judge_messages("T", convo, answers, shuffle=True)[-1]["content"]
-    plain = build_judge_messages("T", convo, answers)[-1]["content"]
+    first = build_judge_messages("T", convo, answers, shuffle=True, boundary="B")[-1]["content"]
+    again = build_judge_messages("T", convo, answers, shuffle=True, boundary="B")[-1]["content"]
+    plain = build_judge_messages("T", convo, answers, boundary="B")[-1]["content"]
     assert first == again
     assert first != plain  # 6 answers: the seeded order differs from panel order
 

@@ -67,7 +67,7 @@ def test_defaults_are_applied(tmp_path: Path) -> None:
     assert panel.min_responses == 1
     assert panel.judge_template == "default"
     assert panel.judge_fallback_models == []
-    assert panel.cache is None and panel.web_search is False
+    assert panel.cache == "auto" and panel.web_search is False
 
 
 @pytest.mark.parametrize(

@@ -15,21 +15,20 @@ prose, clearly less similar to the others than the rest are).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
 from itertools import combinations
-from typing import TYPE_CHECKING, Literal
-
-import msgspec
 
 from .protocol import ToolCall
+from .results import Agreement, AgreementMethod, PanelResponse
 
-if TYPE_CHECKING:  # results.py imports this module for its Agreement field
-    from .results import PanelResponse
-
-Method = Literal["tool_calls", "answer", "text"]
 SHORT_ANSWER_WORDS = 12
+#: At most this many characters of an answer are scored: its first and last halves. Tens of
+#: pages, so real answers are scored whole, while a 20 MiB answer cannot hold the event loop for
+#: seconds (the conclusion, where a final answer sits, is in the tail).
+SCORED_CHARS = 64 * 1024
 #: A prose member whose mean similarity is this far below the panel's stands apart.
 OUTLIER_MARGIN = 0.2
 
@@ -40,18 +39,6 @@ _FINAL = re.compile(
 )
 _CHOICE = re.compile(r"^\(?([A-J])\)?[.)]?$")
 _YES_NO = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
-
-
-class Agreement(msgspec.Struct, frozen=True, kw_only=True):
-    """The panel's agreement: a score in [0, 1], how it was measured, who stands apart.
-
-    ``majority`` and ``outliers`` are members' panel indices.
-    """
-
-    score: float
-    method: Method
-    majority: list[int]
-    outliers: list[int]
 
 
 def measure_agreement(answers: Sequence[PanelResponse]) -> Agreement | None:
@@ -67,8 +54,17 @@ def measure_agreement(answers: Sequence[PanelResponse]) -> Agreement | None:
     return _prose(answers)
 
 
+def scored_sample(text: str) -> str:
+    """What of ``text`` is scored: all of it up to ``SCORED_CHARS``, else its head and tail."""
+    if len(text) <= SCORED_CHARS:
+        return text
+    half = SCORED_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
+
+
 def final_answer(text: str) -> str | None:
     """The normalised final answer of a short or explicitly concluded answer, if it has one."""
+    text = scored_sample(text)
     marked = _FINAL.findall(text)
     candidate = marked[-1] if marked else None
     if candidate is None and len(_WORD.findall(text)) <= SHORT_ANSWER_WORDS:
@@ -98,11 +94,17 @@ def _normalise(candidate: str) -> str | None:
 
 
 def tool_call_key(call: ToolCall) -> str:
-    """One call as a comparable key: its function and its parsed arguments."""
+    """One call as a comparable key: its function and its parsed arguments (arguments over
+    ``SCORED_CHARS`` are compared by a hash of their exact text, not parsed and re-encoded)."""
+    raw = call.function.arguments or "{}"
+    if len(raw) > SCORED_CHARS:
+        return json.dumps(
+            [call.function.name, {"sha256": hashlib.sha256(raw.encode()).hexdigest()}]
+        )
     try:
-        arguments = json.loads(call.function.arguments or "{}")
+        arguments = json.loads(raw)
     except ValueError:
-        arguments = call.function.arguments
+        arguments = raw
     return json.dumps([call.function.name, arguments], sort_keys=True)
 
 
@@ -110,7 +112,9 @@ def _tool_key(answer: PanelResponse) -> str:
     return json.dumps(sorted(tool_call_key(call) for call in answer.tool_calls or ()))
 
 
-def _grouped(answers: Sequence[PanelResponse], keys: Sequence[str], method: Method) -> Agreement:
+def _grouped(
+    answers: Sequence[PanelResponse], keys: Sequence[str], method: AgreementMethod
+) -> Agreement:
     groups: dict[str, list[int]] = {}
     for answer, key in zip(answers, keys, strict=True):
         groups.setdefault(key, []).append(answer.index)
@@ -143,8 +147,8 @@ def _prose(answers: Sequence[PanelResponse]) -> Agreement:
 
 
 def word_set(text: str) -> frozenset[str]:
-    """The lower-cased words of ``text``."""
-    return frozenset(word.lower() for word in _WORD.findall(text))
+    """The lower-cased words of ``text`` (of its scored sample when it is huge)."""
+    return frozenset(word.lower() for word in _WORD.findall(scored_sample(text)))
 
 
 def jaccard(first: frozenset[str], second: frozenset[str]) -> float:

@@ -1,10 +1,12 @@
 """The result cache: Redis, a bounded in-memory LRU, or off; key derivation and policy.
 
-The key hashes everything that changes an answer: the panel's effective definition (members,
-judge chain, providers, the judge template's *content*), the conversation, tools and generation
-parameters — so editing a panel or a template never serves a stale answer. Values are
-msgspec-encoded FusionResults. Redis failures fail open: the request is served uncached, the
-failure is counted, and logged at most once per interval.
+The key hashes a ``CacheMaterial``: the whole resolved panel struct (every field, its name
+included, so an ad-hoc panel never shares a named panel's entries), the providers, the judge
+template's *text*, the conversation, tools and generation parameters, and a scope (the caller,
+or ``shared``) — so editing a panel or a template never serves a stale answer, and no caller
+learns what another asked. The policy (``Panel.cache``) caches only deterministic requests by
+default. Values are msgspec-encoded FusionResults. Redis failures fail open: the request is
+served uncached, the failure is counted, and logged at most once per interval.
 """
 
 from __future__ import annotations
@@ -14,20 +16,26 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import structlog
 
+from .config import Provider
 from .errors import FusionError
+from .panels import Panel
 from .plan import FusionPlan
+from .protocol import GenerationParams, Message
 from .results import FusionResult
 
 log = structlog.get_logger("fusion_engine.cache")
 
 #: What a lookup did, as the ``X-Fusion-Cache`` header and the metric label say it.
 CacheResult = Literal["hit", "miss", "bypass", "off"]
-KEY_PREFIX = "fusion:result:v1:"
+#: v2: the key covers the whole panel struct and a scope (v1 entries are never read again).
+KEY_PREFIX = "fusion:result:v2:"
+#: The scope of entries every caller shares (``cache_scope: shared``).
+SHARED_SCOPE = "shared"
 #: Redis must answer within this long or the request goes on without the cache.
 REDIS_TIMEOUT_S = 0.25
 ERROR_LOG_INTERVAL_S = 30.0
@@ -162,37 +170,83 @@ class RedisCache:
         await self._redis.aclose()
 
 
-def cache_key(plan: FusionPlan) -> str:
-    """A hash of everything that changes the answer to ``plan`` (pure)."""
-    panel = plan.panel
-    material: dict[str, Any] = {
-        "members": panel.models,
-        "providers": [(p.name, p.kind, p.base_url) for p in plan.member_providers],
-        "judge_chain": plan.judge_chain,
-        "judge_provider": (plan.judge_provider.name, plan.judge_provider.base_url),
-        "judge_template": plan.template,
-        "judge_temperature": panel.judge_temperature,
-        "judge_max_input_tokens": panel.judge_max_input_tokens,
-        "shuffle_answers": panel.shuffle_answers,
-        "skip_judge_if_single": panel.skip_judge_if_single,
-        "min_responses": panel.min_responses,
-        "deadline_s": panel.deadline_s,
-        "provider_options": panel.provider_options,
-        "web_search": plan.web_search,
-        "conversation": plan.conversation,
-        "params": plan.params,
-    }
+class ProviderRef(msgspec.Struct, frozen=True, array_like=True):
+    """Where a call goes, as far as the answer is concerned (never the provider's key)."""
+
+    name: str
+    kind: str
+    base_url: str
+
+
+class CacheMaterial(msgspec.Struct, frozen=True, kw_only=True):
+    """Exactly what a cache key hashes: everything that can change a fused answer, and whose
+    entry it is."""
+
+    #: The caller's identity (``cache_scope: key``) or ``shared``.
+    scope: str
+    #: The whole resolved panel, name included (after any request overrides and trimming).
+    panel: Panel
+    member_providers: list[ProviderRef]
+    judge_provider: ProviderRef
+    #: The judge template's text (an edited template never serves the old text's answers).
+    template: str
+    web_search: bool
+    conversation: list[Message]
+    #: Sampling, tools, limits and the unknown fields forwarded to every call.
+    params: GenerationParams
+
+
+def cache_material(plan: FusionPlan, scope: str) -> CacheMaterial:
+    """What the key of ``plan``'s answer is made of, for callers in ``scope`` (pure)."""
+    return CacheMaterial(
+        scope=scope,
+        panel=plan.panel,
+        member_providers=[_provider_ref(p) for p in plan.member_providers],
+        judge_provider=_provider_ref(plan.judge_provider),
+        template=plan.template,
+        web_search=plan.web_search,
+        conversation=plan.conversation,
+        params=plan.params,
+    )
+
+
+def _provider_ref(provider: Provider) -> ProviderRef:
+    return ProviderRef(provider.name, provider.kind, provider.base_url)
+
+
+def cache_key(material: CacheMaterial) -> str:
+    """A hash of ``material``, every field of every struct in it (pure)."""
     return KEY_PREFIX + hashlib.sha256(_canonical(material)).hexdigest()
+
+
+def scope_for(identity: str, cache_scope: Literal["key", "shared"]) -> str:
+    """The cache scope of a caller: its own identity, or ``shared`` when the operator chose so."""
+    return identity if cache_scope == "key" else SHARED_SCOPE
+
+
+def deterministic(plan: FusionPlan) -> bool:
+    """Whether asking again would sample the same answers: every member's effective
+    temperature is 0 (a member's own value beats the request's), or it is seeded (the
+    request's ``seed`` or the member's own)."""
+    params = plan.params
+    for member in plan.panel.models:
+        temperature = member.temperature if member.temperature is not None else params.temperature
+        seeded = member.seed is not None or params.seed is not None
+        if temperature != 0 and not seeded:
+            return False
+    return True
 
 
 def cache_policy(plan: FusionPlan, cache_control: str | None) -> tuple[bool, bool]:
     """Whether to read and whether to write the cache for this request (pure).
 
-    A panel with ``cache: false`` never uses it; web-search answers are fresh by nature, so they
-    are cached only when the panel says ``cache: true`` explicitly. ``Cache-Control: no-cache``
-    skips the read, ``no-store`` the write.
+    The panel's ``cache``: ``never`` never uses it; ``auto`` uses it only for deterministic
+    requests (``deterministic``) and not for web-search answers, which are fresh by nature;
+    ``always`` uses it regardless. ``Cache-Control: no-cache`` skips the read, ``no-store``
+    the write.
     """
-    if plan.panel.cache is False or (plan.web_search and plan.panel.cache is not True):
+    mode = plan.panel.cache_mode
+    if mode == "never" or (mode == "auto" and (plan.web_search or not deterministic(plan))):
         return False, False
     directives = {part.strip().lower() for part in (cache_control or "").split(",")}
     return "no-cache" not in directives, "no-store" not in directives
@@ -239,9 +293,14 @@ class ResultCache:
         fuse: Callable[[], Awaitable[FusionResult]],
         *,
         cache_control: str | None = None,
+        scope: str,
     ) -> tuple[FusionResult, CacheResult]:
-        """The cached result for ``plan``, or ``fuse()``'s, stored for next time."""
-        ticket = await self.begin(plan, cache_control)
+        """The cached result for ``plan`` in ``scope``, or ``fuse()``'s, stored for next time.
+
+        ``scope`` is whose entries these are: the caller's identity, or ``SHARED_SCOPE``
+        (see ``scope_for``).
+        """
+        ticket = await self.begin(plan, cache_control, scope=scope)
         if ticket.result is not None:
             return ticket.result, ticket.outcome
         try:
@@ -252,15 +311,18 @@ class ResultCache:
         await self.finish(ticket, result)
         return result, ticket.outcome
 
-    async def begin(self, plan: FusionPlan, cache_control: str | None = None) -> CacheTicket:
-        """Look ``plan`` up: a hit (stored, or an identical fusion finishing meanwhile), or a
-        miss that makes this request the leader for its key."""
+    async def begin(
+        self, plan: FusionPlan, cache_control: str | None = None, *, scope: str
+    ) -> CacheTicket:
+        """Look ``plan`` up in ``scope``: a hit (stored, or an identical fusion finishing
+        meanwhile), or a miss that makes this request the leader for its key; ``bypass`` when
+        the policy says this request is not cached."""
         read, write = cache_policy(plan, cache_control)
         if self.backend.name == "off" or not (read or write):
             ticket = CacheTicket(outcome="off" if self.backend.name == "off" else "bypass")
             self._on_lookup(ticket.outcome)
             return ticket
-        key = cache_key(plan)
+        key = cache_key(cache_material(plan, scope))
         if read:
             hit = await self._read(key)
             if hit is not None:

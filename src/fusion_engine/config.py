@@ -77,6 +77,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Over the ceiling: ``refuse`` (402), or ``trim`` the most expensive members to fit.
     cost_policy: Literal["refuse", "trim"] = "refuse"
     metrics_public: bool = True
+    #: ``key``: each caller's cached answers are its own; ``shared``: one cache for all callers.
+    cache_scope: Literal["key", "shared"] = "key"
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True):

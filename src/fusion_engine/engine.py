@@ -16,12 +16,12 @@ from typing import Any
 import msgspec
 import structlog
 
-from .agreement import Agreement, measure_agreement
+from .agreement import measure_agreement
 from .calls import failed_response, response_from_reply
 from .config import Provider, ResolvedConfig, load_config
 from .definitions import load_definitions
 from .errors import JudgeFailedError, UpstreamError
-from .judges import build_judge_messages
+from .judges import build_judge_messages, new_boundary
 from .panels import Panel, PanelMember
 from .plan import FusionPlan, PanelArg, judge_body, make_plan, member_body
 from .protocol import (
@@ -31,18 +31,18 @@ from .protocol import (
     Message,
 )
 from .quorum import (
-    best_member_answer,
     cascade_settled,
     cascade_size,
     invalid_tool_call,
     judge_skip,
-    majority_of,
     panel_failure,
     quorum_reached,
+    quorum_stand_in,
     tool_votes,
     within_tool_quorum,
 )
 from .results import (
+    Agreement,
     Degraded,
     FusionEvent,
     FusionResult,
@@ -209,15 +209,26 @@ class FusionEngine:
         votes = tool_votes(answers) if quorum else []
         judge: PanelResponse | None = None
         attempts: list[PanelResponse] = []
-        if skipped is None:
+        # Every member answer that becomes the reply passes the tool quorum, as the judge's does.
+        final = quorum_stand_in(answers, agreement, votes, quorum) if skipped else None
+        if final is None:
+            skipped = None  # no member answer may be returned as it is: the judge decides
             text_only = quorum is not None and not any(v.votes >= quorum for v in votes)
+            # A verdict must pass the tool quorum before any of it reaches the caller, so with
+            # a quorum the judge is not relayed live (its checked answer is sent whole).
+            stream = stream_judge and quorum is None
             judge, attempts = await self._judge(
-                plan, answers, agreement, notify, stream_judge, text_only=text_only
+                plan, answers, agreement, notify, stream, text_only=text_only
             )
             if judge is not None and quorum is not None:
                 judge = within_tool_quorum(judge, votes, quorum)
                 judge = judge if judge.ok else None
-        final = judge or best_member_answer(majority_of(answers, agreement))
+            final = judge or quorum_stand_in(answers, agreement, votes, quorum)
+        if final is None:
+            raise JudgeFailedError(
+                "every judge failed and no member answer passes the tool quorum"
+                f" ({quorum} proposals needed)"
+            )
         degraded: Degraded | None = "judge_failed" if attempts and judge is None else None
         if degraded:
             log.warning("judge_failed", panel=plan.panel.name, stand_in=final.model)
@@ -347,6 +358,7 @@ class FusionEngine:
             max_input_tokens=plan.panel.judge_max_input_tokens,
             with_tools=plan.with_tools,
             agreement=agreement,
+            boundary=new_boundary(),  # per request, never shown to a member
         )
         attempts: list[PanelResponse] = []
         for position, model in enumerate(plan.judge_chain):

@@ -20,6 +20,8 @@ from .yamlio import decode_yaml
 
 PANEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCHEMA_VERSION = 1
+#: When a panel's fused answers are cached (see ``Panel.cache``).
+CacheMode = Literal["auto", "always", "never"]
 
 
 class PanelMember(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -79,10 +81,19 @@ class Panel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     max_cost_usd: float | None = None
     shuffle_answers: bool = False
     web_search: bool = False
-    #: ``None`` means "cache unless web search is on"; an explicit ``true`` caches even then.
-    cache: bool | None = None
+    #: ``auto``: cache only deterministic requests (every member at temperature 0, or seeded)
+    #: and never web-search answers; ``always`` (or ``true``): cache regardless; ``never``
+    #: (or ``false``): never cache.
+    cache: CacheMode | bool = "auto"
     #: Sent as OpenRouter's ``provider`` object (e.g. ``{data_collection: deny}``).
     provider_options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def cache_mode(self) -> CacheMode:
+        """``cache`` with ``true``/``false`` read as ``always``/``never``."""
+        if isinstance(self.cache, bool):
+            return "always" if self.cache else "never"
+        return self.cache
 
     @property
     def distinct_models(self) -> list[str]:

@@ -9,11 +9,11 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from .agreement import Agreement, jaccard, measure_agreement, tool_call_key, word_set
+from .agreement import jaccard, measure_agreement, tool_call_key, word_set
 from .errors import PanelFailedError, PanelTimeoutError
 from .panels import Panel
 from .protocol import FunctionCall, ToolCall
-from .results import JudgeSkip, PanelResponse, ToolVote
+from .results import Agreement, JudgeSkip, PanelResponse, ToolVote
 
 _TIMEOUT_KINDS = frozenset({"timeout", "deadline"})
 
@@ -74,10 +74,10 @@ def best_member_answer(answers: Sequence[PanelResponse]) -> PanelResponse:
 
 
 def _comparison_key(answer: PanelResponse) -> frozenset[str]:
-    text = answer.content or ""
-    if answer.tool_calls:
-        text += " ".join(f"{c.function.name} {c.function.arguments}" for c in answer.tool_calls)
-    return word_set(text)
+    words = word_set(answer.content or "")
+    for call in answer.tool_calls or ():
+        words |= word_set(f"{call.function.name} {call.function.arguments}")
+    return words
 
 
 def invalid_tool_call(calls: Sequence[ToolCall] | None) -> str | None:
@@ -171,3 +171,30 @@ def within_tool_quorum(
         )  # fmt: skip
     call = ToolCall(id=verdict.tool_calls[0].id, function=FunctionCall(top.name, top.arguments))
     return msgspec.structs.replace(verdict, tool_calls=[call])
+
+
+def quorum_stand_in(
+    answers: Sequence[PanelResponse],
+    agreement: Agreement | None,
+    votes: Sequence[ToolVote],
+    quorum: int | None,
+) -> PanelResponse | None:
+    """The member answer that stands in for the judge, held to the same ``tool_quorum``.
+
+    The best answer of the majority (``best_member_answer``) is passed through
+    ``within_tool_quorum`` like a judge's verdict. When no proposed call reached the quorum,
+    only words may stand in: the best answer that has text, without its calls. ``None`` when
+    no member answer passes (every one is an unqualified tool call and nothing else).
+    """
+    best = best_member_answer(majority_of(answers, agreement))
+    if quorum is None or not best.tool_calls:
+        return best
+    allowed = within_tool_quorum(best, votes, quorum)
+    if allowed.ok:
+        return allowed
+    words = [
+        msgspec.structs.replace(answer, tool_calls=None, finish_reason="stop")
+        for answer in answers
+        if answer.content
+    ]
+    return best_member_answer(words) if words else None

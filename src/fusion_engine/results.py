@@ -10,7 +10,6 @@ from typing import Literal
 
 import msgspec
 
-from .agreement import Agreement
 from .protocol import ChatCompletionChunk, ToolCall
 
 #: Why a call produced no answer, in a closed vocabulary (used for status decisions and metrics).
@@ -54,6 +53,22 @@ class PanelResponse(msgspec.Struct, kw_only=True, frozen=True):
     def ok(self) -> bool:
         """Whether this call produced a usable answer (text or tool calls)."""
         return self.error is None and bool(self.content or self.tool_calls)
+
+
+#: How agreement was measured (see ``agreement.py``, which computes it).
+AgreementMethod = Literal["tool_calls", "answer", "text"]
+
+
+class Agreement(msgspec.Struct, frozen=True, kw_only=True):
+    """The panel's agreement: a score in [0, 1], how it was measured, who stands apart.
+
+    ``majority`` and ``outliers`` are members' panel indices.
+    """
+
+    score: float
+    method: AgreementMethod
+    majority: list[int]
+    outliers: list[int]
 
 
 #: Why the answer is not the judge's: every judge failed and a member answer stands in.

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 
+from ..cache import scope_for
 from ..errors import FusionError, InvalidRequestError, PayloadTooLargeError
 from ..plan import MODEL_PREFIX, FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
@@ -46,17 +47,21 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     model = f"{MODEL_PREFIX}{plan.panel.name}"
     completion_id, created = f"chatcmpl-{new_id()}", int(time.time())
     cache_control = request.headers.get("cache-control")
+    scope = scope_for(identity, gateway.config.gateway.cache_scope)
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         spec = StreamSpec(
             completion_id=completion_id, created=created, model=model,
             include_usage=include_usage, detail=options.detail, cache_control=cache_control,
+            cache_scope=scope,
         )  # fmt: skip
         return await fused_stream(request, gateway, plan, spec, identity=identity)
     async with gateway.limiter.fusion_slot(identity):
         result, outcome = await until_disconnect(
             request,
-            gateway.cache.run(plan, lambda: gateway.engine.run(plan), cache_control=cache_control),
+            gateway.cache.run(
+                plan, lambda: gateway.engine.run(plan), cache_control=cache_control, scope=scope
+            ),
         )
     record_result(facts_of(request), result, outcome)
     body = completion_of(

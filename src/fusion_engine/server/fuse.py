@@ -13,6 +13,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
+from ..cache import scope_for
 from ..errors import InvalidRequestError
 from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
@@ -39,17 +40,18 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     facts = facts_of(request)
     facts.panel = plan.panel.name
     cache_control = request.headers.get("cache-control")
+    scope = scope_for(identity, gateway.config.gateway.cache_scope)
     if not body.stream:
         async with gateway.limiter.fusion_slot(identity):
             result, outcome = await until_disconnect(
                 request,
                 gateway.cache.run(
-                    plan, lambda: gateway.engine.run(plan), cache_control=cache_control
+                    plan, lambda: gateway.engine.run(plan), cache_control=cache_control, scope=scope
                 ),
             )
         record_result(facts, result, outcome)
         return json_response(result, headers=fused_headers(result, outcome))
-    ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control))
+    ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control, scope=scope))
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if ticket.result is not None:
         record_result(facts, ticket.result, ticket.outcome)

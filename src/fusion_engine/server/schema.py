@@ -12,10 +12,9 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..agreement import Agreement
 from ..cache import CacheResult
 from ..protocol import GenerationFields, ToolCall
-from ..results import FusionResult, PanelResponse, ToolVote
+from ..results import Agreement, FusionResult, PanelResponse, ToolVote
 
 Detail = Literal["full", "none"]
 

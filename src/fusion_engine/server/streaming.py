@@ -129,6 +129,8 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     include_usage: bool
     detail: Detail
     cache_control: str | None
+    #: Whose cache entries these are (``cache.scope_for``).
+    cache_scope: str
 
     def writer(self) -> ChunkWriter:
         """A chunk writer for this stream."""
@@ -167,7 +169,9 @@ async def _start_stream(
 ) -> tuple[Response[Any], bool]:
     """The response, and whether a live stream now owns ``slot`` (and will close it)."""
     facts = facts_of(request)
-    ticket = await until_disconnect(request, gateway.cache.begin(plan, spec.cache_control))
+    ticket = await until_disconnect(
+        request, gateway.cache.begin(plan, spec.cache_control, scope=spec.cache_scope)
+    )
     facts.cache = ticket.outcome
     writer = spec.writer()
     include_usage, detail = spec.include_usage, spec.detail

@@ -96,6 +96,16 @@ class PayloadBreaksResponse(CompatResponse):
     async def read(self) -> bytes:
         raise aiohttp.ClientPayloadError("Response payload is not completed")
 
+    @property  # type: ignore[override]
+    def content(self) -> aiohttp.StreamReader:
+        return self._broken
+
+    @content.setter
+    def content(self, value: aiohttp.StreamReader) -> None:
+        """Whatever stream aiohttp sets breaks off before its first byte."""
+        value.set_exception(aiohttp.ClientPayloadError("Response payload is not completed"))
+        self._broken = value
+
 
 class _TruncatedContent:
     """Stands in for the body stream: yields what it was fed line by line, then the connection drops."""

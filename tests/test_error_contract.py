@@ -173,17 +173,19 @@ def test_every_member_rate_limited_answers_429_with_the_longest_retry_after(
     ],
     ids=["context_length_exceeded", "insufficient_quota"],
 )
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_passthrough_errors_keep_the_providers_fields(
     client: OpenAI,
     fake: FakeUpstream,
     status: int,
     body: dict[str, Any],
     exception: type[openai.APIStatusError],
+    stream: bool,
 ) -> None:
     """The provider's type, code, param and message reach the client unchanged."""
     fake.script(PLAIN, Reply(status=status, body=body, headers={"x-should-retry": "false"}))
     with pytest.raises(exception) as raised:
-        client.chat.completions.create(model=PLAIN, messages=USER)  # type: ignore[arg-type]
+        client.chat.completions.create(model=PLAIN, messages=USER, stream=stream)  # type: ignore[call-overload]
     error = raised.value
     assert error.status_code == status
     assert error.body == body["error"]

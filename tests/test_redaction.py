@@ -224,3 +224,23 @@ async def test_a_malformed_answer_echoing_the_key_is_scrubbed_and_not_chained(
     assert "malformed response" in error.message and "Bearer ***" in error.message
     assert PROVIDER_KEY not in str(error)
     assert error.__cause__ is None
+
+
+async def test_a_key_in_the_providers_error_fields_is_scrubbed(fake: FakeUpstream) -> None:
+    """type, code and param are relayed by the passthrough, so they are scrubbed like the
+    message."""
+    echo = f"Bearer {PROVIDER_KEY}"
+    body = {"error": {"message": echo, "type": echo, "code": echo, "param": echo}}
+    fake.script("m/fields", Reply(status=400, body=body))
+    target = msgspec.structs.replace(provider(PROVIDER_KEY), base_url=fake.base_url)
+    client = UpstreamClient()
+    try:
+        with pytest.raises(UpstreamError) as raised:
+            await client.chat(target, {"model": "m/fields", "messages": []}, timeout_s=10)
+    finally:
+        await client.aclose()
+    error = raised.value
+    assert error.provider_error is not None
+    texts = [error.message, error.provider_message, *msgspec.structs.astuple(error.provider_error)]
+    assert PROVIDER_KEY not in repr(texts)
+    assert error.provider_error.param == "Bearer ***"

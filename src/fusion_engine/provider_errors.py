@@ -133,4 +133,11 @@ def scrub_error(error: UpstreamError, provider: Provider) -> UpstreamError:
     error.args = (error.message,)
     if error.provider_message is not None:
         error.provider_message = scrub(error.provider_message, provider)
+    info = error.provider_error
+    if info is not None:
+        # type, code and param are the provider's text too (relayed by the passthrough).
+        fields = {"type": info.type, "code": info.code, "param": info.param}
+        error.provider_error = msgspec.structs.replace(
+            info, **{name: scrub(value, provider) for name, value in fields.items() if value}
+        )
     return error

@@ -309,7 +309,9 @@ class UpstreamClient:
             except aiohttp.ClientError as exc:
                 raise _broken_off(provider, exc) from exc
             finally:
-                response.close()
+                # Releasing keeps a fully read connection for reuse (429 storms); one whose
+                # body was cut short is closed by aiohttp.
+                response.release()
                 slot.release()
             raise error_from_body(provider, response.status, text, response.headers)
         return response

@@ -179,14 +179,14 @@ FAULTS = {
     ),
     "429 storm, Retry-After 0.2 s": Fault(
         Reply(status=429, retry_after=0.2, error_message="slow down"), "rate_limited",
-        "answered 429: slow down", (3, 3), 0.4 + SHORT, 502, min_gap_s=0.2,
+        "answered 429: slow down", (3, 3), 0.4 + SHORT, 429, min_gap_s=0.2,
     ),
     "429 storm, no Retry-After": Fault(
         Reply(status=429, error_message="slow down"), "rate_limited", "answered 429: slow down",
-        (2, 3), BUDGET, 502, min_gap_s=FIRST_BACKOFF_S,
+        (2, 3), BUDGET, 429, min_gap_s=FIRST_BACKOFF_S,
     ),
     "429, Retry-After past the budget": Fault(
-        Reply(status=429, retry_after=30), "rate_limited", "answered 429", (1, 1), SHORT, 502
+        Reply(status=429, retry_after=30), "rate_limited", "answered 429", (1, 1), SHORT, 429
     ),
     "500": Fault(
         Reply(status=500), "http_error", "answered 500", (2, 3), BUDGET, 502,
@@ -202,7 +202,7 @@ FAULTS = {
     ),
     "400 (not retried)": Fault(
         Reply(status=400, error_message="bad request"), "http_error", "answered 400", (1, 1),
-        SHORT, 502,
+        SHORT, 400,
     ),
     "connection refused": Fault(
         None, "connection", "cannot reach dead", (2, 3), BUDGET, 502, panel="refused",
@@ -261,7 +261,8 @@ def test_one_faulty_member_is_reported_and_left_out(
 def test_fault_on_every_member_is_an_openai_error(
     http: httpx.Client, fake: FakeUpstream, fault: Fault
 ) -> None:
-    """Every member faulty: 502 (504 when all timed out) in OpenAI's error shape, no judge."""
+    """Every member faulty: 502 (504 when all timed out; the members' status when they all
+    refused alike or were all rate limited) in OpenAI's error shape, no judge."""
     if fault.reply is not None:
         for slug in MEMBERS:
             fake.script(slug, fault.reply)
@@ -269,8 +270,12 @@ def test_fault_on_every_member_is_an_openai_error(
     assert reply.status_code == fault.status_all, reply.text
     error = reply.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "upstream_error"
-    assert error["code"] == ("panel_timeout" if fault.status_all == 504 else "panel_failed")
+    expected = {
+        400: ("invalid_request_error", None),
+        429: ("rate_limit_error", "rate_limit_exceeded"),
+        504: ("upstream_error", "panel_timeout"),
+    }.get(fault.status_all, ("upstream_error", "panel_failed"))
+    assert (error["type"], error["code"]) == expected
     assert fault.text in error["message"]
     assert "provider-secret-key" not in reply.text
     assert fake.requests_for(JUDGE) == []

@@ -528,7 +528,7 @@ def test_all_members_timing_out_is_504(client: OpenAI, fake: FakeUpstream) -> No
 def test_streamed_fast_failure_is_a_real_status(http: httpx.Client, fake: FakeUpstream) -> None:
     """A streamed fusion that fails within the hold interval gets a 502 JSON, not an SSE body."""
     for member in (ALPHA, BETA, GAMMA):
-        fake.script(member, Reply(status=400))
+        fake.script(member, Reply(status=401))
     reply = http.post(
         "/v1/chat/completions", json={"model": "fusion/trio", "messages": USER, "stream": True}
     )

@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import json
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -27,6 +27,7 @@ from fusion_engine.provider_errors import error_message, redact, retry_after_sec
 from fusion_engine.provider_requests import APP_TITLE, APP_URL, prepare_body, request_headers
 from fusion_engine.settings import Secret
 from fusion_engine.sse import EventTooLargeError, iter_sse_batches
+from fusion_engine.stream_events import StreamEvent
 from fusion_engine.timing import RetryPolicy
 from fusion_engine.upstream import UpstreamClient
 
@@ -95,6 +96,16 @@ class PayloadBreaksResponse(CompatResponse):
 
     async def read(self) -> bytes:
         raise aiohttp.ClientPayloadError("Response payload is not completed")
+
+    @property  # type: ignore[override]
+    def content(self) -> aiohttp.StreamReader:
+        return self._broken
+
+    @content.setter
+    def content(self, value: aiohttp.StreamReader) -> None:
+        """Whatever stream aiohttp sets breaks off before its first byte."""
+        value.set_exception(aiohttp.ClientPayloadError("Response payload is not completed"))
+        self._broken = value
 
 
 class _TruncatedContent:
@@ -1350,3 +1361,124 @@ async def test_events_before_a_malformed_one_in_the_same_read_are_delivered(
         await consume()
     assert caught.value.kind == "invalid_response"
     assert seen == ["a", "b"]
+
+
+# --- bounded bodies (issue 15, item 11) ---------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+class EndlessBody:
+    """A server that answers 200 with an endless chunked body (no Content-Length) and counts
+    what it managed to write before the client hung up."""
+
+    def __init__(self, *, sse: bool = False, status: int = 200) -> None:
+        self.written = 0
+        self.sse = sse
+        self.status = status
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=self.status)
+        response.content_type = "text/event-stream" if self.sse else "application/json"
+        await response.prepare(request)
+        piece = b'{"choices": [{"message": {"content": "' + b"x" * MIB
+        if self.sse:
+            event = json.dumps(chunk(content="x" * (MIB // 2))).encode()
+            piece = b"data: " + event + b"\n\n"
+        try:
+            for _ in range(200):  # 100-200 MiB if nobody stops reading
+                await response.write(piece)
+                self.written += len(piece)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return response
+
+    def provider(self, server: TestServer) -> Provider:
+        return Provider(
+            name="local", kind="openai", base_url=str(server.make_url("/v1")), api_key=None,
+            api_key_env=None,
+        )  # fmt: skip
+
+
+async def serve_endless(body: EndlessBody) -> TestServer:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", body.handle)
+    return TestServer(app, host="127.0.0.1")
+
+
+async def drain(stream: AsyncGenerator[list[StreamEvent], None], sizes: list[int]) -> None:
+    """Read ``stream`` to its end, noting the data size of each batch in ``sizes``."""
+    async with aclosing(stream):
+        async for batch in stream:
+            sizes.append(sum(len(event.data) for event in batch))
+
+
+async def test_an_answer_over_the_bound_fails_and_stops_the_read(client: UpstreamClient) -> None:
+    """A chunked answer that never ends: the call fails as an invalid response once 8 MiB have
+    been read, without retrying and without reading on (the server could not write 100 MiB)."""
+    endless = EndlessBody()
+    async with await serve_endless(endless) as server:
+        with pytest.raises(UpstreamError) as raised:
+            await client.chat(endless.provider(server), BODY, timeout_s=30)
+    assert "over 8 MiB" in raised.value.message
+    assert raised.value.kind == "invalid_response"
+    assert raised.value.attempts == 1
+    assert endless.written < 50 * MIB
+
+
+async def test_an_answer_announced_over_the_bound_is_not_read(
+    client: UpstreamClient, mocked: aioresponses
+) -> None:
+    """Content-Length over the bound: refused before reading, not retried."""
+    mocked.post(CHAT_URL, status=200, body=b"{}", headers={"Content-Length": str(9 * MIB)})
+    with pytest.raises(UpstreamError) as raised:
+        await client.chat(OPENROUTER, BODY, timeout_s=30)
+    assert "over 8 MiB" in raised.value.message
+    assert len(requests_to(mocked)) == 1
+
+
+async def test_a_callers_bound_replaces_the_default(client: UpstreamClient) -> None:
+    """The passthrough passes its own (larger) bound; a small one is honoured too."""
+    endless = EndlessBody()
+    async with await serve_endless(endless) as server:
+        with pytest.raises(UpstreamError) as raised:
+            await client.chat(endless.provider(server), BODY, timeout_s=30, max_body_bytes=MIB)
+    assert "over 1 MiB" in raised.value.message
+
+
+async def test_a_stream_adding_up_over_the_bound_fails(client: UpstreamClient) -> None:
+    """Events of half a MiB each, endlessly: the stream fails once they add up to 8 MiB."""
+    endless = EndlessBody(sse=True)
+    async with await serve_endless(endless) as server:
+        received: list[int] = []
+        with pytest.raises(UpstreamError) as raised:
+            await drain(client.stream(endless.provider(server), BODY, timeout_s=30), received)
+    assert "streamed an answer over 8 MiB" in raised.value.message
+    assert 0 < sum(received) <= 8 * MIB
+    assert endless.written < 50 * MIB
+
+
+async def test_a_relayed_stream_may_be_bounded_per_event_only(client: UpstreamClient) -> None:
+    """``max_total_bytes=None`` (the passthrough relay keeps nothing): 9 MiB pass."""
+    endless = EndlessBody(sse=True)
+    async with await serve_endless(endless) as server:
+        provider = endless.provider(server)
+        received = 0
+        stream = client.stream(provider, BODY, timeout_s=30, max_total_bytes=None)
+        async with aclosing(stream):
+            async for batch in stream:
+                received += sum(len(event.data) for event in batch)
+                if received > 9 * MIB:
+                    break
+    assert received > 9 * MIB
+
+
+async def test_an_endless_error_body_is_read_only_in_part(client: UpstreamClient) -> None:
+    """A 500 whose body never ends: the error is raised from its first 64 KiB."""
+    endless = EndlessBody(status=400)
+    async with await serve_endless(endless) as server:
+        with pytest.raises(UpstreamError) as raised:
+            await client.chat(endless.provider(server), BODY, timeout_s=30)
+    assert raised.value.status == 400
+    assert "HTTP 400" in raised.value.message
+    assert endless.written < 50 * MIB

@@ -48,6 +48,7 @@ def failed_response(
         error_kind=kind,  # type: ignore[arg-type]  # narrowed by _KNOWN_KINDS
         latency_ms=latency_ms,
         attempts=error.attempts,
+        provider_error=error.provider_error,
     )
 
 

@@ -42,7 +42,8 @@ class PassthroughSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class LimitsSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Size limits on a request."""
 
-    max_body_bytes: int = 4 * 1024 * 1024
+    #: 20 MiB: a few images as base64 data URLs (a 3.3 MB photo is 4.4 MB encoded).
+    max_body_bytes: int = 20 * 1024 * 1024
     max_messages: int = 512
     max_tools: int = 128
     max_members: int = 16

@@ -17,7 +17,9 @@ Every error a caller can see is a ``FusionError``; each carries the HTTP status,
     ├── UpstreamError                   one call failed (status, provider message, retryable)
     │   └── UpstreamTimeoutError        the call ran out of time
     ├── PanelFailedError                502 every member failed, at least one not by timeout
-    │   └── PanelTimeoutError           504 every member failed by timeout
+    │   ├── PanelTimeoutError           504 every member failed by timeout
+    │   ├── PanelRejectedError          400/404/413/422 every member refused the request alike
+    │   └── PanelRateLimitedError       429 every member was rate limited (``retry_after``)
     ├── JudgeFailedError                502 the judge broke off after its answer began streaming
     └── ProviderKeyMissingError         503 the provider's API key variable is not set
 
@@ -28,6 +30,8 @@ Foreign exceptions (aiohttp, msgspec, yaml) are translated at the module boundar
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from .results import PanelResponse
@@ -128,6 +132,17 @@ class RateLimitedError(FusionError):
         self.retry_after = retry_after
 
 
+class ProviderErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider answered when it refused a call: the status, its OpenAI error fields
+    (``None`` where it sent none) and the ``Retry-After`` it asked for."""
+
+    status: int
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    retry_after: float | None = None
+
+
 class UpstreamError(FusionError):
     """One call to an upstream provider failed.
 
@@ -159,6 +174,13 @@ class UpstreamError(FusionError):
         self.kind = kind
         #: How many attempts were made before giving up (set by the upstream client).
         self.attempts = 1
+        #: The provider's status and error fields, when it answered with an error body.
+        self.provider_error: ProviderErrorInfo | None = None
+        #: The provider's own message (key removed), relayed as is by the passthrough.
+        self.provider_message: str | None = None
+        #: The gateway stopped because the provider's ``Retry-After`` was longer than the time
+        #: left: a client that waits that long may succeed (any other failure had its retries).
+        self.retry_later = False
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -176,11 +198,13 @@ class PanelFailedError(FusionError):
 
     status_code = 502
     error_type = "upstream_error"
-    code = "panel_failed"
+    code: str | None = "panel_failed"
 
     def __init__(self, message: str, *, responses: list[PanelResponse] | None = None) -> None:
         super().__init__(message)
         self.responses = responses or []
+        #: See ``UpstreamError.retry_later``; every member's calls had their retries otherwise.
+        self.retry_later = False
 
 
 class PanelTimeoutError(PanelFailedError):
@@ -188,6 +212,49 @@ class PanelTimeoutError(PanelFailedError):
 
     status_code = 504
     code = "panel_timeout"
+
+
+class PanelRejectedError(PanelFailedError):
+    """Every member refused the request with the same client-side status (400, 404, 413, 422):
+    the request itself is at fault, so the client gets that status and the first member's
+    provider ``type``, ``code`` and ``param`` (e.g. ``context_length_exceeded``)."""
+
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        info: ProviderErrorInfo,
+        responses: list[PanelResponse] | None = None,
+    ) -> None:
+        super().__init__(message, responses=responses)
+        self.status_code = status
+        self.error_type = info.type or self.error_type
+        self.code = info.code
+        self.param = info.param
+
+
+class PanelRateLimitedError(PanelFailedError):
+    """Every member was rate limited: 429 with the longest ``Retry-After`` any member got."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        retry_later: bool = False,
+        responses: list[PanelResponse] | None = None,
+    ) -> None:
+        super().__init__(message, responses=responses)
+        self.retry_after = retry_after
+        self.retry_later = retry_later
 
 
 class JudgeFailedError(FusionError):

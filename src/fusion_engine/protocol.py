@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -22,6 +22,9 @@ Message = dict[str, Any]
 _AT_PATH = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
 _MISSING_FIELD = re.compile(r"missing required field `(?P<name>[^`]+)`")
+
+#: A positive count (``n``, token limits): msgspec refuses anything else at decode, naming it.
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -169,6 +172,13 @@ def _validate_message(message: object, where: str) -> Message:
             f"{where}.content must be a string, an array of content parts or null",
             param=f"{where}.content",
         )
+    for position, part in enumerate(content if isinstance(content, list) else ()):
+        if not isinstance(part, dict):
+            raise InvalidRequestError(
+                f"{where}.content[{position}] must be a content part object, like "
+                '{"type": "text", "text": "..."}',
+                param=f"{where}.content[{position}]",
+            )
     if role == "tool" and not isinstance(message.get("tool_call_id"), str):
         raise InvalidRequestError(
             f"{where}.tool_call_id is required for a tool message", param=f"{where}.tool_call_id"
@@ -198,8 +208,8 @@ class GenerationFields(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
     stop: str | list[str] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None

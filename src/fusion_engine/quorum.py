@@ -10,12 +10,20 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from .agreement import jaccard, measure_agreement, tool_call_key, word_set
-from .errors import PanelFailedError, PanelTimeoutError
+from .errors import (
+    PanelFailedError,
+    PanelRateLimitedError,
+    PanelRejectedError,
+    PanelTimeoutError,
+)
 from .panels import Panel
 from .protocol import FunctionCall, ToolCall
 from .results import Agreement, JudgeSkip, PanelResponse, ToolVote
 
 _TIMEOUT_KINDS = frozenset({"timeout", "deadline"})
+#: Statuses that say the request itself is at fault: when every member answers the same one,
+#: the client gets it (a 502 would make SDKs retry a request that cannot succeed).
+CLIENT_SIDE_STATUSES = frozenset({400, 404, 413, 422})
 
 
 def quorum_reached(
@@ -44,14 +52,44 @@ def quorum_reached(
 
 
 def panel_failure(responses: Sequence[PanelResponse]) -> PanelFailedError:
-    """The error for a panel where nobody answered: 504 if every failure was a timeout, else 502."""
+    """The error for a panel where nobody answered.
+
+    Every member refused the request with the same client-side status (400, 404, 413, 422):
+    that status with the first member's provider fields, because the request is at fault and a
+    retry would fail alike. Every member rate limited: 429 with the longest ``Retry-After``.
+    Every failure a timeout: 504. Anything else: 502.
+    """
     reasons = "; ".join(f"{r.model}: {r.error or 'no answer'}" for r in responses)
+    everyone = list(responses)
+    statuses = {r.provider_error.status if r.provider_error else None for r in responses}
+    first = responses[0] if responses else None
+    if first is not None and first.provider_error is not None and len(statuses) == 1:
+        status = first.provider_error.status
+        if status in CLIENT_SIDE_STATUSES:
+            others = (
+                f" (and the {len(responses) - 1} other members alike)" if len(responses) > 1 else ""
+            )
+            return PanelRejectedError(
+                f"every panel member refused the request; {first.model}: {first.error}{others}",
+                status=status, info=first.provider_error, responses=everyone,
+            )  # fmt: skip
+        if status == 429:
+            waits = [r.provider_error.retry_after for r in responses if r.provider_error]
+            known = [wait for wait in waits if wait is not None]
+            # No member was tried twice: each asked to wait longer than its time allowed, so
+            # a client that waits that long may get through. Otherwise the retries were had.
+            unretried = all(response.attempts == 1 for response in responses)
+            return PanelRateLimitedError(
+                f"every panel member is rate limited ({reasons})",
+                retry_after=max(known) if known else None,
+                retry_later=bool(known) and unretried, responses=everyone,
+            )  # fmt: skip
     timed_out = all(response.error_kind in _TIMEOUT_KINDS for response in responses)
     if timed_out:
         return PanelTimeoutError(
-            f"no panel member answered in time ({reasons})", responses=list(responses)
+            f"no panel member answered in time ({reasons})", responses=everyone
         )
-    return PanelFailedError(f"every panel member failed ({reasons})", responses=list(responses))
+    return PanelFailedError(f"every panel member failed ({reasons})", responses=everyone)
 
 
 def best_member_answer(answers: Sequence[PanelResponse]) -> PanelResponse:

@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from .errors import ProviderErrorInfo
 from .protocol import ChatCompletionChunk, ToolCall
 
 #: Why a call produced no answer, in a closed vocabulary (used for status decisions and metrics).
@@ -48,6 +49,9 @@ class PanelResponse(msgspec.Struct, kw_only=True, frozen=True):
     error: str | None = None
     error_kind: ErrorKind | None = None
     attempts: int = 1
+    #: The provider's status and error fields when it refused the call (decides the status a
+    #: panel where every member failed answers with).
+    provider_error: ProviderErrorInfo | None = None
 
     @property
     def ok(self) -> bool:

@@ -4,14 +4,19 @@ One ``UpstreamClient`` holds one pooled ``aiohttp.ClientSession`` for every prov
 hand-written rather than taken from a retry library because they must fit inside a member's time
 budget: a retry is skipped when ``Retry-After`` or the backoff would cross the remaining time.
 Every failure leaves as an ``UpstreamError`` (status, provider message, retryable); the provider key
-never appears in a message.
+never appears in a message: every error leaving ``chat`` or ``stream`` is scrubbed here, whichever
+path built it (an upstream's text can reach a message through msgspec's decode errors too).
+
+Bodies are bounded: a non-streamed answer over ``MAX_ANSWER_BYTES`` (or the caller's bound) and a
+streamed one whose events add up to more are that call's error, found without reading the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import aiohttp
@@ -22,7 +27,7 @@ import structlog
 from .config import Provider
 from .errors import UpstreamError, UpstreamTimeoutError
 from .protocol import ChatCompletion
-from .provider_errors import RETRYABLE_STATUSES, error_from_response, redact
+from .provider_errors import RETRYABLE_STATUSES, error_from_body, redact, scrub_error
 from .provider_requests import prepare_body, request_headers
 from .sse import EventTooLargeError, iter_sse_batches
 from .stream_events import StreamEvent, parse_batch
@@ -33,6 +38,15 @@ T = TypeVar("T")
 
 #: A streamed event carrying a large tool call or an image must not break the stream.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+#: The largest answer a call may bring (a non-streamed body, or a stream's events together):
+#: three 50 MB answers once got a worker killed. Over it, the call fails with an error.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+#: An error body is read only this far: its message is all we keep.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+class BodyTooLargeError(Exception):
+    """A response body is longer than the bound it was read with."""
 
 
 class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,14 +109,30 @@ class UpstreamClient:
             await self._session.close()
 
     async def chat(
-        self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
+        self,
+        provider: Provider,
+        body: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        max_body_bytes: int = MAX_ANSWER_BYTES,
     ) -> UpstreamReply:
         """One non-streaming chat completion, retried within ``timeout_s`` in total.
+
+        Args:
+            max_body_bytes: a longer answer is this call's error (not retried).
 
         Raises:
             UpstreamError: the call failed for good (``UpstreamTimeoutError`` when out of time).
             ProviderKeyMissingError: the provider's key variable is not set.
         """
+        try:
+            return await self._chat(provider, body, timeout_s, max_body_bytes)
+        except UpstreamError as error:
+            raise scrub_error(error, provider) from error.__cause__
+
+    async def _chat(
+        self, provider: Provider, body: Mapping[str, Any], timeout_s: float, max_body_bytes: int
+    ) -> UpstreamReply:
         payload = _encode(prepare_body(provider, body, stream=False))
         headers = request_headers(provider)
         model = str(body.get("model", ""))
@@ -118,7 +148,7 @@ class UpstreamClient:
                 # One timeout around the whole attempt (send, status, body): a timer per step
                 # was a measurable share of a call's CPU.
                 completion, raw = await self._within(
-                    deadline, self._attempt_chat(provider, payload, headers, slot)
+                    deadline, self._attempt_chat(provider, payload, headers, slot, max_body_bytes)
                 )
             except UpstreamError as error:
                 # Idempotent; needed when the budget ran out before the attempt could start.
@@ -132,14 +162,39 @@ class UpstreamClient:
             )  # fmt: skip
 
     async def stream(
-        self, provider: Provider, body: Mapping[str, Any], *, timeout_s: float
+        self,
+        provider: Provider,
+        body: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        max_total_bytes: int | None = MAX_ANSWER_BYTES,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """Stream a chat completion's events as they arrive, in batches: the events each read
         from the network completed (one or more).
 
         Connecting is retried like ``chat``; once the first chunk has been yielded nothing is
         retried, and a mid-stream failure raises ``UpstreamError``.
+
+        Args:
+            max_total_bytes: the events' data together may not exceed this (``None``: only each
+                event is bounded, for a relay that keeps nothing).
         """
+        try:
+            # aclosing: a consumer that leaves early must close the response now, not when
+            # the event loop finalises the inner generator.
+            async with aclosing(self._stream(provider, body, timeout_s, max_total_bytes)) as inner:
+                async for events in inner:
+                    yield events
+        except UpstreamError as error:
+            raise scrub_error(error, provider) from error.__cause__
+
+    async def _stream(
+        self,
+        provider: Provider,
+        body: Mapping[str, Any],
+        timeout_s: float,
+        max_total_bytes: int | None,
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         payload = _encode(prepare_body(provider, body, stream=True))
         headers = request_headers(provider)
         model = str(body.get("model", ""))
@@ -160,8 +215,10 @@ class UpstreamClient:
             break
         finished = False
         try:
-            async for events in self._read_events(provider, response, deadline):
-                yield events
+            reading = self._read_events(provider, response, deadline, max_total_bytes)
+            async with aclosing(reading):
+                async for events in reading:
+                    yield events
             finished = True
         except UpstreamError as error:
             error.attempts = attempt
@@ -183,22 +240,35 @@ class UpstreamClient:
         payload: bytes,
         headers: Mapping[str, str],
         slot: _Slot,
+        max_body_bytes: int,
     ) -> tuple[ChatCompletion, bytes]:
         response = await self._open(provider, payload, headers, slot)
         try:
-            raw = await response.read()
+            raw = await read_bounded(response, max_body_bytes)
         except aiohttp.ClientError as exc:
-            raise _broken_off(provider, exc) from exc
-        finally:
             response.release()
+            raise _broken_off(provider, exc) from exc
+        except BodyTooLargeError:
+            # Closing drops the connection: the rest of the body is never read.
+            response.close()
+            raise UpstreamError(
+                f"{provider.name} sent an answer over {_mib(max_body_bytes)}",
+                kind="invalid_response",
+            ) from None
+        else:
+            response.release()
+        finally:
             slot.release()
         try:
             completion = _decode_completion(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
+            # msgspec's message quotes the offending value, which is upstream text (a provider
+            # once echoed the Authorization header in a field): redacted, and not chained, so a
+            # logged traceback cannot show it either.
             raise UpstreamError(
-                f"{provider.name} sent a malformed response ({exc})", status=200,
-                kind="invalid_response",
-            ) from exc  # fmt: skip
+                f"{provider.name} sent a malformed response ({redact(str(exc), provider)})",
+                status=200, kind="invalid_response",
+            ) from None  # fmt: skip
         choice_error = completion.choices[0].error if completion.choices else None
         if choice_error is not None:
             status = choice_error.code if isinstance(choice_error.code, int) else 502
@@ -235,19 +305,26 @@ class UpstreamClient:
             raise
         if response.status >= 400:
             try:
-                error = await error_from_response(provider, response)
+                text = await read_bounded(response, MAX_ERROR_BODY_BYTES, cut=True)
             except aiohttp.ClientError as exc:
                 raise _broken_off(provider, exc) from exc
             finally:
+                # Releasing keeps a fully read connection for reuse (429 storms); one whose
+                # body was cut short is closed by aiohttp.
                 response.release()
                 slot.release()
-            raise error
+            raise error_from_body(provider, response.status, text, response.headers)
         return response
 
     async def _read_events(
-        self, provider: Provider, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncIterator[list[StreamEvent]]:
+        self,
+        provider: Provider,
+        response: aiohttp.ClientResponse,
+        deadline: float,
+        max_total_bytes: int | None,
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         finished = False
+        total = 0
         # One timer for the whole stream rather than a timeout per read (a read is a few
         # bytes; per-read timeouts were a measurable share of the relay's CPU). When it fires
         # it closes the response, which ends the read below.
@@ -268,6 +345,13 @@ class UpstreamClient:
                 finished = finished or any(
                     choice.finish_reason for event in events for choice in event.chunk.choices
                 )
+                if max_total_bytes is not None:
+                    total += sum(len(event.data) for event in events)
+                    if total > max_total_bytes:
+                        raise UpstreamError(
+                            f"{provider.name} streamed an answer over {_mib(max_total_bytes)}",
+                            kind="invalid_response",
+                        )
                 if events:
                     yield events
                 if done:
@@ -307,6 +391,7 @@ class UpstreamClient:
         if delay is None:
             delay = self.retry.backoff(attempt - 1, self._rand())
         if delay >= remaining:
+            error.retry_later = error.retry_after is not None
             raise error
         log.debug(
             "upstream_retry", provider=provider.name, attempt=attempt, delay_s=round(delay, 3),
@@ -380,6 +465,32 @@ class _Expiry:
     def fire(self) -> None:
         self.fired = True
         self._response.close()
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
+    """The response body, read no further than ``limit`` bytes.
+
+    Raises:
+        BodyTooLargeError: the body is longer (said by ``Content-Length`` before reading, or
+            found while reading); with ``cut`` the first ``limit`` bytes are returned instead.
+    """
+    length = response.content_length
+    if length is not None and length > limit and not cut:
+        raise BodyTooLargeError(length)
+    parts: list[bytes] = []
+    size = 0
+    async for block in response.content.iter_any():
+        parts.append(block)
+        size += len(block)
+        if size > limit:
+            if not cut:
+                raise BodyTooLargeError(size)
+            return b"".join(parts)[:limit]
+    return b"".join(parts)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"
 
 
 def _broken_off(provider: Provider, exc: BaseException) -> UpstreamError:

@@ -19,7 +19,14 @@ from .observe import facts_of, record_result
 from .passthrough import passthrough
 from .request_id import new_id
 from .runs import until_disconnect
-from .schema import CHAT_REQUEST_FIELDS, ChatRequest, FusionOptions, completion_of, fused_headers
+from .schema import (
+    CHAT_REQUEST_FIELDS,
+    ChatRequest,
+    FusionOptions,
+    check_fused_request,
+    completion_of,
+    fused_headers,
+)
 from .streaming import StreamSpec, fused_stream
 
 _decode = msgspec.json.Decoder().decode
@@ -39,8 +46,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     check_limits(chat, gateway)
     if not chat.model.startswith(MODEL_PREFIX):
         return await passthrough(request, gateway, raw, chat)
-    if chat.n is not None and chat.n > 1:
-        raise InvalidRequestError("fused completions return one choice: n must be 1", param="n")
+    check_fused_request(chat)
     options = chat.fusion or FusionOptions()
     plan = gateway.within_budget(plan_fusion(gateway, chat, options, extra=_extra_fields(raw)))
     facts_of(request).panel = plan.panel.name

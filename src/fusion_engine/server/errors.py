@@ -2,7 +2,12 @@
 
 Our own ``FusionError``s carry their status; Litestar's ``HTTPException``s (unknown route, wrong
 method, body over the size limit) are translated; anything unexpected is a logged 500 whose body
-says nothing about the internals.
+says nothing about the internals. A passed-through provider error keeps the provider's ``type``,
+``code`` and ``param`` (its message was scrubbed of our key by the upstream client).
+
+``x-should-retry: false`` goes with every error a client should not retry (``client_may_retry``):
+the official SDKs retry 408/409/429/5xx twice by default, which on top of the gateway's own three
+attempts per call made nine upstream calls for one failing request.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from ..errors import FusionError, RateLimitedError, UpstreamError
+from ..errors import FusionError, PanelFailedError, UpstreamError
 from .schema import ErrorBody, ErrorDetail
 
 log = structlog.get_logger("fusion_engine.server")
@@ -27,6 +32,8 @@ _TYPE_BY_STATUS = {
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
+#: Statuses an OpenAI SDK retries on its own; any other 4xx is final.
+_SDK_RETRIES = frozenset({408, 409, 429})
 _CODE_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
@@ -35,7 +42,20 @@ _CODE_BY_STATUS = {
 
 
 def error_payload(error: FusionError) -> ErrorBody:
-    """The OpenAI error body for one of our errors."""
+    """The OpenAI error body for one of our errors (a provider's own fields for its errors)."""
+    if isinstance(error, UpstreamError) and error.provider_error is not None:
+        info = error.provider_error
+        default_type = _TYPE_BY_STATUS.get(
+            info.status, "invalid_request_error" if info.status < 500 else error.error_type
+        )
+        return ErrorBody(
+            ErrorDetail(
+                message=error.provider_message or error.message,
+                type=info.type or default_type,
+                param=info.param,
+                code=info.code if info.code is not None or info.status < 500 else error.code,
+            )
+        )
     return ErrorBody(
         ErrorDetail(
             message=error.message, type=error.error_type, param=error.param, code=error.code
@@ -50,13 +70,33 @@ def status_of(error: FusionError) -> int:
     return error.status_code
 
 
+def client_may_retry(status: int, *, retried_upstream: bool) -> bool:
+    """Whether a client should retry an error reply with ``status`` (pure).
+
+    A 4xx other than 408/409/429 fails the same way again. A 408/429/5xx that the gateway
+    produced after its own retries of the upstream call (``retried_upstream``) has had its
+    retries: a client's would multiply them. The gateway's own 429 (rate limit) and 5xx
+    (missing key, internal error) stay retryable.
+    """
+    if 400 <= status < 500 and status not in _SDK_RETRIES:
+        return False
+    return not (retried_upstream and status != 409)
+
+
 def error_response(error: FusionError) -> Response[bytes]:
-    """A JSON error response for ``error``, with ``Retry-After`` when one applies."""
+    """A JSON error response for ``error``, with ``Retry-After`` when one applies and
+    ``x-should-retry: false`` when a client retry would be wasted."""
     headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after", None)
-    if isinstance(error, RateLimitedError | UpstreamError) and retry_after is not None:
+    if isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, round(retry_after)))
-    return json_response(error_payload(error), status_of(error), headers)
+    status = status_of(error)
+    retried_upstream = isinstance(error, UpstreamError | PanelFailedError) and not (
+        error.retry_later
+    )
+    if not client_may_retry(status, retried_upstream=retried_upstream):
+        headers["x-should-retry"] = "false"
+    return json_response(error_payload(error), status, headers)
 
 
 def json_response(
@@ -89,7 +129,10 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     body = ErrorBody(
         ErrorDetail(message=message, type=error_type, param=None, code=_CODE_BY_STATUS.get(status))
     )
-    return json_response(body, status, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if not client_may_retry(status, retried_upstream=False):
+        headers["x-should-retry"] = "false"
+    return json_response(body, status, headers)
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

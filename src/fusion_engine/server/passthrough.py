@@ -2,8 +2,13 @@
 
 Success bodies and stream events go back exactly as the provider sent them, except that a
 usage-only chunk is dropped unless the client asked for ``stream_options.include_usage``. Errors
-are normalised to OpenAI's shape by the error handlers. The client's bearer key is never
-forwarded: the provider's own key is used.
+are normalised to OpenAI's shape by the error handlers, keeping the provider's ``type``, ``code``
+and ``param`` and its message minus our key. The client's bearer key is never forwarded: the
+provider's own key is used.
+
+Bounds: a non-streamed reply is held whole (decoded to check it, then sent), so it may be at most
+``PASSTHROUGH_MAX_BODY_BYTES``; a stream is relayed event by event and kept nowhere, so only each
+event is bounded (the SSE decoder's 8 MiB), not the stream's total.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from .streaming import DONE, SSE_HEADERS, sse_data
 
 #: An unfused call has no panel budget; this matches the openai SDK's own default timeout.
 PASSTHROUGH_TIMEOUT_S = 600.0
+#: A non-streamed passthrough reply is held whole: larger than a fused member's 8 MiB because a
+#: plain call may legitimately carry generated images (base64) or long reasoning, small enough
+#: that a few at once cannot exhaust a worker.
+PASSTHROUGH_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def passthrough_provider(gateway: Gateway, model: str) -> Provider:
@@ -52,11 +61,15 @@ async def passthrough(
     upstream = gateway.engine.upstream
     if not chat.stream:
         reply = await until_disconnect(
-            request, upstream.chat(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S)
-        )
+            request,
+            upstream.chat(
+                provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+            ),
+        )  # fmt: skip
         return Response(content=reply.raw, media_type=MediaType.JSON)
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-    batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S)
+    batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None)
     # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
     try:

@@ -13,7 +13,8 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..cache import CacheResult
-from ..protocol import GenerationFields, ToolCall
+from ..errors import InvalidRequestError
+from ..protocol import GenerationFields, PositiveInt, ToolCall
 from ..results import Agreement, FusionResult, PanelResponse, ToolVote
 
 Detail = Literal["full", "none"]
@@ -42,12 +43,42 @@ class ChatRequest(GenerationFields, frozen=True, kw_only=True):
     messages: list[Any]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: PositiveInt | None = None
     fusion: FusionOptions | None = None
+    #: Read to refuse them on fused models (see ``check_fused_request``); a passthrough
+    #: forwards the body as sent.
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 #: Field names ChatRequest reads; everything else in a request body is forwarded untouched.
 CHAT_REQUEST_FIELDS = frozenset(ChatRequest.__struct_fields__)
+
+
+def check_fused_request(chat: ChatRequest) -> None:
+    """Refuse what a fused model cannot honour (400 naming the field).
+
+    ``n > 1``: a fusion makes one answer. ``logprobs`` / ``top_logprobs``: the fused answer is
+    the judge's rewrite, or a member's answer standing in, or a consensus that skipped the judge,
+    or a cached reply, so no one call's log-probabilities describe its tokens; relaying the
+    judge's only sometimes (and silently dropping them otherwise) would mislead, so they are
+    refused outright.
+
+    Raises:
+        InvalidRequestError: with ``param`` naming the field.
+    """
+    if chat.n is not None and chat.n > 1:
+        raise InvalidRequestError("fused completions return one choice: n must be 1", param="n")
+    if chat.logprobs:
+        raise InvalidRequestError(
+            "fused models cannot return logprobs: the answer is fused from several calls, "
+            "so no single call's token probabilities describe it",
+            param="logprobs",
+        )
+    if chat.top_logprobs:
+        raise InvalidRequestError(
+            "fused models cannot return top_logprobs (see logprobs)", param="top_logprobs"
+        )
 
 
 class FuseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

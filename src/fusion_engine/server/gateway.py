@@ -105,12 +105,13 @@ class Gateway:
         )
 
     async def share_prices(self, interval_s: float = PRICE_SYNC_S) -> None:
-        """Forever: pool learnt prices with the other workers and replicas through Redis."""
+        """Forever: pool learnt prices with the other workers and replicas through Redis
+        (first at start, so a new worker estimates with everyone's prices at once)."""
         if self.redis is None:
             return
         while True:
-            await asyncio.sleep(interval_s)
             await self.sync_prices()
+            await asyncio.sleep(interval_s)
 
     async def sync_prices(self, timeout_s: float = PRICE_SYNC_TIMEOUT_S) -> None:
         """One bounded price sync; a failure is logged and local prices keep working."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +31,7 @@ from .helpers import (
     GatewayProcess,
     free_port,
     gateway_env,
+    private_redis,
     require_redis,
 )
 
@@ -215,13 +217,10 @@ async def test_a_full_pool_is_busy_not_down() -> None:
         await redis.aclose()
 
 
-async def test_an_unreachable_redis_is_down_and_remembered() -> None:
-    """A refused connection is RedisDown; for the next moment Redis is reported down without
-    trying (an outage costs requests nothing); the limiter fails open then."""
-    now = [100.0]
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    redis = SharedRedis.connect(url)
-    redis = SharedRedis(redis.client, clock=lambda: now[0])
+async def test_a_refused_connection_is_down_and_fails_open() -> None:
+    """Nothing listening: RedisDown at once, tried again on the next call (a restarted Redis
+    is used again at once); the limiter fails open."""
+    redis = SharedRedis.connect(f"redis://127.0.0.1:{free_port()}/0")
     calls = 0
 
     async def get(client: Any) -> Any:
@@ -230,17 +229,43 @@ async def test_an_unreachable_redis_is_down_and_remembered() -> None:
         return await client.get("x")
 
     try:
-        with pytest.raises(RedisDown):
-            await redis.run(get)
-        with pytest.raises(RedisDown, match="a moment ago"):
-            await redis.run(get)
-        assert calls == 1
-        now[0] += 1.5
-        with pytest.raises(RedisDown):
-            await redis.run(get)
+        for _ in range(2):
+            with pytest.raises(RedisDown, match="unreachable"):
+                await redis.run(get)
         assert calls == 2
         limiter = RateLimiter(RateLimitSpec(requests_per_minute=1), RedisLimitStore(redis))
         await limiter.check_request("x")
         await limiter.check_request("x")  # over the limit, but Redis is down: fail open
     finally:
         await redis.aclose()
+
+
+async def test_a_hung_redis_is_down_and_remembered() -> None:
+    """Redis that stops answering: RedisDown after the socket timeout, then reported down
+    without trying for a moment (a hang costs later requests nothing), then tried again."""
+    now = [100.0]
+    with private_redis() as (process, url):
+        connected = SharedRedis.connect(url, op_timeout_s=0.2)
+        redis = SharedRedis(connected.client, clock=lambda: now[0])
+        calls = 0
+
+        async def get(client: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await client.get("x")
+
+        try:
+            await redis.run(get)
+            process.send_signal(signal.SIGSTOP)
+            with pytest.raises(RedisDown, match="in time"):
+                await redis.run(get)
+            with pytest.raises(RedisDown, match="a moment ago"):
+                await redis.run(get)
+            assert calls == 2
+            process.send_signal(signal.SIGCONT)
+            now[0] += 1.5
+            assert await redis.run(get) is None
+            assert calls == 3
+        finally:
+            process.send_signal(signal.SIGCONT)
+            await redis.aclose()

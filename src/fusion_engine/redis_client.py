@@ -10,9 +10,11 @@ per-operation socket timeout (``OP_TIMEOUT_S``, for connecting and for each repl
 How "busy" and "down" are told apart: ``RedisBusy`` is raised only by the pool, when its
 bounded wait for a free connection ran out, while Redis answered the operations holding
 those connections. ``RedisDown`` is a failure of the network exchange itself: connection
-refused or reset, or no reply within the socket timeout. After one, the client reports
-Redis down for ``DOWN_RETRY_S`` without trying (so an outage costs each request nothing,
-not a connect timeout), then tries again. Only ``RedisDown`` takes the ``fail_open`` path.
+refused or reset, or no reply within the socket timeout. A timeout is remembered: for
+``DOWN_RETRY_S`` Redis is reported down without trying (so a Redis that hangs costs each
+request nothing rather than a socket timeout), then tried again. A refused or reset
+connection costs nothing to find out, so it is not remembered: a restarted Redis is used
+again at once. Only ``RedisDown`` takes the ``fail_open`` path.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ POOL_WAIT_S = 5.0
 #: loop itself may take a while to read a reply that has long arrived: a spurious timeout
 #: would look like an outage and open the fail-open path.
 OP_TIMEOUT_S = 2.0
-#: After an outage is seen, how long Redis is reported down without trying it.
+#: After Redis failed to answer in time, how long it is reported down without trying it.
 DOWN_RETRY_S = 1.0
 
 
@@ -84,11 +86,8 @@ class SharedRedis:
         self.client = client
         self._clock = clock
         self._down_until = 0.0
-        self._outages: tuple[type[BaseException], ...] = (
-            RedisConnectionError,
-            RedisTimeoutError,
-            OSError,
-        )
+        self._outages: tuple[type[BaseException], ...] = (RedisConnectionError, OSError)
+        self._timeouts: tuple[type[BaseException], ...] = (RedisTimeoutError, TimeoutError)
 
     @classmethod
     def connect(
@@ -103,6 +102,7 @@ class SharedRedis:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         pool = _bounded_pool_class().from_url(
             url,
@@ -110,8 +110,9 @@ class SharedRedis:
             timeout=pool_wait_s,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
-            # One attempt: a retry would double the time an outage costs a request.
-            retry=Retry(NoBackoff(), 0),
+            # A broken connection (Redis restarted) is retried once, on a fresh one; a
+            # timeout never is: that would double what a hung Redis costs a request.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         return cls(Redis(connection_pool=pool))
 
@@ -128,8 +129,10 @@ class SharedRedis:
             result = await operation(self.client)
         except RedisBusy:
             raise
-        except self._outages as error:
+        except self._timeouts as error:
             self._down_until = self._clock() + DOWN_RETRY_S
+            raise RedisDown(f"Redis did not answer in time: {type(error).__name__}") from error
+        except self._outages as error:
             raise RedisDown(f"Redis is unreachable: {type(error).__name__}") from error
         self._down_until = 0.0
         return result

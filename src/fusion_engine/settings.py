@@ -134,10 +134,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ConfigError: a variable holds a value of the wrong kind.
         """
         env = Environ(environ)
-        keys_variable = "FUSION_SERVER_API_KEYS"
-        if not env.get(keys_variable):
-            keys_variable = "FUSION_SERVER_API_KEY"
-        keys_raw = env.get(keys_variable) or ""
+        if keys_raw := env.get("FUSION_SERVER_API_KEYS") or "":
+            api_keys = parse_api_keys(keys_raw, "FUSION_SERVER_API_KEYS")
+        else:
+            api_keys = parse_api_keys(
+                env.get("FUSION_SERVER_API_KEY") or "", "FUSION_SERVER_API_KEY"
+            )
         redis_url = env.get("REDIS_URL") or None
         cache = env.get("FUSION_CACHE") or ("redis" if redis_url else "memory")
         if cache not in ("redis", "memory", "off"):
@@ -147,7 +149,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"FUSION_LOG_FORMAT must be json or console, not {log_format!r}")
         return cls(
             environ=env,
-            server_api_keys=parse_api_keys(keys_raw, keys_variable),
+            server_api_keys=api_keys,
             allow_no_auth=env.get("FUSION_ALLOW_NO_AUTH", "") in ("1", "true", "yes"),
             redis_url=redis_url,
             cache_backend=cache,  # type: ignore[arg-type]  # checked just above

@@ -3,10 +3,13 @@ a worker stops within seconds on SIGTERM however many price keys Redis holds."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis import Redis as SyncRedis
@@ -73,6 +76,12 @@ def test_a_worker_keeps_prices_for_a_bounded_number_of_models() -> None:
     assert f"adhoc/{MAX_MODELS + 9}" in book.prices
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (gunicorn's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
 def _commands(redis: SyncRedis, name: str) -> int:
     stats = redis.info("commandstats").get(f"cmdstat_{name}")
     return int(stats["calls"]) if stats else 0
@@ -96,11 +105,15 @@ def test_sigterm_during_a_price_sync_exits_within_seconds(upstream: FakeInThread
             while _commands(client, "hgetall") == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert _commands(client, "hgetall") > 0, "no price sync started"
+            workers = _children(gateway.process.pid)
             gateway.process.send_signal(signal.SIGTERM)
             started = time.monotonic()
             try:
                 gateway.process.wait(30)
             except subprocess.TimeoutExpired:
+                for pid in workers:  # a stuck worker would outlive its killed master
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 pytest.fail(f"still running 30 s after SIGTERM:\n{gateway.output()[-2000:]}")
             elapsed = time.monotonic() - started
             assert elapsed < 5, f"took {elapsed:.1f} s to stop"

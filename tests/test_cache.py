@@ -27,6 +27,7 @@ from fusion_engine.errors import PanelFailedError
 from fusion_engine.panels import Panel, PanelMember
 from fusion_engine.plan import FusionPlan, make_plan
 from fusion_engine.protocol import GenerationParams
+from fusion_engine.redis_client import SharedRedis
 from fusion_engine.results import FusionResult, PanelResponse
 
 from . import helpers
@@ -81,8 +82,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]
         yield MemoryCache(max_bytes=1 << 20)
         return
     require_redis()
-    redis = RedisCache(REDIS_URL)
-    yield redis
+    redis = SharedRedis.connect(REDIS_URL)
+    yield RedisCache(redis)
     await redis.aclose()
 
 
@@ -160,7 +161,8 @@ async def test_redis_entries_carry_the_ttl() -> None:
     require_redis()
     from redis.asyncio import Redis
 
-    cache = ResultCache(RedisCache(REDIS_URL), ttl_s=123)
+    redis = SharedRedis.connect(REDIS_URL)
+    cache = ResultCache(RedisCache(redis), ttl_s=123)
     plan = plan_for(f"ttl {uuid.uuid4().hex}")
     await cache.run(plan, lambda: _resolved(result()), scope=SCOPE)
     client = Redis.from_url(REDIS_URL)
@@ -168,7 +170,7 @@ async def test_redis_entries_carry_the_ttl() -> None:
         assert 120 <= await client.ttl(key_of(plan)) <= 123
     finally:
         await client.aclose()
-        await cache.aclose()
+        await redis.aclose()
 
 
 async def test_memory_cache_is_bounded_and_least_recently_used_goes_first() -> None:
@@ -345,7 +347,8 @@ async def test_redis_stopped_mid_test_fails_open(
         nonlocal errors
         errors += 1
 
-    cache = ResultCache(RedisCache(url, on_error=count), ttl_s=60)
+    redis = SharedRedis.connect(url)
+    cache = ResultCache(RedisCache(redis, on_error=count), ttl_s=60)
     plan = plan_for("fail open")
     await cache.run(plan, lambda: _resolved(result("before")), scope=SCOPE)
     cached, outcome = await cache.run(plan, lambda: _resolved(result("unused")), scope=SCOPE)
@@ -358,7 +361,7 @@ async def test_redis_stopped_mid_test_fails_open(
     assert (served.answer, outcome) == ("after", "miss")
     assert errors >= 2  # the failed read and the failed write
     assert loop.time() - started < 2  # short timeouts, not a hang
-    await cache.aclose()
+    await redis.aclose()
 
 
 def test_results_survive_the_cache_encoding() -> None:

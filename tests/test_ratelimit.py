@@ -18,14 +18,16 @@ from fusion_engine.ratelimit import (
     MemoryLimitStore,
     RateLimiter,
     RedisLimitStore,
-    identity_of,
 )
+from fusion_engine.redis_client import SharedRedis
 from fusion_engine.testing import Reply
 
 from .helpers import REDIS_URL, ROOT, FakeInThread, GatewayProcess, free_port, require_redis
 
 #: Fresh keys per run: counts in the shared Redis outlive a test run by up to two minutes.
 ALPHA, BETA = f"alpha-{uuid.uuid4().hex}", f"beta-{uuid.uuid4().hex}"
+#: Limits are per key name: names of this run's own, so other runs sharing Redis never count.
+ALPHA_NAME, BETA_NAME = f"a{uuid.uuid4().hex[:24]}", f"b{uuid.uuid4().hex[:24]}"
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -35,20 +37,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
         yield MemoryLimitStore()
         return
     require_redis()
-    redis = RedisLimitStore(REDIS_URL)
-    yield redis
+    redis = SharedRedis.connect(REDIS_URL)
+    yield RedisLimitStore(redis)
     await redis.aclose()
 
 
 def fresh_identity() -> str:
-    return identity_of(f"key-{uuid.uuid4().hex}")
-
-
-def test_identity_never_contains_the_key() -> None:
-    """A key is hashed before it names anything; no key means anonymous."""
-    assert "secret-key" not in identity_of("secret-key")
-    assert identity_of("secret-key") == identity_of("secret-key")
-    assert identity_of(None) == "anonymous"
+    """A key name of this test's own (counts in the shared Redis outlive a run)."""
+    return f"t{uuid.uuid4().hex[:24]}"
 
 
 async def test_requests_per_minute(store: LimitStore) -> None:
@@ -71,11 +67,10 @@ async def test_concurrent_fusions(store: LimitStore) -> None:
     """At most N slots at once per key; a released slot can be taken again."""
     limiter = RateLimiter(RateLimitSpec(concurrent_fusions=2), store)
     who = fresh_identity()
-    async with limiter.fusion_slot(who), limiter.fusion_slot(who):
+    async with await limiter.fusion_slot(who), await limiter.fusion_slot(who):
         with pytest.raises(RateLimitedError):
-            async with limiter.fusion_slot(who):
-                pass
-    async with limiter.fusion_slot(who):
+            await limiter.fusion_slot(who)
+    async with await limiter.fusion_slot(who):
         pass
 
 
@@ -84,9 +79,9 @@ async def test_slot_is_released_when_the_work_fails(store: LimitStore) -> None:
     limiter = RateLimiter(RateLimitSpec(concurrent_fusions=1), store)
     who = fresh_identity()
     with pytest.raises(ValueError, match="boom"):
-        async with limiter.fusion_slot(who):
+        async with await limiter.fusion_slot(who):
             raise ValueError("boom")
-    async with limiter.fusion_slot(who):
+    async with await limiter.fusion_slot(who):
         pass
 
 
@@ -102,20 +97,21 @@ async def test_unlimited_by_default() -> None:
 async def test_unreachable_redis_fails_open_or_closed(fail_open: bool) -> None:
     """With Redis down, requests pass when failing open and get 429 when failing closed."""
     port = free_port()
-    store = RedisLimitStore(f"redis://127.0.0.1:{port}/0")
+    redis = SharedRedis.connect(f"redis://127.0.0.1:{port}/0")
+    store = RedisLimitStore(redis)
     limiter = RateLimiter(
         RateLimitSpec(requests_per_minute=1, concurrent_fusions=1), store, fail_open=fail_open
     )
     try:
         if fail_open:
             await limiter.check_request("x")
-            async with limiter.fusion_slot("x"):
+            async with await limiter.fusion_slot("x"):
                 pass
         else:
             with pytest.raises(RateLimitedError, match="cannot be checked"):
                 await limiter.check_request("x")
     finally:
-        await store.aclose()
+        await redis.aclose()
 
 
 # --- through the gateway, two workers sharing Redis ----------------------------------------------
@@ -136,7 +132,7 @@ def limited_gateway(
         {
             "OPENROUTER_API_KEY": "x",
             "OPENROUTER_BASE_URL": upstream.fake.base_url,
-            "FUSION_SERVER_API_KEYS": f"{ALPHA},{BETA}",
+            "FUSION_SERVER_API_KEYS": f"{ALPHA_NAME}:{ALPHA},{BETA_NAME}:{BETA}",
             "FUSION_PANELS_DIR": str(ROOT / "tests" / "e2e_files" / "panels"),
             "FUSION_JUDGES_DIR": str(ROOT / "judges"),
             "FUSION_CONFIG": str(config),

@@ -27,16 +27,16 @@ from fusion_engine.server.request_id import request_id
 from fusion_engine.server.runs import FusionRun, RunItem
 from fusion_engine.server.serving import check_auth_binding, is_loopback
 from fusion_engine.server.streaming import ChunkWriter
-from fusion_engine.settings import Secret, Settings
+from fusion_engine.settings import ApiKey, Secret, Settings
 
 from .helpers import E2E_FILES, FakeInThread, gateway_env, make_engine
 
-KEYS = (Secret("first-key"), Secret("second-key"))
+KEYS = (ApiKey("first", Secret("first-key")), ApiKey("second", Secret("second-key")))
 
 
 def test_no_keys_means_open() -> None:
     """Without configured keys every request passes (the bind check guards exposure)."""
-    check_bearer(None, ())
+    assert check_bearer(None, ()) == "anonymous"
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,8 @@ def test_bad_or_missing_key_is_refused_without_echo(header: str | None) -> None:
 
 def test_any_configured_key_is_accepted() -> None:
     """Every configured key works, whatever its position; the scheme is case-insensitive."""
-    check_bearer("Bearer first-key", KEYS)
-    check_bearer("bearer second-key", KEYS)
+    assert check_bearer("Bearer first-key", KEYS) == "first"
+    assert check_bearer("bearer second-key", KEYS) == "second"
 
 
 def test_tool_call_fragments_carry_id_and_name_once() -> None:
@@ -157,7 +157,6 @@ class _BurstEngine:
 async def test_a_burst_of_judge_chunks_goes_out_in_one_write() -> None:
     """Judge chunks and the end, all queued at once: one write for the client holding every
     event in order, and the result recorded for the request's log."""
-    from contextlib import AsyncExitStack
 
     from fusion_engine.server.observe import RequestFacts
     from fusion_engine.server.streaming import KEEPALIVE, _events
@@ -178,7 +177,7 @@ async def test_a_burst_of_judge_chunks_goes_out_in_one_write() -> None:
         part
         async for part in _events(
             run, [], writer, 1.0, include_usage=False, detail="none", facts=facts,
-            outcome="miss", slot=AsyncExitStack(),
+            outcome="miss",
         )
     ]  # fmt: skip
     assert len(writes) == 2 and writes[0] == KEEPALIVE  # nothing was held back

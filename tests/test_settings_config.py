@@ -29,7 +29,7 @@ def test_redis_url_selects_redis_cache_and_keys_split() -> None:
         {"REDIS_URL": "redis://127.0.0.1:6379/0", "FUSION_SERVER_API_KEYS": "k1, k2,"}
     )
     assert settings.cache_backend == "redis"
-    assert [key.reveal() for key in settings.server_api_keys] == ["k1", "k2"]
+    assert [key.secret.reveal() for key in settings.server_api_keys] == ["k1", "k2"]
 
 
 def test_secrets_never_show_in_repr() -> None:

@@ -26,6 +26,7 @@ from .errors import FusionError
 from .panels import Panel
 from .plan import FusionPlan
 from .protocol import GenerationParams, Message
+from .redis_client import SharedRedis
 from .results import FusionResult
 
 log = structlog.get_logger("fusion_engine.cache")
@@ -36,8 +37,6 @@ CacheResult = Literal["hit", "miss", "bypass", "off"]
 KEY_PREFIX = "fusion:result:v2:"
 #: The scope of entries every caller shares (``cache_scope: shared``).
 SHARED_SCOPE = "shared"
-#: Redis must answer within this long or the request goes on without the cache.
-REDIS_TIMEOUT_S = 0.25
 ERROR_LOG_INTERVAL_S = 30.0
 
 _encode_result = msgspec.msgpack.Encoder().encode
@@ -129,25 +128,23 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Redis through ``redis.asyncio``; every failure is swallowed, counted and rate-logged."""
+    """Redis through the worker's shared client; every failure is swallowed, counted and
+    rate-logged (the request goes on uncached).
+
+    No timeout of its own: the shared client bounds the wait for a pooled connection and,
+    separately, each exchange with Redis (see ``redis_client``).
+    """
 
     name: Literal["redis"] = "redis"
 
-    def __init__(self, url: str, *, on_error: Callable[[], None] | None = None) -> None:
-        from redis.asyncio import Redis  # the server extra; imported only when configured
-
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            retry_on_timeout=False,
-        )
+    def __init__(self, redis: SharedRedis, *, on_error: Callable[[], None] | None = None) -> None:
+        self._redis = redis
         self._on_error = on_error or (lambda: None)
         self._last_logged = -ERROR_LOG_INTERVAL_S
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await asyncio.wait_for(self._redis.get(key), REDIS_TIMEOUT_S)
+            value = await self._redis.run(lambda client: client.get(key))
         except Exception as error:  # fail open: any Redis trouble means "not cached"
             self._failed("get", error)
             return None
@@ -155,7 +152,7 @@ class RedisCache:
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
-            await asyncio.wait_for(self._redis.set(key, value, ex=ttl_s), REDIS_TIMEOUT_S)
+            await self._redis.run(lambda client: client.set(key, value, ex=ttl_s))
         except Exception as error:
             self._failed("set", error)
 
@@ -167,7 +164,7 @@ class RedisCache:
             log.warning("cache_unavailable", operation=operation, error=type(error).__name__)
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        """Nothing to close: the shared client belongs to the gateway."""
 
 
 class ProviderRef(msgspec.Struct, frozen=True, array_like=True):
@@ -396,13 +393,13 @@ class _LeaderGone(Exception):
 def build_backend(
     kind: Literal["redis", "memory", "off"],
     *,
-    redis_url: str | None,
+    redis: SharedRedis | None,
     max_mb: int,
     on_error: Callable[[], None] | None = None,
 ) -> CacheBackend:
-    """The backend the settings ask for."""
-    if kind == "redis" and redis_url:
-        return RedisCache(redis_url, on_error=on_error)
+    """The backend the settings ask for (Redis through the worker's shared client)."""
+    if kind == "redis" and redis is not None:
+        return RedisCache(redis, on_error=on_error)
     if kind == "off":
         return OffCache()
     return MemoryCache(max_mb * 1024 * 1024)

@@ -3,14 +3,17 @@
 Prices are learnt from what providers report (``usage.cost`` with its token counts) for every
 call, pooled across workers and replicas through Redis when it is configured (every 10 s); a
 model never seen yet falls back to the panel's
-``estimated_cost_per_query.max``. Estimation is pure; the ceiling either refuses (402) or, with
+``estimated_cost_per_query.max``. In Redis each model's totals are one hash whose lifetime is
+renewed by every write, so models nobody calls any more (random ad-hoc slugs) expire; a sync
+reads back only the models this worker prices (its panels' and those it learnt itself), never
+a scan of every key. Estimation is pure; the ceiling either refuses (402) or, with
 ``cost_policy: trim``, drops the most expensive members until the fusion fits.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -21,6 +24,10 @@ from .results import PanelResponse
 
 CostPolicy = Literal["refuse", "trim"]
 PRICE_KEY = "fusion:prices:"
+#: A model's shared totals live this long after the last call anyone learnt from.
+PRICE_TTL_S = 7 * 86400
+#: Models one worker keeps prices for; the least recently learnt go first.
+MAX_MODELS = 1024
 #: Rough characters per token, the same estimate the judge's input trimming uses.
 CHARS_PER_TOKEN = 3.5
 
@@ -56,19 +63,27 @@ class PriceBook:
         """Add one call whose provider reported a cost."""
         if response.cost_usd is None or not (response.tokens_in or response.tokens_out):
             return
+        model = response.model
+        # Most recently learnt last, so the bound drops models nobody calls any more.
+        self.prices[model] = self.prices.pop(model) if model in self.prices else ModelPrice()
+        while len(self.prices) > MAX_MODELS:
+            del self.prices[next(iter(self.prices))]
         for book in (self.prices, self.unsynced):
-            price = book.setdefault(response.model, ModelPrice())
+            price = book.setdefault(model, ModelPrice())
             price.calls += 1
             price.cost_usd += response.cost_usd
             price.tokens_in += response.tokens_in
             price.tokens_out += response.tokens_out
 
-    async def sync(self, redis: Any) -> None:
-        """Add this worker's new calls to the totals in Redis and take everyone's totals back.
+    async def sync(self, redis: Any, models: Iterable[str] = ()) -> None:
+        """Add this worker's new calls to the totals in Redis and take back everyone's totals
+        for ``models`` (the configured ones) and the models this worker learnt: one round trip.
 
-        Raises whatever the Redis client raises; the caller decides how to fail (open).
+        Each written total's lifetime is renewed (``PRICE_TTL_S``). Raises whatever the Redis
+        client raises; the caller decides how to fail (open) and bounds the time it takes.
         """
         pending, self.unsynced = self.unsynced, {}
+        wanted = sorted(set(models) | set(self.prices) | set(pending))
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for model, price in pending.items():
@@ -77,15 +92,18 @@ class PriceBook:
                     pipe.hincrbyfloat(key, "cost_usd", price.cost_usd)
                     pipe.hincrby(key, "tokens_in", price.tokens_in)
                     pipe.hincrby(key, "tokens_out", price.tokens_out)
-                await pipe.execute()
+                    pipe.expire(key, PRICE_TTL_S)
+                for model in wanted:
+                    pipe.hgetall(PRICE_KEY + model)
+                replies = await pipe.execute()
         except BaseException:
             self._restore(pending)
             raise
-        shared: dict[str, ModelPrice] = {}
-        async for key in redis.scan_iter(match=PRICE_KEY + "*", count=500):
-            fields = await redis.hgetall(key)
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            shared[name.removeprefix(PRICE_KEY)] = _price_from(fields)
+        shared = {
+            model: _price_from(fields)
+            for model, fields in zip(wanted, replies[len(replies) - len(wanted) :], strict=True)
+            if fields
+        }
         self.prices = {**self.prices, **shared}
 
     def _restore(self, pending: dict[str, ModelPrice]) -> None:

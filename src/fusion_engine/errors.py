@@ -13,6 +13,8 @@ Every error a caller can see is a ``FusionError``; each carries the HTTP status,
     │   ├── UnknownPanelError
     │   └── UnknownJudgeTemplateError
     ├── PayloadTooLargeError            413 invalid_request_error
+    ├── UnsupportedMediaTypeError       415 invalid_request_error (keyless mode: JSON only)
+    ├── MisdirectedRequestError         421 invalid_request_error (keyless mode: loopback Host)
     ├── RateLimitedError                429 rate_limit_error (carries ``retry_after``)
     ├── UpstreamError                   one call failed (status, provider message, retryable)
     │   └── UpstreamTimeoutError        the call ran out of time
@@ -118,6 +120,22 @@ class PayloadTooLargeError(FusionError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(FusionError):
+    """The body is not ``application/json`` where only JSON is accepted."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequestError(FusionError):
+    """The ``Host`` header names a server this one does not serve (keyless mode: loopback)."""
+
+    status_code = 421
+    error_type = "invalid_request_error"
+    code = "host_not_allowed"
 
 
 class RateLimitedError(FusionError):

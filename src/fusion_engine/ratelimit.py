@@ -3,38 +3,35 @@
 Hand-written rather than taken from ``limits`` because the concurrency limit (leases held for
 the life of a fusion, streams included) is not a rate; both live in one small module with two
 stores. Windows are fixed minutes (a key may burst up to twice the limit across a minute
-boundary; simple and exact to test). With Redis every worker and replica shares the counts;
-when Redis fails, ``fail_open`` decides whether requests pass (default) or are refused.
-Keys are hashed before they are used as Redis names: no key is ever stored.
+boundary; simple and exact to test). Limits apply per key *name* (two rotated keys sharing a
+name share them); names come from the config, never from a request. With Redis every worker
+and replica shares the counts. Redis that is down takes the ``fail_open`` path (requests pass,
+by default, or are refused); Redis that is merely busy (the worker's pool had no free
+connection within its bounded wait) is back-pressure: the request is refused with a 429 and
+``Retry-After``, never let through unchecked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import structlog
 
 from .config import RateLimitSpec
 from .errors import RateLimitedError
+from .redis_client import RedisBusy, SharedRedis
 
 log = structlog.get_logger("fusion_engine.ratelimit")
 WINDOW_S = 60
 #: A concurrency lease outlives a crashed worker by at most this long.
 LEASE_S = 900
-REDIS_TIMEOUT_S = 0.25
-
-
-def identity_of(key: str | None) -> str:
-    """A stable, non-reversible name for a caller's key (``anonymous`` without auth)."""
-    if not key:
-        return "anonymous"
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
+#: Giving a lease back is retried this often when Redis is busy (a lease that is not given
+#: back blocks its key's slot until it expires).
+RELEASE_ATTEMPTS = 3
 
 
 class LimitStore(Protocol):
@@ -88,36 +85,58 @@ return 1
 
 
 class RedisLimitStore:
-    """Counts in Redis, shared by every worker and replica."""
+    """Counts in Redis, shared by every worker and replica (through the worker's one client)."""
 
-    def __init__(self, url: str) -> None:
-        from redis.asyncio import Redis
-
-        self._redis = Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-        )
-        self._acquire = self._redis.register_script(_ACQUIRE)
+    def __init__(self, redis: SharedRedis) -> None:
+        self._redis = redis
+        self._acquire = redis.client.register_script(_ACQUIRE)
 
     async def count_request(self, identity: str, window: int) -> int:
         name = f"fusion:ratelimit:{identity}:{window}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, WINDOW_S * 2)
-            count, _ = await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT_S)
-        return int(count)
+
+        async def count(client: Any) -> int:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incr(name)
+                pipe.expire(name, WINDOW_S * 2)
+                counted, _ = await pipe.execute()
+            return int(counted)
+
+        return await self._redis.run(count)
 
     async def acquire(self, identity: str, token: str, limit: int, now: float) -> bool:
         name = f"fusion:concurrency:{identity}"
         args: list[str | float] = [now, limit, now + LEASE_S, token, LEASE_S]
-        taken = await asyncio.wait_for(self._acquire(keys=[name], args=args), REDIS_TIMEOUT_S)
+        taken = await self._redis.run(lambda client: self._acquire(keys=[name], args=args))
         return bool(taken)
 
     async def release(self, identity: str, token: str) -> None:
         name = f"fusion:concurrency:{identity}"
-        await asyncio.wait_for(self._redis.zrem(name, token), REDIS_TIMEOUT_S)
+        await self._redis.run(lambda client: client.zrem(name, token))
 
-    async def aclose(self) -> None:
-        await self._redis.aclose()
+
+class Lease:
+    """A concurrent-fusion slot, held until ``release`` (also an async context manager).
+
+    Release is idempotent and finishes even if the releasing task is cancelled meanwhile (a
+    client that leaves must not keep its slot until the lease expires).
+    """
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], Awaitable[None]] | None) -> None:
+        self._release = release
+
+    async def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
+        release, self._release = self._release, None
+        if release is not None:
+            await asyncio.shield(release())
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.release()
 
 
 class RateLimiter:
@@ -162,6 +181,8 @@ class RateLimiter:
         window = int(now // WINDOW_S)
         try:
             count = await self._store.count_request(identity, window)
+        except RedisBusy as error:
+            raise _busy() from error
         except Exception as error:
             self._store_failed(error)
             return
@@ -171,35 +192,40 @@ class RateLimiter:
                 f"rate limit reached: {limit} requests per minute", retry_after=retry_after
             )
 
-    @asynccontextmanager
-    async def fusion_slot(self, identity: str) -> AsyncIterator[None]:
-        """Hold one of the caller's concurrent-fusion slots while the block runs.
+    async def fusion_slot(self, identity: str) -> Lease:
+        """One of the caller's concurrent-fusion slots, held until the lease is released.
 
         Raises:
-            RateLimitedError: every slot is taken.
+            RateLimitedError: every slot is taken (or Redis is too busy to tell).
         """
         limit = self.spec.concurrent_fusions
         if not limit:
-            yield
-            return
+            return Lease(None)
         token = uuid.uuid4().hex
         try:
             taken = await self._store.acquire(identity, token, limit, self._clock())
+        except RedisBusy as error:
+            raise _busy() from error
         except Exception as error:
             self._store_failed(error)
-            yield
-            return
+            return Lease(None)
         if not taken:
             raise RateLimitedError(
                 f"too many fusions at once: at most {limit} per key", retry_after=1
             )
-        try:
-            yield
-        finally:
+        return Lease(lambda: self._release(identity, token))
+
+    async def _release(self, identity: str, token: str) -> None:
+        for _ in range(RELEASE_ATTEMPTS):
             try:
                 await self._store.release(identity, token)
+                return
+            except RedisBusy:
+                continue
             except Exception as error:  # the lease expires by itself
                 self._store_failed(error, refuse=False)
+                return
+        log.warning("rate_limit_lease_not_released", key=identity)
 
     def _store_failed(self, error: BaseException, *, refuse: bool = True) -> None:
         now = time.monotonic()
@@ -210,3 +236,10 @@ class RateLimiter:
             raise RateLimitedError(
                 "rate limits cannot be checked right now; try again shortly", retry_after=5
             ) from error
+
+
+def _busy() -> RateLimitedError:
+    return RateLimitedError(
+        "the gateway is too busy to check rate limits right now; try again shortly",
+        retry_after=1,
+    )

@@ -7,6 +7,7 @@ state at import time and tests build settings from plain dicts.
 from __future__ import annotations
 
 import hmac
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ CacheBackend = Literal["redis", "memory", "off"]
 LogFormat = Literal["json", "console"]
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+#: A key name: the label in rate limits, metrics, logs and spend (never the key itself).
+KEY_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 class Secret:
@@ -46,6 +49,45 @@ class Secret:
         return hash(self._value)
 
 
+class ApiKey(msgspec.Struct, frozen=True):
+    """A bearer key the server accepts, and the name callers using it are known by."""
+
+    name: str
+    secret: Secret
+
+
+def parse_api_keys(raw: str, variable: str = "FUSION_SERVER_API_KEYS") -> tuple[ApiKey, ...]:
+    """The comma-separated entries of ``raw``, each ``key`` or ``name:key``.
+
+    Unnamed keys are named ``key1``, ``key2``... in the order they appear; a key containing
+    ``:`` must be given a name (only the first ``:`` separates). Two keys may share a name
+    (rotation): they share its limits.
+
+    Raises:
+        ConfigError: a name is not ``[a-z0-9_-]{1,32}`` (the message never shows the key).
+    """
+    keys: list[ApiKey] = []
+    unnamed = 0
+    for position, entry in enumerate(raw.split(","), start=1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, colon, key = entry.partition(":")
+        if not colon:
+            unnamed += 1
+            name, key = f"key{unnamed}", entry
+        name, key = name.strip(), key.strip()
+        if not KEY_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{variable}: entry {position} has an invalid key name (use name:key with "
+                "a name of 1-32 characters from a-z, 0-9, _ and -)"
+            )
+        if not key:
+            raise ConfigError(f"{variable}: entry {position} ({name}) has an empty key")
+        keys.append(ApiKey(name=name, secret=Secret(key)))
+    return tuple(keys)
+
+
 class Environ(dict[str, str]):
     """A snapshot of the process environment whose ``repr`` lists no values."""
 
@@ -59,8 +101,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Environment the settings were read from; provider keys named in the gateway config
     #: (``api_key_env``) are looked up here, so the process environment is read once.
     environ: Environ = msgspec.field(default_factory=Environ)
-    #: Bearer keys accepted by the server (``FUSION_SERVER_API_KEYS`` / ``FUSION_SERVER_API_KEY``).
-    server_api_keys: tuple[Secret, ...] = ()
+    #: Bearer keys accepted by the server, with their names (``FUSION_SERVER_API_KEYS`` /
+    #: ``FUSION_SERVER_API_KEY``, entries ``key`` or ``name:key``).
+    server_api_keys: tuple[ApiKey, ...] = ()
     #: ``FUSION_ALLOW_NO_AUTH=1`` lets an unauthenticated server bind a non-loopback address.
     allow_no_auth: bool = False
     redis_url: str | None = None
@@ -91,7 +134,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ConfigError: a variable holds a value of the wrong kind.
         """
         env = Environ(environ)
-        keys_raw = env.get("FUSION_SERVER_API_KEYS") or env.get("FUSION_SERVER_API_KEY") or ""
+        if keys_raw := env.get("FUSION_SERVER_API_KEYS") or "":
+            api_keys = parse_api_keys(keys_raw, "FUSION_SERVER_API_KEYS")
+        else:
+            api_keys = parse_api_keys(
+                env.get("FUSION_SERVER_API_KEY") or "", "FUSION_SERVER_API_KEY"
+            )
         redis_url = env.get("REDIS_URL") or None
         cache = env.get("FUSION_CACHE") or ("redis" if redis_url else "memory")
         if cache not in ("redis", "memory", "off"):
@@ -101,7 +149,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"FUSION_LOG_FORMAT must be json or console, not {log_format!r}")
         return cls(
             environ=env,
-            server_api_keys=tuple(Secret(k.strip()) for k in keys_raw.split(",") if k.strip()),
+            server_api_keys=api_keys,
             allow_no_auth=env.get("FUSION_ALLOW_NO_AUTH", "") in ("1", "true", "yes"),
             redis_url=redis_url,
             cache_backend=cache,  # type: ignore[arg-type]  # checked just above

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -17,6 +18,7 @@ from litestar.types import ExceptionHandlersMap
 from .. import __version__
 from ..engine import FusionEngine
 from ..settings import Settings
+from .admission import keyless_guard
 from .chat import chat_completions
 from .errors import EXCEPTION_HANDLERS
 from .fuse import fuse
@@ -29,8 +31,12 @@ from .request_id import add_request_id
 from .runs import ClientGone
 from .ui import ui_router
 
+log = structlog.get_logger("fusion_engine.server")
 #: nginx's "client closed request": logged, never seen by the client that left.
 CLIENT_CLOSED = 499
+#: How long the lifespan's cleanup may take: background tasks that do not stop when
+#: cancelled (redis-py can swallow a cancel) are abandoned after it, never awaited forever.
+SHUTDOWN_BUDGET_S = 3.0
 
 
 def create_app(settings: Settings | None = None, *, engine: FusionEngine | None = None) -> Litestar:
@@ -54,6 +60,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        gateway.start()
         background = [asyncio.create_task(gateway.share_prices())]
         if settings.reload_interval_s > 0:
             background.append(
@@ -62,10 +69,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await gateway.aclose()
+            await _shut_down(gateway, background, SHUTDOWN_BUDGET_S)
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}
     return Litestar(
@@ -84,6 +88,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         lifespan=[lifespan],
         state=State({"gateway": gateway}),
         exception_handlers=exception_handlers,
+        before_request=keyless_guard(settings),
         before_send=[add_request_id],
         request_max_body_size=engine.config.gateway.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -95,6 +100,25 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         ),
         logging_config=None,
     )
+
+
+async def _shut_down(
+    gateway: Gateway, background: list[asyncio.Task[None]], budget_s: float
+) -> None:
+    """Stop the background tasks and close the gateway, within ``budget_s`` in all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    for task in background:
+        task.cancel()
+    # asyncio.wait, not gather: a task that swallows its cancel is left behind, not awaited.
+    _, stuck = await asyncio.wait(background, timeout=budget_s / 2)
+    if stuck:
+        log.warning("background_tasks_abandoned", count=len(stuck))
+    try:
+        async with asyncio.timeout_at(deadline):
+            await gateway.aclose()
+    except TimeoutError:
+        log.warning("shutdown_cleanup_timed_out", budget_s=budget_s)
 
 
 def create_app_from_env() -> Litestar:

@@ -9,10 +9,10 @@ import msgspec
 from litestar import Request, Response, post
 
 from ..cache import scope_for
-from ..errors import FusionError, InvalidRequestError, PayloadTooLargeError
+from ..errors import FusionError, InvalidRequestError
 from ..plan import MODEL_PREFIX, FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
-from .auth import admit
+from .admission import admit
 from .errors import json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
@@ -29,8 +29,6 @@ from .schema import (
 )
 from .streaming import StreamSpec, fused_stream
 
-_decode = msgspec.json.Decoder().decode
-
 
 @post(
     "/v1/chat/completions",
@@ -39,11 +37,10 @@ _decode = msgspec.json.Decoder().decode
 )
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     """Fuse a panel's answers for ``fusion/<panel>``; pass any other model through."""
-    identity = await admit(request)
+    admitted = await admit(request)
     gateway = gateway_of(request)
-    raw = decode_object(await request.body())
+    raw = admitted.body
     chat = parse_chat_request(raw)
-    check_limits(chat, gateway)
     if not chat.model.startswith(MODEL_PREFIX):
         return await passthrough(request, gateway, raw, chat)
     check_fused_request(chat)
@@ -53,7 +50,8 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     model = f"{MODEL_PREFIX}{plan.panel.name}"
     completion_id, created = f"chatcmpl-{new_id()}", int(time.time())
     cache_control = request.headers.get("cache-control")
-    scope = scope_for(identity, gateway.config.gateway.cache_scope)
+    scope = scope_for(admitted.key_name, gateway.config.gateway.cache_scope)
+    slot = await admitted.fusion_slot()
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         spec = StreamSpec(
@@ -61,8 +59,8 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
             include_usage=include_usage, detail=options.detail, cache_control=cache_control,
             cache_scope=scope,
         )  # fmt: skip
-        return await fused_stream(request, gateway, plan, spec, identity=identity)
-    async with gateway.limiter.fusion_slot(identity):
+        return await fused_stream(request, gateway, plan, spec, slot=slot)
+    async with slot:
         result, outcome = await until_disconnect(
             request,
             gateway.cache.run(
@@ -74,23 +72,6 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
         result, completion_id=completion_id, created=created, model=model, detail=options.detail
     )
     return json_response(body, headers=fused_headers(result, outcome))
-
-
-def decode_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object.
-
-    Raises:
-        InvalidRequestError: not JSON, or not an object.
-    """
-    try:
-        raw = _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise InvalidRequestError("the request body is nested too deeply") from exc
-    if not isinstance(raw, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    return raw
 
 
 def parse_chat_request(raw: dict[str, Any]) -> ChatRequest:
@@ -111,20 +92,6 @@ def parse_chat_request(raw: dict[str, Any]) -> ChatRequest:
     if not chat.messages:
         raise InvalidRequestError("'messages' must contain at least one message", param="messages")
     return chat
-
-
-def check_limits(chat: ChatRequest, gateway: Gateway) -> None:
-    """Refuse requests over the configured list limits (413)."""
-    limits = gateway.config.gateway.limits
-    if len(chat.messages) > limits.max_messages:
-        raise PayloadTooLargeError(
-            f"{len(chat.messages)} messages is over the limit of {limits.max_messages}",
-            param="messages",
-        )
-    if chat.tools is not None and len(chat.tools) > limits.max_tools:
-        raise PayloadTooLargeError(
-            f"{len(chat.tools)} tools is over the limit of {limits.max_tools}", param="tools"
-        )
 
 
 def plan_fusion(

@@ -18,8 +18,7 @@ from ..errors import InvalidRequestError
 from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
 from ..results import FusionResult, JudgeDelta, MemberFinished
-from .auth import admit
-from .chat import decode_object
+from .admission import admit
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
@@ -33,16 +32,17 @@ _encode = msgspec.json.Encoder().encode
 @post("/fuse", status_code=200, summary="Run a fusion, get every detail")
 async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     """Fuse a prompt or conversation; the answer is the full FusionResult."""
-    identity = await admit(request)
+    admitted = await admit(request)
     gateway = gateway_of(request)
-    body = parse_fuse_request(decode_object(await request.body()))
+    body = parse_fuse_request(admitted.body)
     plan = gateway.within_budget(plan_from(gateway, body))
     facts = facts_of(request)
     facts.panel = plan.panel.name
     cache_control = request.headers.get("cache-control")
-    scope = scope_for(identity, gateway.config.gateway.cache_scope)
+    scope = scope_for(admitted.key_name, gateway.config.gateway.cache_scope)
+    slot = await admitted.fusion_slot()
     if not body.stream:
-        async with gateway.limiter.fusion_slot(identity):
+        async with slot:
             result, outcome = await until_disconnect(
                 request,
                 gateway.cache.run(
@@ -51,12 +51,22 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
             )
         record_result(facts, result, outcome)
         return json_response(result, headers=fused_headers(result, outcome))
-    ticket = await until_disconnect(request, gateway.cache.begin(plan, cache_control, scope=scope))
+    try:
+        ticket = await until_disconnect(
+            request, gateway.cache.begin(plan, cache_control, scope=scope)
+        )
+    except BaseException:
+        await slot.release()
+        raise
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if ticket.result is not None:
+        await slot.release()
         record_result(facts, ticket.result, ticket.outcome)
         return Stream(_single(ticket.result), media_type="text/event-stream", headers=headers)
-    run = FusionRun(gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket)
+    # The run holds the slot for the fusion's whole life and gives it back when it ends.
+    run = FusionRun(
+        gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket, slot=slot
+    )
     return Stream(
         _progress(run, gateway.settings.keepalive_s),
         media_type="text/event-stream",

@@ -16,6 +16,7 @@ from ..engine import FusionEngine
 from ..panels import Panel
 from ..plan import FusionPlan
 from ..ratelimit import LimitStore, MemoryLimitStore, RateLimiter, RedisLimitStore
+from ..redis_client import SharedRedis
 from ..results import PanelResponse
 from ..settings import Settings
 from .metrics import Metrics
@@ -23,6 +24,8 @@ from .metrics import Metrics
 log = structlog.get_logger("fusion_engine.upstream")
 #: How often learnt prices are pooled through Redis.
 PRICE_SYNC_S = 10.0
+#: One price sync may take this long; a slower one is abandoned (its calls are kept).
+PRICE_SYNC_TIMEOUT_S = 5.0
 
 
 class Gateway:
@@ -34,28 +37,38 @@ class Gateway:
         self.metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
         self.refresh_labels()
         engine.on_call = self.observe_call
+        #: The worker's one Redis client (``start`` connects it, in the app's lifespan).
+        self.redis: SharedRedis | None = None
+        self.cache, self.limiter = self._stores(None)
+        self.prices = PriceBook()
+        self.started_at = int(time.time())
+        #: Set when the worker is shutting down, so /ready stops attracting traffic.
+        self.draining = False
+
+    def _stores(self, redis: SharedRedis | None) -> tuple[ResultCache, RateLimiter]:
+        """The cache and the rate limiter, on ``redis`` when there is one, else in memory."""
+        settings = self.settings
         backend = build_backend(
             settings.cache_backend,
-            redis_url=settings.redis_url,
+            redis=redis,
             max_mb=settings.cache_max_mb,
             on_error=self.metrics.cache_lookup("error").inc,
         )
-        self.cache = ResultCache(
+        cache = ResultCache(
             backend,
             settings.cache_ttl_s,
             on_lookup=lambda result: self.metrics.cache_lookup(result).inc(),
         )
-        spec = engine.config.gateway.rate_limit
-        store: LimitStore = (
-            RedisLimitStore(settings.redis_url) if settings.redis_url else MemoryLimitStore()
-        )
-        self.limiter = RateLimiter(spec, store, fail_open=spec.fail_open)
-        self._limit_store = store
-        self.prices = PriceBook()
-        self._price_redis = _redis_client(settings.redis_url) if settings.redis_url else None
-        self.started_at = int(time.time())
-        #: Set when the worker is shutting down, so /ready stops attracting traffic.
-        self.draining = False
+        spec = self.engine.config.gateway.rate_limit
+        store: LimitStore = RedisLimitStore(redis) if redis is not None else MemoryLimitStore()
+        return cache, RateLimiter(spec, store, fail_open=spec.fail_open)
+
+    def start(self) -> None:
+        """Connect the worker's one Redis client, shared by the cache, the rate limits and the
+        learnt prices. Called in the lifespan: after the fork, on the loop that serves."""
+        if self.settings.redis_url and self.redis is None:
+            self.redis = SharedRedis.connect(self.settings.redis_url)
+            self.cache, self.limiter = self._stores(self.redis)
 
     @property
     def config(self) -> ResolvedConfig:
@@ -92,31 +105,31 @@ class Gateway:
         )
 
     async def share_prices(self, interval_s: float = PRICE_SYNC_S) -> None:
-        """Forever: pool learnt prices with the other workers and replicas through Redis."""
-        if self._price_redis is None:
+        """Forever: pool learnt prices with the other workers and replicas through Redis
+        (first at start, so a new worker estimates with everyone's prices at once)."""
+        if self.redis is None:
             return
         while True:
+            await self.sync_prices()
             await asyncio.sleep(interval_s)
-            try:
-                await self.prices.sync(self._price_redis)
-            except Exception as error:  # fail open: local prices keep working
-                log.warning("price_sync_failed", error=type(error).__name__)
+
+    async def sync_prices(self, timeout_s: float = PRICE_SYNC_TIMEOUT_S) -> None:
+        """One bounded price sync; a failure is logged and local prices keep working."""
+        if self.redis is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.prices.sync(self.redis.client, self.metrics.known_models)
+        except Exception as error:  # fail open: local prices keep working
+            log.warning("price_sync_failed", error=type(error).__name__)
 
     async def aclose(self) -> None:
-        """Stop serving: close the cache and the upstream session."""
+        """Stop serving: close the cache, the Redis client and the upstream session."""
         self.draining = True
-        if self._price_redis is not None:
-            await self._price_redis.aclose()
         await self.cache.aclose()
-        if isinstance(self._limit_store, RedisLimitStore):
-            await self._limit_store.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.engine.aclose()
-
-
-def _redis_client(url: str) -> Any:
-    from redis.asyncio import Redis
-
-    return Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def configured_models(panels: Any) -> set[str]:

@@ -19,6 +19,7 @@ from ..cache import CacheTicket, ResultCache
 from ..engine import FusionEngine
 from ..errors import FusionError
 from ..plan import FusionPlan
+from ..ratelimit import Lease
 from ..results import FusionEvent, FusionResult
 
 T = TypeVar("T")
@@ -47,7 +48,9 @@ class FusionRun:
     """One fusion running in a task; ``next_item`` yields its events, then Finished or Failed.
 
     With a cache ticket, the result is handed to the cache (and to identical requests waiting
-    for it); a failure or cancellation releases them.
+    for it); a failure or cancellation releases them. With a concurrent-fusion ``slot``, the
+    run owns it and gives it back when it ends, however it ends — even if the stream that
+    reads it never starts (the client left before the first byte).
     """
 
     def __init__(
@@ -58,12 +61,15 @@ class FusionRun:
         stream_judge: bool,
         cache: ResultCache | None = None,
         ticket: CacheTicket | None = None,
+        slot: Lease | None = None,
     ) -> None:
         self._queue: asyncio.Queue[RunItem] = asyncio.Queue()
         self._cache, self._ticket = cache, ticket
-        self._task = asyncio.create_task(self._run(engine, plan, stream_judge))
+        self._task = asyncio.create_task(self._run(engine, plan, stream_judge, slot))
 
-    async def _run(self, engine: FusionEngine, plan: FusionPlan, stream_judge: bool) -> None:
+    async def _run(
+        self, engine: FusionEngine, plan: FusionPlan, stream_judge: bool, slot: Lease | None
+    ) -> None:
         try:
             result = await engine.run(
                 plan, listener=self._queue.put_nowait, stream_judge=stream_judge
@@ -75,6 +81,9 @@ class FusionRun:
                 raise
             self._queue.put_nowait(Failed(error))
             return
+        finally:
+            if slot is not None:
+                await slot.release()
         if self._cache is not None and self._ticket is not None:
             await self._cache.finish(self._ticket, result)
         self._queue.put_nowait(Finished(result))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
@@ -19,6 +18,7 @@ from litestar.response import Stream
 from ..cache import CacheResult
 from ..plan import FusionPlan
 from ..protocol import ChatCompletionChunk
+from ..ratelimit import Lease
 from ..results import FusionResult, JudgeDelta, MemberFinished
 from .errors import error_payload, error_response
 from .gateway import Gateway
@@ -143,46 +143,37 @@ async def fused_stream(
     plan: FusionPlan,
     spec: StreamSpec,
     *,
-    identity: str,
+    slot: Lease,
 ) -> Response[Any]:
     """Answer with an SSE stream: replayed from the cache, or live from a new fusion (or a
-    JSON error if the fusion fails within the hold interval). The caller's concurrent-fusion
-    slot is held until the stream ends."""
-    slot = AsyncExitStack()
-    await slot.enter_async_context(gateway.limiter.fusion_slot(identity))
-    try:
-        response, streaming = await _start_stream(request, gateway, plan, spec, slot)
-    except BaseException:
-        await slot.aclose()
-        raise
-    if not streaming:
-        await slot.aclose()
-    return response
+    JSON error if the fusion fails within the hold interval).
 
-
-async def _start_stream(
-    request: Request[Any, Any, Any],
-    gateway: Gateway,
-    plan: FusionPlan,
-    spec: StreamSpec,
-    slot: AsyncExitStack,
-) -> tuple[Response[Any], bool]:
-    """The response, and whether a live stream now owns ``slot`` (and will close it)."""
+    ``slot`` (the caller's concurrent-fusion slot) is handed to the live fusion, which gives
+    it back when it ends, fails or is cancelled because the client left; it is given back
+    here when no fusion runs.
+    """
     facts = facts_of(request)
-    ticket = await until_disconnect(
-        request, gateway.cache.begin(plan, spec.cache_control, scope=spec.cache_scope)
-    )
+    try:
+        ticket = await until_disconnect(
+            request, gateway.cache.begin(plan, spec.cache_control, scope=spec.cache_scope)
+        )
+    except BaseException:
+        await slot.release()
+        raise
     facts.cache = ticket.outcome
     writer = spec.writer()
     include_usage, detail = spec.include_usage, spec.detail
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if ticket.result is not None:
+        await slot.release()
         record_result(facts, ticket.result, ticket.outcome)
         replay = b"".join(
             _render(Finished(ticket.result), writer, include_usage=include_usage, detail=detail)
         )
-        return Stream(_once(replay), media_type="text/event-stream", headers=headers), False
-    run = FusionRun(gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket)
+        return Stream(_once(replay), media_type="text/event-stream", headers=headers)
+    run = FusionRun(
+        gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket, slot=slot
+    )
     keepalive_s = gateway.settings.keepalive_s
     try:
         held = await until_disconnect(request, _hold(run, keepalive_s))
@@ -190,16 +181,15 @@ async def _start_stream(
         await run.cancel()
         raise
     if held and isinstance(held[-1], Failed):
-        return error_response(held[-1].error), False
+        return error_response(held[-1].error)
     finished = next((item for item in held if isinstance(item, Finished)), None)
     if finished is not None:
         headers.update(fused_headers(finished.result, ticket.outcome))
     events = _events(
         run, held, writer, keepalive_s,
         include_usage=include_usage, detail=detail, facts=facts, outcome=ticket.outcome,
-        slot=slot,
     )  # fmt: skip
-    return Stream(events, media_type="text/event-stream", headers=headers), True
+    return Stream(events, media_type="text/event-stream", headers=headers)
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
@@ -231,7 +221,6 @@ async def _events(
     detail: Detail,
     facts: RequestFacts,
     outcome: CacheResult,
-    slot: AsyncExitStack,
 ) -> AsyncIterator[bytes]:
     """The SSE body; cancelling it (client gone) cancels the fusion."""
     burst = held
@@ -251,7 +240,6 @@ async def _events(
             burst = await run.next_burst(keepalive_s)
     finally:
         await run.cancel()
-        await slot.aclose()
 
 
 def _render(

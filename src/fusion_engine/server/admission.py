@@ -1,0 +1,169 @@
+"""Admission: the one gate every route that spends money goes through.
+
+``admit`` does, in order: auth (the caller's key *name*), the request rate limit, reading the
+body as a JSON object, and the list limits (messages, tools) — then ``Admitted.fusion_slot``
+hands out the concurrent-fusion slot that a fusion holds for its whole life, streamed or not.
+Chat completions and ``/fuse`` call it today; the Responses and Messages routes call it the
+same way, naming where their bodies keep their lists (``BodyShape``). Budgets belong here
+too, when they come.
+
+Without keys, ``keyless_guard`` protects the loopback-only server from web pages: ``POST``
+bodies must be ``application/json`` (a page can send ``text/plain`` or a form cross-site
+without asking; JSON needs a CORS preflight this server never grants), and the ``Host`` must
+be a loopback name or address (a DNS-rebinding page names its own host).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Request
+
+from ..config import LimitsSpec
+from ..errors import (
+    InvalidRequestError,
+    MisdirectedRequestError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from ..ratelimit import Lease, RateLimiter
+from ..settings import Settings
+from .auth import authenticate
+from .gateway import gateway_of
+from .serving import is_loopback
+
+_decode = msgspec.json.Decoder().decode
+
+
+class BodyShape(msgspec.Struct, frozen=True):
+    """Where a route's body keeps the lists admission limits, so a 413 names the client's
+    own field (``messages`` in chat and /fuse, ``input`` in the Responses API)."""
+
+    messages: str = "messages"
+    tools: str = "tools"
+
+
+CHAT_SHAPE = BodyShape()
+
+
+class Admitted:
+    """A request let in: who is calling, and its body as a JSON object."""
+
+    __slots__ = ("_limiter", "body", "key_name")
+
+    def __init__(self, limiter: RateLimiter, key_name: str, body: dict[str, Any]) -> None:
+        self._limiter = limiter
+        #: The caller's key name (``anonymous`` without keys): rate limits, cache scope, spend.
+        self.key_name = key_name
+        self.body = body
+
+    async def fusion_slot(self) -> Lease:
+        """One of the caller's concurrent-fusion slots; the fusion releases it when it ends
+        (``FusionRun`` does for streams), however it ends.
+
+        Raises:
+            RateLimitedError: every slot of the caller's key name is taken.
+        """
+        return await self._limiter.fusion_slot(self.key_name)
+
+
+async def admit(request: Request[Any, Any, Any], shape: BodyShape = CHAT_SHAPE) -> Admitted:
+    """Let a request that spends money in, or refuse it with the right error.
+
+    Raises:
+        AuthenticationError: the key is missing or wrong (401).
+        RateLimitedError: the key name is over its requests per minute (429).
+        InvalidRequestError: the body is not a JSON object (400).
+        PayloadTooLargeError: a list is over its limit (413; the body size limit is Litestar's).
+    """
+    gateway = gateway_of(request)
+    key_name = authenticate(request)
+    await gateway.limiter.check_request(key_name)
+    body = decode_object(await request.body())
+    check_lists(body, shape, gateway.config.gateway.limits)
+    return Admitted(gateway.limiter, key_name, body)
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    Raises:
+        InvalidRequestError: not JSON, or not an object.
+    """
+    try:
+        raw = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("the request body is nested too deeply") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return raw
+
+
+def check_lists(body: dict[str, Any], shape: BodyShape, limits: LimitsSpec) -> None:
+    """Refuse a body whose messages or tools are over the configured limits (413)."""
+    for field, limit, what in (
+        (shape.messages, limits.max_messages, "messages"),
+        (shape.tools, limits.max_tools, "tools"),
+    ):
+        value = body.get(field)
+        if isinstance(value, list) and len(value) > limit:
+            raise PayloadTooLargeError(
+                f"{len(value)} {what} is over the limit of {limit}", param=field
+            )
+
+
+# --- keyless mode ----------------------------------------------------------------------------
+
+
+def host_is_loopback(host: str | None) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (any port)."""
+    if not host:
+        return False
+    try:
+        parts = urlsplit("//" + host)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    name = parts.hostname
+    return name is not None and is_loopback(name)
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` is ``application/json`` (parameters such as charset allowed)."""
+    if not content_type:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def keyless_guard(settings: Settings) -> Any:
+    """A ``before_request`` hook for a server without keys, or ``None`` when keys are set.
+
+    Every ``POST`` must carry JSON (415 otherwise: the status for a body of a type the
+    route does not take). On a loopback-only server (no ``FUSION_ALLOW_NO_AUTH``), every
+    request must name a loopback ``Host`` (421 Misdirected Request: the request names a host
+    this server does not serve — which is what a DNS-rebinding page's request does; 403 would
+    tell clients their credentials lack a permission, and there are none here). With
+    ``FUSION_ALLOW_NO_AUTH=1`` the operator serves other hosts on purpose, so only the body
+    rule applies.
+    """
+    if settings.server_api_keys:
+        return None
+    check_host = not settings.allow_no_auth
+
+    async def guard(request: Request[Any, Any, Any]) -> None:
+        headers = request.headers
+        if check_host and not host_is_loopback(headers.get("host")):
+            raise MisdirectedRequestError(
+                "this gateway runs without API keys and serves only loopback hosts "
+                "(localhost, 127.0.0.1, [::1]); set FUSION_SERVER_API_KEYS to serve others"
+            )
+        if request.method == "POST" and not is_json(headers.get("content-type")):
+            raise UnsupportedMediaTypeError(
+                "request bodies must be JSON: send 'Content-Type: application/json'"
+            )
+
+    return guard

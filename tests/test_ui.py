@@ -228,6 +228,75 @@ def test_page_files_ship_inside_the_package() -> None:
     assert "/ui/style.css" in index
 
 
+#: The one script /docs may load: Scalar at an exact version, with its subresource integrity.
+PINNED_SCALAR = re.compile(
+    r'<script src="(https://cdn\.jsdelivr\.net/npm/@scalar/api-reference@\d+\.\d+\.\d+'
+    r'/dist/browser/standalone\.js)" integrity="sha384-[A-Za-z0-9+/]{64}" crossorigin="anonymous"'
+)
+
+
+def _csp(header: str) -> dict[str, list[str]]:
+    directives = (part.split() for part in header.split(";") if part.strip())
+    return {name: values for name, *values in directives}
+
+
+def test_docs_page_pins_its_script_with_integrity_under_a_csp(gateway: GatewayProcess) -> None:
+    """/docs loads Scalar from an exact version with an SRI hash, and its CSP allows that script
+    and nothing else (no @latest, no inline script, no other origin)."""
+    for path in ("/docs", "/docs/", "/docs/scalar"):
+        reply = httpx.get(gateway.base_url + path)
+        assert reply.status_code == 200, path
+        assert reply.headers["content-type"].startswith("text/html")
+        pinned = PINNED_SCALAR.search(reply.text)
+        assert pinned, reply.text
+        assert "@latest" not in reply.text
+        external = re.findall(r'(?:src|href)="(https?:[^"]*)"', reply.text)
+        assert external == [pinned.group(1)]
+        csp = _csp(reply.headers["content-security-policy"])
+        assert csp["script-src"] == [pinned.group(1)]
+        assert csp["default-src"] == ["'none'"]
+        assert csp["connect-src"] == ["'self'"]
+        assert csp["frame-ancestors"] == ["'none'"]
+        assert csp["base-uri"] == ["'none'"]
+        assert reply.headers["x-content-type-options"] == "nosniff"
+    schema = httpx.get(gateway.base_url + "/docs/openapi.json")
+    assert schema.status_code == 200 and schema.json()["openapi"].startswith("3.")
+
+
+def test_docs_page_refuses_a_tampered_script(browser: Browser, gateway: GatewayProcess) -> None:
+    """A CDN that serves other bytes under the pinned URL is refused by the browser (SRI)."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        console: list[str] = []
+        outside: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+
+        def serve(route: Any) -> None:
+            url = route.request.url
+            if url.startswith(gateway.base_url):
+                route.continue_()
+            elif "@scalar/api-reference@" in url:
+                route.fulfill(
+                    status=200,
+                    content_type="text/javascript",
+                    headers={"access-control-allow-origin": "*"},
+                    body="window.__tampered = true;",
+                )
+            else:
+                outside.append(url)
+                route.abort()
+
+        page.route("**/*", serve)
+        page.goto(f"{gateway.base_url}/docs")
+        page.wait_for_load_state("load")
+        assert page.evaluate("window.__tampered ?? null") is None
+        assert any("integrity" in line for line in console), console
+        assert outside == []
+    finally:
+        context.close()
+
+
 # --- browser ---------------------------------------------------------------------------------
 
 

@@ -10,8 +10,6 @@ from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ExceptionHandlersMap
 
 from .. import __version__
@@ -24,6 +22,7 @@ from .gateway import Gateway
 from .info import health, list_models, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
 from .observe import request_observer
+from .openapi import openapi_config
 from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone
@@ -86,13 +85,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         exception_handlers=exception_handlers,
         before_send=[add_request_id],
         request_max_body_size=engine.config.gateway.limits.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="Fusion Engine",
-            version=__version__,
-            description="OpenAI-compatible gateway that fuses a panel of models into one answer.",
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin()],
-        ),
+        openapi_config=openapi_config(version=__version__),
         logging_config=None,
     )
 

@@ -22,7 +22,7 @@ from .gateway import Gateway
 from .info import health, list_models, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
 from .observe import request_observer
-from .openapi import openapi_config
+from .openapi import chat_operation, described, fuse_operation, openapi_config
 from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone
@@ -67,10 +67,11 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             await gateway.aclose()
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}
+    limits = engine.config.gateway.limits
     return Litestar(
         route_handlers=[
-            chat_completions,
-            fuse,
+            described(chat_completions, chat_operation(limits)),
+            described(fuse, fuse_operation(limits, engine.config.providers.keys())),
             list_models,
             list_panels,
             show_panel,

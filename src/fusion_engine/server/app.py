@@ -16,13 +16,14 @@ from .. import __version__
 from ..engine import FusionEngine
 from ..settings import Settings
 from .chat import chat_completions
+from .docs_page import openapi_config
 from .errors import EXCEPTION_HANDLERS
 from .fuse import fuse
 from .gateway import Gateway
 from .info import health, list_models, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
 from .observe import request_observer
-from .openapi import chat_operation, described, fuse_operation, openapi_config
+from .openapi import chat_operation, described, fuse_operation
 from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone

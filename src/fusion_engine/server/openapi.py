@@ -1,4 +1,4 @@
-"""The API's documentation: the OpenAPI config, the operations' bodies, the ``/docs`` page.
+"""What each route takes and gives, for the OpenAPI document (``/docs/openapi.json``).
 
 The handlers read their raw body on purpose (passthrough must not pay for a typed decode), so
 Litestar cannot see what they take or give; each route names its request and replies here, from
@@ -6,26 +6,17 @@ the same msgspec structs the gateway encodes and decodes, through ``documented``
 ``operation_class``). Schemas are msgspec's own (exactly what msgspec accepts and writes), with
 their references inlined: Litestar rebuilds ``components/schemas`` from its own registry and
 would drop definitions put there by hand.
-
-The page is Scalar's standalone bundle from a CDN, pinned to one exact version and checked by
-the browser against a subresource-integrity hash, under a Content-Security-Policy that allows that
-one script and nothing else: a CDN or a version that changed under us cannot run code on the
-gateway's origin (where the web page keeps its bearer key).
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Collection, Mapping
 from copy import copy
 from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
-from litestar import Request, Router
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import (
     OpenAPIHeader,
     OpenAPIMediaType,
@@ -40,98 +31,6 @@ from ..panels import PanelMember
 from ..results import FusionResult
 from .schema import ChatCompletionSchema, ChatRequest, ErrorBody, FuseRequest, JudgeSkipped
 
-#: The pinned Scalar release. To move it: ``npm pack @scalar/api-reference@<version>``, then
-#: ``openssl dgst -sha384 -binary package/dist/browser/standalone.js | openssl base64 -A``
-#: gives the new hash (jsDelivr serves npm files byte for byte at an explicit path).
-SCALAR_VERSION = "1.76.4"
-SCALAR_URL = (
-    f"https://cdn.jsdelivr.net/npm/@scalar/api-reference@{SCALAR_VERSION}"
-    "/dist/browser/standalone.js"
-)
-SCALAR_INTEGRITY = "sha384-hwB9WroDTpZaI38gr+u9CXA6ksz5gUYgD2GxXazKl/agT1L2GWUiRFWGJYNiFu4Q"
-
-#: Only the pinned script runs; Scalar injects its own stylesheets and style attributes at run
-#: time (CSS cannot run script), fetches the schema and tries requests on this origin only, and
-#: its web fonts are turned off (see ``_SCALAR_CONFIGURATION``) so nothing else is fetched.
-DOCS_CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        f"script-src {SCALAR_URL}",
-        "style-src 'unsafe-inline'",
-        "img-src 'self' data:",
-        "font-src 'none'",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    ]
-)
-_DOCS_HEADERS = {
-    "Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-#: Read by Scalar from the element's ``data-configuration`` attribute: no inline script needed.
-#: Everything that would reach another origin is off (fonts, telemetry, its hosted AI agent,
-#: its developer toolbar's deploy/SDK links); the CSP would block it anyway.
-_SCALAR_CONFIGURATION: dict[str, object] = {
-    "withDefaultFonts": False,
-    "telemetry": False,
-    "showDeveloperTools": "never",
-    "agent": {"disabled": True},
-}
-DOCS_PATH = "/docs"
-
-
-class PinnedScalar(ScalarRenderPlugin):
-    """Scalar's page with the pinned, integrity-checked bundle and no other external resource."""
-
-    def __init__(self) -> None:
-        super().__init__(js_url=SCALAR_URL, path="/scalar", favicon="")
-
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        """The page: the schema's URL and options as data attributes, then the pinned script."""
-        title = html.escape(str(openapi_schema["info"]["title"]))
-        schema_url = html.escape(self.get_openapi_json_route(request))
-        configuration = html.escape(msgspec.json.encode(_SCALAR_CONFIGURATION).decode())
-        # The data element is empty (not even whitespace), so the browser never treats it as an
-        # inline script the CSP would have to refuse.
-        page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-</head>
-<body>
-<noscript>The API reference needs JavaScript; the schema itself is at {schema_url}.</noscript>
-<script id="api-reference" data-url="{schema_url}" data-configuration="{configuration}"></script>
-<script src="{SCALAR_URL}" integrity="{SCALAR_INTEGRITY}" crossorigin="anonymous"></script>
-</body>
-</html>
-"""
-        return page.encode()
-
-
-def openapi_config(*, version: str) -> OpenAPIConfig:
-    """The OpenAPI config: schema at ``/docs/openapi.json``, the pinned Scalar page at ``/docs``."""
-    return OpenAPIConfig(
-        title="Fusion Engine",
-        version=version,
-        description="OpenAI-compatible gateway that fuses a panel of models into one answer.",
-        path=DOCS_PATH,
-        render_plugins=[PinnedScalar()],
-        openapi_router=Router(
-            DOCS_PATH,
-            route_handlers=[],
-            include_in_schema=False,
-            response_headers=_DOCS_HEADERS,
-        ),
-    )
-
-
-# --- operations ----------------------------------------------------------------------------------
-
 #: What each error status means on this gateway (the body is always OpenAI's error shape).
 _ERROR_MEANINGS = {
     400: "Invalid request (``param`` names the field).",
@@ -145,17 +44,26 @@ _ERROR_MEANINGS = {
     503: "The provider key is not configured.",
     504: "No answer because of timeouts.",
 }
-_STRING = cast("Schema", {"type": "string"})
-_REQUEST_ID = OpenAPIHeader(
-    description="The request's id (the client's own if it sent a well-formed one).",
-    required=True,
-    schema=cast("Schema", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}),
-)
-_RETRY_AFTER = OpenAPIHeader(
-    description="Seconds to wait before trying again.",
-    required=True,
-    schema=cast("Schema", {"type": "string", "pattern": "^[0-9]+$"}),
-)
+
+
+def _string() -> Schema:
+    return cast("Schema", {"type": "string"})
+
+
+def _request_id() -> OpenAPIHeader:
+    return OpenAPIHeader(
+        description="The request's id (the client's own if it sent a well-formed one).",
+        required=True,
+        schema=cast("Schema", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}),
+    )
+
+
+def _retry_after() -> OpenAPIHeader:
+    return OpenAPIHeader(
+        description="Seconds to wait before trying again.",
+        required=True,
+        schema=cast("Schema", {"type": "string", "pattern": "^[0-9]+$"}),
+    )
 
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
@@ -193,7 +101,7 @@ def json_reply(
     return OpenAPIResponse(
         description=description,
         content={"application/json": OpenAPIMediaType(schema=schema)},
-        headers={"X-Request-Id": _REQUEST_ID, **(headers or {})},
+        headers={"X-Request-Id": _request_id(), **(headers or {})},
     )
 
 
@@ -212,8 +120,8 @@ def text_reply(description: str, media_type: str) -> OpenAPIResponse:
     """A plain-text reply of this media type."""
     return OpenAPIResponse(
         description=description,
-        content={media_type: OpenAPIMediaType(schema=_STRING)},
-        headers={"X-Request-Id": _REQUEST_ID},
+        content={media_type: OpenAPIMediaType(schema=_string())},
+        headers={"X-Request-Id": _request_id()},
     )
 
 
@@ -224,7 +132,7 @@ def error_replies(*statuses: int) -> dict[str, OpenAPIResponse]:
         str(status): json_reply(
             _ERROR_MEANINGS[status],
             error,
-            headers={"Retry-After": _RETRY_AFTER} if status == 429 else None,
+            headers={"Retry-After": _retry_after()} if status == 429 else None,
         )
         for status in statuses
     }
@@ -262,16 +170,19 @@ def documented(
 
 #: Statuses a fusion can end in besides 200 (the same on both spending routes).
 _FUSION_ERRORS = (400, 401, 402, 404, 413, 422, 429, 502, 503, 504)
-_FUSED_HEADERS = {
-    "X-Fusion-Cache": OpenAPIHeader(
-        description="On fused replies: whether the cache answered.",
-        schema=cast("Schema", {"enum": ["hit", "miss", "bypass", "off"]}),
-    ),
-    "X-Fusion-Degraded": OpenAPIHeader(
-        description="``judge_failed`` when a member's answer stood in for the judge.",
-        schema=_STRING,
-    ),
-}
+
+
+def _fused_headers() -> dict[str, OpenAPIHeader]:
+    return {
+        "X-Fusion-Cache": OpenAPIHeader(
+            description="On fused replies: whether the cache answered.",
+            schema=cast("Schema", {"enum": ["hit", "miss", "bypass", "off"]}),
+        ),
+        "X-Fusion-Degraded": OpenAPIHeader(
+            description="``judge_failed`` when a member's answer stood in for the judge.",
+            schema=_string(),
+        ),
+    }
 
 
 def completion_schema() -> Schema:
@@ -363,15 +274,18 @@ def chat_request_schema(limits: LimitsSpec) -> Schema:
 #: Not blank, as Python's ``str.strip`` sees it: ECMA's ``\s`` (the pattern dialect) lacks
 #: the separators U+001C-U+001F and U+0085 that Python strips.
 _NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
-#: A model slug: anything but blank.
-_SLUG = {"type": "string", "pattern": _NOT_BLANK}
+
+
+def _slug() -> dict[str, Any]:
+    """A model slug: anything but blank."""
+    return {"type": "string", "pattern": _NOT_BLANK}
 
 
 def _member_schema(providers: Collection[str]) -> dict[str, Any]:
     """PanelMember with the checks ``panels.validate_panel`` makes written in."""
     member = cast("dict[str, Any]", schema_of(PanelMember))
     properties = member["properties"]
-    properties["slug"] = _SLUG
+    properties["slug"] = _slug()
     properties["max_tokens"] = {
         "anyOf": [{"type": "integer", "minimum": 1, "maximum": _INT_MAX}, {"type": "null"}]
     }
@@ -397,12 +311,12 @@ def fuse_request_schema(limits: LimitsSpec, providers: Collection[str]) -> Schem
         "type": "array",
         "minItems": 1,
         "maxItems": limits.max_members,
-        "items": {"anyOf": [_SLUG, _member_schema(providers)]},
+        "items": {"anyOf": [_slug(), _member_schema(providers)]},
         "description": "An ad-hoc panel: model slugs, or members with their own settings "
         "(at most the gateway's ``limits.max_members``).",
     }
     properties["judge_model"] = {
-        **_SLUG,
+        **_slug(),
         "description": "The judge; required with ``models``, optional with a panel.",
     }
     schema["allOf"] = [
@@ -428,7 +342,7 @@ def chat_operation(limits: LimitsSpec) -> type[Operation]:
         "A chat.completion; with ``stream: true``, chat.completion.chunk events ending in "
         "``data: [DONE]``.",
         completion_schema(),
-        headers=_FUSED_HEADERS,
+        headers=_fused_headers(),
     )
     reply.content = {
         **(reply.content or {}),
@@ -456,7 +370,7 @@ def fuse_operation(limits: LimitsSpec, providers: Collection[str]) -> type[Opera
     reply = json_reply(
         "The whole FusionResult; with ``stream: true``, SSE progress events.",
         schema_of(FusionResult),
-        headers=_FUSED_HEADERS,
+        headers=_fused_headers(),
     )
     reply.content = {
         **(reply.content or {}),

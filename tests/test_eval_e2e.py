@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from fusion_engine.errors import UnknownPanelError
 from fusion_engine.evals.cli import run
 from fusion_engine.evals.items import EvalItem, write_items
 from fusion_engine.evals.options import add_arguments
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import ROOT
+from .helpers import ROOT, GatewayProcess, gateway_env
 
 N = 10
+GATEWAY_KEY = "eval-gateway-key"
 #: How many of the N questions (the first ones) each system gets right.
 RIGHT = {"m/a": 6, "m/b": 4, "judge_alone": 5, "fusion": 9}
 
@@ -164,3 +166,23 @@ async def test_members_and_judge_alone_are_asked_with_the_panels_settings(
     assert "temperature" not in sent["m/b"] and "max_tokens" not in sent["m/b"]
     assert sent["m/j"]["temperature"] == 0.1
     assert [m["role"] for m in sent["m/j"]["messages"]] == ["user"]
+
+
+async def test_eval_through_a_running_gateway(workspace: Path, fake: FakeUpstream) -> None:
+    """--base-url: the panel comes from the gateway's GET /panels/<name> and every system is
+    asked through it, all over the project's upstream client; an unknown panel is named."""
+    env = gateway_env(
+        fake, GATEWAY_KEY, panels=workspace / "panels", config=ROOT / "config" / "gateway.yaml"
+    )
+    gateway = GatewayProcess(env)
+    try:
+        through = ("--base-url", gateway.base_url, "--api-key", GATEWAY_KEY)
+        assert await run(arguments(workspace, *through)) == 0
+        accuracy = {s["system"]: s["accuracy"] for s in summary(workspace)["summaries"]}  # type: ignore[attr-defined]
+        assert accuracy == {
+            "fusion:duo": 0.9, "single:m/a": 0.6, "single:m/b": 0.4, "judge_alone:m/j": 0.5,
+        }  # fmt: skip
+        with pytest.raises(UnknownPanelError, match="the gateway has no panel 'nope'"):
+            await run(arguments(workspace, *through, "--panel", "nope"))
+    finally:
+        gateway.stop()

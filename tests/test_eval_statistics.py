@@ -67,6 +67,16 @@ def test_wilson_stays_inside_unit_interval_at_the_extremes() -> None:
     assert 0.8 < wilson_interval(20, 20)[0] < 1
 
 
+def test_wilson_holds_a_perfect_or_zero_score_exactly() -> None:
+    """n/n reaches exactly 1 and 0/n starts at exactly 0, for every n (no float dust)."""
+    for n in range(1, 201):
+        assert wilson_interval(n, n)[1] == 1.0, n
+        assert wilson_interval(0, n)[0] == 0.0, n
+        for correct in range(n + 1):
+            low, high = wilson_interval(correct, n)
+            assert 0.0 <= low <= correct / n <= high <= 1.0, (correct, n)
+
+
 def test_wilson_with_no_trials_is_uninformative() -> None:
     """No data means the whole unit interval."""
     assert wilson_interval(0, 0) == (0.0, 1.0)
@@ -356,6 +366,21 @@ def test_report_without_comparisons() -> None:
         n_items=1,
     )
     assert "No comparisons." in text and "`single:m`" in text
+
+
+def test_report_renders_a_perfect_and_a_zero_score(tmp_path: Path) -> None:
+    """A 100% and a 0% system render in the table and the chart (their error bars end at 100 / 0)."""
+    records = [
+        *system_records("fusion:p", [True] * 10, cost=0.03),
+        *system_records("single:m", [False] * 3, cost=0.01),
+    ]
+    summaries = summarize(records)
+    text = render_markdown(summaries, [], title="t", dataset="d", panel="p", n_items=10)
+    assert "100.0% (72.2%–100.0%)" in text
+    assert "0.0% (0.0%–56.1%)" in text
+    path = tmp_path / "chart.png"
+    render_chart(summaries, path)
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_chart_is_a_png(tmp_path: Path) -> None:

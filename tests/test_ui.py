@@ -228,6 +228,75 @@ def test_page_files_ship_inside_the_package() -> None:
     assert "/ui/style.css" in index
 
 
+#: The one script /docs may load: Scalar at an exact version, with its subresource integrity.
+PINNED_SCALAR = re.compile(
+    r'<script src="(https://cdn\.jsdelivr\.net/npm/@scalar/api-reference@\d+\.\d+\.\d+'
+    r'/dist/browser/standalone\.js)" integrity="sha384-[A-Za-z0-9+/]{64}" crossorigin="anonymous"'
+)
+
+
+def _csp(header: str) -> dict[str, list[str]]:
+    directives = (part.split() for part in header.split(";") if part.strip())
+    return {name: values for name, *values in directives}
+
+
+def test_docs_page_pins_its_script_with_integrity_under_a_csp(gateway: GatewayProcess) -> None:
+    """/docs loads Scalar from an exact version with an SRI hash, and its CSP allows that script
+    and nothing else (no @latest, no inline script, no other origin)."""
+    for path in ("/docs", "/docs/", "/docs/scalar"):
+        reply = httpx.get(gateway.base_url + path)
+        assert reply.status_code == 200, path
+        assert reply.headers["content-type"].startswith("text/html")
+        pinned = PINNED_SCALAR.search(reply.text)
+        assert pinned, reply.text
+        assert "@latest" not in reply.text
+        external = re.findall(r'(?:src|href)="(https?:[^"]*)"', reply.text)
+        assert external == [pinned.group(1)]
+        csp = _csp(reply.headers["content-security-policy"])
+        assert csp["script-src"] == [pinned.group(1)]
+        assert csp["default-src"] == ["'none'"]
+        assert csp["connect-src"] == ["'self'"]
+        assert csp["frame-ancestors"] == ["'none'"]
+        assert csp["base-uri"] == ["'none'"]
+        assert reply.headers["x-content-type-options"] == "nosniff"
+    schema = httpx.get(gateway.base_url + "/docs/openapi.json")
+    assert schema.status_code == 200 and schema.json()["openapi"].startswith("3.")
+
+
+def test_docs_page_refuses_a_tampered_script(browser: Browser, gateway: GatewayProcess) -> None:
+    """A CDN that serves other bytes under the pinned URL is refused by the browser (SRI)."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        console: list[str] = []
+        outside: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+
+        def serve(route: Any) -> None:
+            url = route.request.url
+            if url.startswith(gateway.base_url):
+                route.continue_()
+            elif "@scalar/api-reference@" in url:
+                route.fulfill(
+                    status=200,
+                    content_type="text/javascript",
+                    headers={"access-control-allow-origin": "*"},
+                    body="window.__tampered = true;",
+                )
+            else:
+                outside.append(url)
+                route.abort()
+
+        page.route("**/*", serve)
+        page.goto(f"{gateway.base_url}/docs")
+        page.wait_for_load_state("load")
+        assert page.evaluate("window.__tampered ?? null") is None
+        assert any("integrity" in line for line in console), console
+        assert outside == []
+    finally:
+        context.close()
+
+
 # --- browser ---------------------------------------------------------------------------------
 
 
@@ -481,6 +550,134 @@ def test_model_output_cannot_inject_html(session: Session, fake: FakeUpstream) -
     assert not session.errors
 
 
+#: Markdown that tried to turn model text into tags or attributes (issue 15, item 7): each line
+#: is one trick. The first nested an <a> with ``onfocus`` inside another link's href.
+MARKDOWN_ATTACKS = (
+    "see http://evil.example/[y](http://a/autofocus/onfocus=alert;//)",
+    "[http://evil.example/x](http://a/onmouseover=alert;//) autolink inside link text",
+    "[see https://b.example/[z](http://c/onclick=alert;//)](https://d.example/)",
+    "[q](https://a.example/\"onmouseover=\"alert(1)) and https://a.example/'onfocus='alert(2)'",
+    "<https://a.example/> https://a.example/<img/src=x/onerror=alert(3)>",
+    "[js](javascript:alert(4)) [JS](JAVASCRIPT:alert(5)) [d](data:text/html,alert(6))",
+    "[sp](https://a.example/ onfocus=alert(7)) [nl](https://a.example/\tjavascript:alert(8))",
+    "**[bold](https://a.example/x) _http://e.example/[w](http://f/onblur=alert;//)_ __x__**",
+    "~~http://g.example/~~~~[h](http://h/onload=alert;//)~~ *[i](https://i.example/)*",
+    '<b onclick=alert(9)>b</b> <details open ontoggle=alert(10)>d</details> <a href="x">a</a>',
+    "&lt;img src=x onerror=alert(11)&gt; &#x3C;svg onload=alert(12)&#x3E; &quot;",
+    "[e](https://a.example/&quot;onfocus=&quot;x=13) [e2](https://a.example/&#34;x=1)",
+    "`[c](http://c/onfocus=alert;//)` [`code` label](https://c.example/)",
+    "\u0000[n](http://n/onfocus=alert;//)\u0000 \u00000\u0000 placeholders",
+    "| h [t](http://t/onfocus=alert;//) |\n|---|\n| http://u.example/[v](http://v/x=1) |",
+    "# heading http://w.example/[x](http://x/onfocus=alert;//)",
+    "- item http://y.example/[z](http://z/onfocus=alert;//)\n  - nested **[q](https://q/)**",
+    '> quote [r](https://r.example/"><script>alert(14)</script>)',
+    '```js"onload=alert(15)\n<script>alert(16)</script>\n```',
+)
+#: What the renderer may produce: these tags, each with only these attributes (``class`` and
+#: ``aria-hidden`` are the page's own, never model text).
+_PLAIN_TAGS = (
+    "P", "BR", "STRONG", "EM", "DEL", "CODE", "UL", "LI", "BLOCKQUOTE", "HR",
+    "TABLE", "THEAD", "TBODY", "TR", "TD", "H1", "H2", "H3", "H4", "H5", "H6",
+)  # fmt: skip
+MARKDOWN_TAGS: dict[str, frozenset[str]] = {
+    **{tag: frozenset() for tag in _PLAIN_TAGS},
+    "A": frozenset({"href", "rel", "target"}),
+    "DIV": frozenset({"class"}),
+    "SPAN": frozenset({"class", "aria-hidden"}),
+    "PRE": frozenset({"data-lang"}),
+    "OL": frozenset({"start"}),
+    "TH": frozenset({"scope"}),
+}
+#: Collects, for every element below ``roots``, its tag and attributes, plus nested links.
+_MARKUP_OF = """(roots) => ({
+    elements: roots.flatMap((root) => [...root.querySelectorAll('*')]).map((el) => ({
+        tag: el.tagName, attributes: Object.fromEntries([...el.attributes].map((a) => [a.name, a.value])),
+    })),
+    nestedLinks: roots.reduce((n, root) => n + root.querySelectorAll('a a, a[href] [href]').length, 0),
+    text: roots.map((root) => root.textContent).join('\\n'),
+})"""
+
+
+def _assert_inert_markup(found: dict[str, Any]) -> None:
+    """Only the renderer's own tags and attributes; links are http(s) with the safe three."""
+    assert found["nestedLinks"] == 0
+    for element in found["elements"]:
+        tag, attributes = element["tag"], element["attributes"]
+        assert tag in MARKDOWN_TAGS, element
+        assert set(attributes) <= MARKDOWN_TAGS[tag], element
+        assert not [name for name in attributes if name.startswith("on")], element
+        if tag == "A":
+            href = attributes["href"]
+            assert re.match(r"^https?://[^\s\"'<>\\]+$", href), element
+            assert attributes["rel"] == "noopener noreferrer nofollow", element
+            assert attributes["target"] == "_blank", element
+        if tag == "PRE" and "data-lang" in attributes:
+            assert re.fullmatch(r"[\w+#.-]+", attributes["data-lang"]), element
+
+
+def test_markdown_attacks_stay_text_in_the_page(session: Session, fake: FakeUpstream) -> None:
+    """Model answers full of link, autolink, entity and tag tricks render with no attribute or
+    tag of their own: every element is one the renderer makes, links are plain http(s)."""
+    hostile = "\n\n".join(MARKDOWN_ATTACKS)
+    fake.script(ALPHA, Reply(text=hostile, delay_s=0.05))
+    fake.script(BETA, Reply(text=MARKDOWN_ATTACKS[0]))
+    fake.script(GAMMA, Reply(text="**" + MARKDOWN_ATTACKS[2] + "**"))
+    fake.script(JUDGE, Reply(text=hostile, chunk_size=5))
+    page = session.open()
+    session.run("Say something dangerous")
+    expect(page.get_by_role("status")).to_contain_text("Done")
+    found = page.evaluate(
+        f"({_MARKUP_OF})([document.querySelector('#answer'), "
+        "...document.querySelectorAll('.card-body')])"
+    )
+    _assert_inert_markup(found)
+    assert "onfocus=alert" in found["text"]  # the attack is shown as text, not dropped
+    handlers = page.evaluate(
+        """() => [...document.querySelectorAll('*')].flatMap((el) =>
+            [...el.attributes].map((a) => a.name).filter((name) => name.startsWith('on')))"""
+    )
+    assert handlers == []
+    assert session.dialogs == [] and not session.errors
+
+
+def test_markdown_renderer_builds_only_its_own_nodes(session: Session) -> None:
+    """Each attack on its own, straight through the renderer: its own tags only, and the links
+    it does make go where the text said (http(s) only, quotes and brackets end a URL)."""
+    page = session.open()
+    results = page.evaluate(
+        f"""async (sources) => {{
+            const md = await import('/ui/markdown.js');
+            const markupOf = {_MARKUP_OF};
+            return sources.map((source) => {{
+                const root = document.createElement('div');
+                root.append(md.renderMarkdown(source));
+                return {{source, ...markupOf([root]),
+                         links: [...root.querySelectorAll('a')].map((a) => [a.getAttribute('href'), a.textContent])}};
+            }});
+        }}""",
+        list(MARKDOWN_ATTACKS),
+    )
+    for found in results:
+        _assert_inert_markup(found)
+    links = {r["source"]: r["links"] for r in results}
+    assert links[MARKDOWN_ATTACKS[0]] == [
+        ["http://evil.example/", "http://evil.example/"],
+        ["http://a/autofocus/onfocus=alert;//", "y"],
+    ]
+    assert links[MARKDOWN_ATTACKS[1]] == [
+        ["http://a/onmouseover=alert;//", "http://evil.example/x"]
+    ]
+    assert links[MARKDOWN_ATTACKS[3]] == [
+        ["https://a.example/", "https://a.example/"],
+        ["https://a.example/", "https://a.example/"],
+    ]
+    assert links[MARKDOWN_ATTACKS[5]] == []  # javascript: and data: stay text
+    assert [href for href, _ in links[MARKDOWN_ATTACKS[11]]] == [
+        "https://a.example/&quot;onfocus=&quot;x=13",
+        "https://a.example/&#34;x=1",
+    ]  # entities are text: a browser shows them as typed, never decodes them into a quote
+
+
 def test_history_reopens_a_run_and_exports_it(
     session: Session, fake: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -693,7 +890,11 @@ def test_markdown_and_diff_modules(session: Session) -> None:
             const md = await import('/ui/markdown.js');
             const diff = await import('/ui/diff.js');
             const sse = await import('/ui/sse.js');
-            const render = (text) => md.renderMarkdown(text);
+            const render = (text) => {
+                const root = document.createElement('div');
+                root.append(md.renderMarkdown(text));
+                return root.innerHTML;
+            };
             const chunks = ['event: member\\r', '\\ndata: {"a":', '1}\\n\\n: keep-alive\\n\\n',
                             'event: judge\\ndata: x\\ndata: y\\n\\nevent: cut\\ndata: z'];
             const stream = new ReadableStream({start(c) {
@@ -719,7 +920,7 @@ def test_markdown_and_diff_modules(session: Session) -> None:
         }"""
     )
     assert out["heading"] == "<h3>Title</h3>"
-    assert '<pre data-lang="js"><code>const a = &quot;&lt;b&gt;&quot;;</code></pre>' in out["code"]
+    assert '<pre data-lang="js"><code>const a = "&lt;b&gt;";</code></pre>' in out["code"]
     assert (
         out["inline"] == "<p>use <code>a&lt;b&gt;</code> and <strong>bold</strong> <em>it</em></p>"
     )
@@ -728,7 +929,7 @@ def test_markdown_and_diff_modules(session: Session) -> None:
     )
     assert '<a href="https://x.org/a?b=1&amp;c=2" rel="noopener noreferrer nofollow"' in out["link"]
     assert "[bad](javascript:alert(1))" in out["link"]
-    assert out["quote"] == "<blockquote><p>&quot;quoted&quot; &lt;i&gt;</p></blockquote>"
+    assert out["quote"] == '<blockquote><p>"quoted" &lt;i&gt;</p></blockquote>'
     assert "<td>&lt;1&gt;</td>" in out["table"] and '<th scope="col">a</th>' in out["table"]
     assert out["ops"] == ["same:a", "del:b", "ins:x", "same:c", "same:d", "ins:e"]
     assert out["same"] == 1

@@ -234,6 +234,38 @@ class UpstreamClient:
                 response.close()
             slot.release()
 
+    async def get_json(self, provider: Provider, path: str, *, timeout_s: float) -> Any:
+        """One ``GET <base_url><path>`` on the shared session (read-only, not retried): its JSON.
+
+        For the few reads besides chat (the eval harness asks a gateway for a panel), so no
+        second HTTP client is needed anywhere.
+
+        Raises:
+            UpstreamError: a status other than 200 (``status`` set), a connection failure or a
+                body that is not JSON.
+            UpstreamTimeoutError: no whole reply within ``timeout_s``.
+        """
+        url = f"{provider.base_url}{path}"
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._client().get(url, headers=request_headers(provider)) as response:
+                    if response.status != 200:
+                        raise UpstreamError(
+                            f"{provider.name} answered {response.status} for GET {path}",
+                            status=response.status, kind="http_error",
+                        )  # fmt: skip
+                    return msgspec.json.decode(await response.read())
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"{provider.name}: GET {path} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"cannot reach {provider.name}: {type(exc).__name__}", kind="connection"
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(
+                f"{provider.name} sent no JSON for GET {path}", kind="invalid_response"
+            ) from exc
+
     async def _attempt_chat(
         self,
         provider: Provider,

@@ -9,8 +9,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import aiohttp
-import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -25,7 +23,14 @@ from .items import EvalItem, read_items, sample
 from .options import add_arguments
 from .records import ItemRecord
 from .runner import run_items, write_report
-from .systems import Backend, GatewayBackend, InProcessBackend, ask_model, systems_for
+from .systems import (
+    Backend,
+    GatewayBackend,
+    InProcessBackend,
+    ask_model,
+    gateway_panel,
+    systems_for,
+)
 
 DATASETS_DIR = Path("evals/datasets")
 
@@ -56,9 +61,8 @@ async def run(args: argparse.Namespace) -> int:
         panel = await _panel(engine, args)
         backend: Backend
         if args.base_url:
-            key = args.api_key or os.environ.get("FUSION_API_KEY")
             backend = GatewayBackend(
-                engine, panel, _root(args.base_url) + "/v1", key, panel.member_timeout_s
+                engine, panel, _root(args.base_url) + "/v1", _api_key(args), panel.member_timeout_s
             )
         else:
             backend = InProcessBackend(engine, panel)
@@ -101,13 +105,12 @@ async def _panel(engine: FusionEngine, args: argparse.Namespace) -> Panel:
         if args.panel not in engine.panels:
             raise UnknownPanelError(f"unknown panel {args.panel!r}")
         return engine.panels[args.panel]
-    url = f"{_root(args.base_url)}/panels/{args.panel}"
-    async with aiohttp.ClientSession() as session, session.get(url) as reply:
-        if reply.status == 404:
-            raise UnknownPanelError(f"the gateway has no panel {args.panel!r}")
-        if reply.status != 200:
-            raise FusionError(f"{url} answered {reply.status}")
-        return msgspec.convert(await reply.json(), Panel)
+    return await gateway_panel(engine, _root(args.base_url), _api_key(args), args.panel)
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    key: str | None = args.api_key or os.environ.get("FUSION_API_KEY")
+    return key
 
 
 def _root(base_url: str) -> str:

@@ -174,7 +174,9 @@ def render_chart(summaries: Sequence[SystemSummary], path: Path) -> None:
         axes.errorbar(
             [x],
             [s.accuracy * 100],
-            yerr=[[(s.accuracy - low) * 100], [(high - s.accuracy) * 100]],
+            # matplotlib refuses negative error bars; an interval is not trusted to hold its
+            # point to the last bit (a perfect score's upper bound once came out below 1).
+            yerr=[[max(0.0, s.accuracy - low) * 100], [max(0.0, high - s.accuracy) * 100]],
             fmt=marker,
             color=colour,
             markerfacecolor=colour if known else "none",

@@ -71,8 +71,12 @@ def wilson_interval(correct: int, n: int, *, confidence: float = 0.95) -> tuple[
     z2n = z * z / n
     centre = (p + z2n / 2) / (1 + z2n)
     half = z * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    # Clamp float dust so 0/n and n/n give exactly 0 and 1 at the open end.
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # In exact arithmetic the bounds are 0 at 0/n and 1 at n/n, but the float sums land a hair
+    # inside (0/3 gave 5.6e-17, 10/10 gave 0.9999999999999999), which left the point outside
+    # its own interval; set the closed ends exactly and keep the point inside the interval.
+    low = 0.0 if correct == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if correct == n else max(p, min(1.0, centre + half))
+    return (low, high)
 
 
 def summarize(records: Sequence[ItemRecord]) -> list[SystemSummary]:

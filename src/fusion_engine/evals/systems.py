@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 import msgspec
 
 from ..calls import response_from_reply
 from ..config import Provider
 from ..engine import FusionEngine
-from ..errors import FusionError, UpstreamError
+from ..errors import FusionError, UnknownPanelError, UpstreamError
 from ..panels import Panel
 from ..plan import MODEL_PREFIX, judge_body, member_body
 from ..protocol import Message
@@ -121,13 +122,7 @@ class GatewayBackend:
         self._engine = engine
         self._panel = panel
         self._timeout_s = timeout_s
-        self._gateway = Provider(
-            name="gateway",
-            kind="openai",
-            base_url=base_url.rstrip("/"),
-            api_key=Secret(api_key) if api_key else None,
-            api_key_env=None,
-        )
+        self._gateway = gateway_provider(base_url, api_key)
 
     async def ask(self, system: SystemSpec, prompt: str) -> Answer:
         if system.kind == "fusion":
@@ -140,6 +135,37 @@ class GatewayBackend:
     def provider(self) -> Provider:
         """The gateway as an OpenAI-compatible provider (the grader model goes through it too)."""
         return self._gateway
+
+
+def gateway_provider(base_url: str, api_key: str | None) -> Provider:
+    """A running gateway at ``base_url`` as an OpenAI-compatible provider."""
+    return Provider(
+        name="gateway",
+        kind="openai",
+        base_url=base_url.rstrip("/"),
+        api_key=Secret(api_key) if api_key else None,
+        api_key_env=None,
+    )
+
+
+async def gateway_panel(
+    engine: FusionEngine, root_url: str, api_key: str | None, name: str
+) -> Panel:
+    """A panel as a running gateway serves it (``GET /panels/<name>``, via the upstream client).
+
+    Raises:
+        UnknownPanelError: the gateway has no such panel.
+        UpstreamError: the gateway could not be asked.
+    """
+    try:
+        document = await engine.upstream.get_json(
+            gateway_provider(root_url, api_key), f"/panels/{quote(name, safe='')}", timeout_s=30.0
+        )
+    except UpstreamError as error:
+        if error.status == 404:
+            raise UnknownPanelError(f"the gateway has no panel {name!r}") from error
+        raise
+    return msgspec.convert(document, Panel)
 
 
 def solo_call(

@@ -11,8 +11,6 @@ from typing import Any
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ExceptionHandlersMap
 
 from .. import __version__
@@ -20,12 +18,14 @@ from ..engine import FusionEngine
 from ..settings import Settings
 from .admission import keyless_guard
 from .chat import chat_completions
+from .docs_page import openapi_config
 from .errors import EXCEPTION_HANDLERS
 from .fuse import fuse
 from .gateway import Gateway
 from .info import health, list_models, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
 from .observe import request_observer
+from .openapi import chat_operation, described, fuse_operation
 from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone
@@ -72,10 +72,11 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             await _shut_down(gateway, background, SHUTDOWN_BUDGET_S)
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}
+    limits = engine.config.gateway.limits
     return Litestar(
         route_handlers=[
-            chat_completions,
-            fuse,
+            described(chat_completions, chat_operation(limits)),
+            described(fuse, fuse_operation(limits, engine.config.providers.keys())),
             list_models,
             list_panels,
             show_panel,
@@ -91,13 +92,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         before_request=keyless_guard(settings),
         before_send=[add_request_id],
         request_max_body_size=engine.config.gateway.limits.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="Fusion Engine",
-            version=__version__,
-            description="OpenAI-compatible gateway that fuses a panel of models into one answer.",
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin()],
-        ),
+        openapi_config=openapi_config(version=__version__),
         logging_config=None,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response, get
@@ -14,6 +14,7 @@ from ..plan import MODEL_PREFIX
 from .auth import authenticate
 from .errors import json_response
 from .gateway import gateway_of
+from .openapi import documented, error_replies, json_reply, schema_of, text_reply
 
 
 class ModelCard(msgspec.Struct, frozen=True):
@@ -51,7 +52,17 @@ class Health(msgspec.Struct, frozen=True):
     pid: int
 
 
-@get("/v1/models", summary="The fusion panels, as OpenAI models")
+class Readiness(msgspec.Struct, frozen=True):
+    """``GET /ready``: ``ready``, or ``unavailable`` (with a 503) while draining."""
+
+    status: Literal["ready", "unavailable"]
+
+
+@get(
+    "/v1/models",
+    summary="The fusion panels, as OpenAI models",
+    operation_class=documented({"200": json_reply("OpenAI's model list.", schema_of(ModelList))}),
+)
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     """One ``fusion/<panel>`` model per loaded panel."""
     gateway = gateway_of(request)
@@ -62,13 +73,23 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     return json_response(ModelList(data=cards))
 
 
-@get("/panels", summary="Every loaded panel")
+@get(
+    "/panels",
+    summary="Every loaded panel",
+    operation_class=documented({"200": json_reply("The panels.", schema_of(PanelList))}),
+)
 async def list_panels(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The panels with members, judge and estimated cost."""
     return json_response(PanelList(data=list(gateway_of(request).engine.panels.values())))
 
 
-@get("/panels/{name:str}", summary="One panel")
+@get(
+    "/panels/{name:str}",
+    summary="One panel",
+    operation_class=documented(
+        {"200": json_reply("The panel.", schema_of(Panel)), **error_replies(404)}
+    ),
+)
 async def show_panel(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     """One panel by name (``fusion/`` prefix allowed)."""
     panels = gateway_of(request).engine.panels
@@ -78,7 +99,11 @@ async def show_panel(request: Request[Any, Any, Any], name: str) -> Response[byt
     return json_response(panel)
 
 
-@get("/health", summary="Liveness")
+@get(
+    "/health",
+    summary="Liveness",
+    operation_class=documented({"200": json_reply("The process serves.", schema_of(Health))}),
+)
 async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 while the process serves; says whether the provider key is set."""
     from .. import __version__
@@ -99,7 +124,11 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
 def metrics_route(*, public: bool) -> Any:
     """``GET /metrics``; behind the API key when the config says ``metrics_public: false``."""
 
-    @get("/metrics", summary="Prometheus metrics")
+    replies = {"200": text_reply("Prometheus' text format.", "text/plain")}
+    if not public:
+        replies.update(error_replies(401))
+
+    @get("/metrics", summary="Prometheus metrics", operation_class=documented(replies))
     async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Every ``fusion_*`` family, summed over the workers."""
         if not public:
@@ -112,7 +141,16 @@ def metrics_route(*, public: bool) -> Any:
     return metrics
 
 
-@get("/ready", summary="Readiness")
+@get(
+    "/ready",
+    summary="Readiness",
+    operation_class=documented(
+        {
+            "200": json_reply("Panels are loaded.", schema_of(Readiness)),
+            "503": json_reply("Draining (or not started).", schema_of(Readiness)),
+        }
+    ),
+)
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 once panels are loaded (they load before the app serves) unless draining, else 503."""
     gateway = gateway_of(request)

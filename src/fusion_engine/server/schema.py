@@ -173,6 +173,20 @@ class ChatCompletionOut(msgspec.Struct, frozen=True, kw_only=True):
     system_fingerprint: None = None
 
 
+class FusionDetailSchema(FusionDetail, frozen=True, kw_only=True):
+    """FusionDetail for the OpenAPI document only: msgspec writes ``judge`` as a PanelResponse, a
+    JudgeSkipped or null, but cannot describe an untagged union of two structs, so the schema is
+    made from this and ``server/openapi.py`` puts JudgeSkipped back into ``judge``'s ``anyOf``."""
+
+    judge: PanelResponse | None
+
+
+class ChatCompletionSchema(ChatCompletionOut, frozen=True, kw_only=True):
+    """ChatCompletionOut for the OpenAPI document only (see FusionDetailSchema)."""
+
+    fusion: FusionDetailSchema
+
+
 class FunctionDeltaOut(msgspec.Struct, frozen=True, omit_defaults=True):
     """A tool call's function fragment; the name only in the first fragment."""
 

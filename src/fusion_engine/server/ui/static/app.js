@@ -198,7 +198,7 @@ function renderAnswer() {
   ui.answer.setAttribute("aria-busy", run.status === "running" ? "true" : "false");
   ui.answer.dataset.state = run.status;
   if (run.answer) {
-    ui.answer.innerHTML = renderMarkdown(run.answer); // escaped first: see markdown.js
+    fill(ui.answer, renderMarkdown(run.answer)); // DOM nodes, never markup: see markdown.js
   } else if (result?.tool_calls?.length) {
     fill(ui.answer, h("p", {}, "The panel answers with tool calls:"), h("pre", {}, h("code", {}, JSON.stringify(result.tool_calls, null, 2))));
   } else if (run.status === "running") {

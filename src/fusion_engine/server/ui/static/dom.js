@@ -1,6 +1,5 @@
 // Building DOM without HTML strings: text always goes in as text nodes, so model output, model
-// names and error messages can never become markup. (Markdown is the one exception, rendered by
-// markdown.js from escaped text.)
+// names and error messages can never become markup (markdown.js builds its nodes with `h` too).
 
 /**
  * Create an element: `h("p", {class: "x"}, "text", child)`. Attributes set to null/false are

@@ -1,45 +1,72 @@
 // A small, safe Markdown renderer for model output.
 //
-// Safety comes from the order of operations: the whole text is HTML-escaped FIRST, and only then
-// are a few patterns turned into fixed tags. No tag or attribute of the input survives as markup;
-// the only attribute values taken from the input are link targets, which must be http(s) URLs and
-// are already escaped (quotes included), so they cannot leave their attribute.
+// It builds DOM nodes, never an HTML string: model text only ever becomes text nodes, and every
+// element and attribute is one this module names. The one attribute value taken from the text is
+// a link target, which must parse as an http(s) URL and is set with setAttribute (no quoting to
+// escape from). Inline constructs are found on the raw text, set aside behind placeholders, and
+// placed as nodes afterwards, so one construct can never end up inside another's attribute (the
+// old string renderer let a bare URL swallow a link's placeholder, which put a second <a> with
+// `onfocus` into the first one's href).
 //
 // Supported: fenced code blocks, inline code, headings, bold / italic / strikethrough, ordered and
 // unordered (nested) lists, block quotes, pipe tables, horizontal rules, http(s) links and bare
 // http(s) URLs. Everything else is shown as text.
-
-const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
-
-/** Escape text for use in HTML content and in double-quoted attribute values. */
-export function escapeHtml(text) {
-  return String(text ?? "").replace(/[&<>"']/g, (char) => ESCAPES[char]);
-}
+import { h } from "./dom.js";
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
 const HEADING = /^ {0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
 const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
-const QUOTE = /^ {0,3}&gt; ?/;
+const QUOTE = /^ {0,3}> ?/;
 const LIST_ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const TABLE_SEPARATOR = /^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$/;
-const PLACEHOLDER = /\u0000(\d+)\u0000/g;
-// URL characters of the escaped text: `&amp;` is the only entity allowed, so an escaped quote or
-// angle bracket always ends a URL.
-const URL_CHARS = String.raw`https?:\/\/(?:&amp;|[^\s&()])+`;
-const LINK = new RegExp(String.raw`\[([^\]\n]+)\]\((${URL_CHARS})\)`, "g");
-const BARE_URL = new RegExp(String.raw`(^|[\s(])(${URL_CHARS})`, "g");
+// Placeholders are NUL-delimited indexes; NUL is removed from the input first, and no URL or
+// link label may contain one, so a placeholder is always replaced whole, by exactly one node.
+const PLACEHOLDER = /\u0000(\d+)\u0000/;
+// A URL ends at whitespace, a control character, a quote, an angle bracket, a backtick, a
+// parenthesis or a placeholder.
+const URL_CHARS = String.raw`https?:\/\/[^\s\u0000-\u001f\u007f"'<>\`()]+`;
+const CODE_SPAN = /(`+)(.+?)\1(?!`)/g;
+const LINK = new RegExp(String.raw`\[([^\[\]\n\u0000]+|[^\[\]\n]*\u0000\d+\u0000[^\[\]\n]*)\]\((${URL_CHARS})\)`, "g");
+const BARE_URL = new RegExp(String.raw`(^|[\s(\u0000])(${URL_CHARS})`, "g");
+// Emphasis, strongest first (the earliest match wins; on a tie, the first pattern here).
+const EMPHASIS = [
+  ["strong", /\*\*(?=\S)(.+?)(?<=\S)\*\*/g],
+  ["strong", /(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)/g],
+  ["del", /~~(?=\S)(.+?)(?<=\S)~~/g],
+  ["em", /(?<![*\w])\*(?=[^\s*])([^*]*?[^\s*]|)\*(?!\*)/g],
+  ["em", /(?<!\w)_(?=[^\s_])([^_]*?[^\s_]|)_(?!\w)/g],
+];
+const LINK_ATTRIBUTES = { rel: "noopener noreferrer nofollow", target: "_blank" };
 
 /**
- * Render Markdown to an HTML string that is safe to assign to innerHTML.
+ * Render Markdown to DOM nodes (a DocumentFragment to append or `fill` with).
  *
  * @param {string} source untrusted text (model output)
  * @param {{headingOffset?: number}} options headings are shifted down by this many levels (the
  *   answer sits under the page's own headings), capped at h6
+ * @returns {DocumentFragment}
  */
 export function renderMarkdown(source, { headingOffset = 2 } = {}) {
   // NUL is our placeholder delimiter; it has no business in model output anyway.
-  const text = escapeHtml(String(source ?? "").replace(/\u0000/g, "\uFFFD"));
-  return renderBlocks(text.replace(/\r\n?/g, "\n").split("\n"), headingOffset);
+  const text = String(source ?? "").replace(/\u0000/g, "\uFFFD");
+  const fragment = document.createDocumentFragment();
+  fragment.append(...renderBlocks(text.replace(/\r\n?/g, "\n").split("\n"), headingOffset));
+  return fragment;
+}
+
+/**
+ * An http(s) URL's normalised form, or null for anything else (javascript:, data:, garbage).
+ *
+ * @param {string} text
+ */
+export function safeUrl(text) {
+  let url;
+  try {
+    url = new URL(text);
+  } catch {
+    return null;
+  }
+  return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
 }
 
 function renderBlocks(lines, headingOffset) {
@@ -60,20 +87,26 @@ function renderBlocks(lines, headingOffset) {
         i += 1;
       }
       i += 1; // the closing fence (an unclosed block runs to the end, as while streaming)
-      const lang = fence[2] ? ` data-lang="${fence[2]}"` : "";
-      const label = fence[2] ? `<span class="code-lang" aria-hidden="true">${fence[2]}</span>` : "";
-      out.push(`<div class="code-block">${label}<pre${lang}><code>${body.join("\n")}</code></pre></div>`);
+      const lang = fence[2] || null;
+      out.push(
+        h(
+          "div",
+          { class: "code-block" },
+          lang ? h("span", { class: "code-lang", "aria-hidden": "true" }, lang) : null,
+          h("pre", { "data-lang": lang }, h("code", {}, body.join("\n"))),
+        ),
+      );
       continue;
     }
     const heading = HEADING.exec(line);
     if (heading) {
       const level = Math.min(heading[1].length + headingOffset, 6);
-      out.push(`<h${level}>${inline(heading[2])}</h${level}>`);
+      out.push(h(`h${level}`, {}, inline(heading[2])));
       i += 1;
       continue;
     }
     if (RULE.test(line)) {
-      out.push("<hr>");
+      out.push(h("hr"));
       i += 1;
       continue;
     }
@@ -83,7 +116,7 @@ function renderBlocks(lines, headingOffset) {
         quoted.push(lines[i].replace(QUOTE, ""));
         i += 1;
       }
-      out.push(`<blockquote>${renderBlocks(quoted, headingOffset)}</blockquote>`);
+      out.push(h("blockquote", {}, renderBlocks(quoted, headingOffset)));
       continue;
     }
     if (LIST_ITEM.test(line)) {
@@ -99,7 +132,7 @@ function renderBlocks(lines, headingOffset) {
         }
         i += 1;
       }
-      out.push(renderList(items));
+      out.push(...renderList(items));
       continue;
     }
     if (line.includes("|") && i + 1 < lines.length && TABLE_SEPARATOR.test(lines[i + 1])) {
@@ -121,9 +154,9 @@ function renderBlocks(lines, headingOffset) {
       paragraph.push(line.trim()); // cannot happen for well-formed input; never loop forever
       i += 1;
     }
-    out.push(`<p>${paragraph.map(inline).join("<br>")}</p>`);
+    out.push(h("p", {}, lineBroken(paragraph)));
   }
-  return out.join("\n");
+  return out;
 }
 
 function startsBlock(lines, i) {
@@ -138,35 +171,38 @@ function startsBlock(lines, i) {
   );
 }
 
+/** Lines rendered inline and joined by <br>. */
+function lineBroken(lines) {
+  return lines.flatMap((line, k) => (k ? [h("br"), ...inline(line)] : inline(line)));
+}
+
 function renderList(items) {
   // A stack of open lists by indentation: deeper items open a nested list inside the last item.
-  let html = "";
+  const top = [];
   const stack = [];
   const open = (item) => {
-    const start = item.ordered && item.start !== 1 && Number.isFinite(item.start) ? ` start="${item.start}"` : "";
-    html += item.ordered ? `<ol${start}>` : "<ul>";
-    stack.push({ indent: item.indent, ordered: item.ordered });
-  };
-  const close = () => {
-    const list = stack.pop();
-    html += list.ordered ? "</li></ol>" : "</li></ul>";
+    const start = item.ordered && item.start !== 1 && Number.isFinite(item.start) ? item.start : null;
+    const list = h(item.ordered ? "ol" : "ul", { start });
+    const parent = stack.length ? stack[stack.length - 1].lastItem : null;
+    if (parent) parent.append(list);
+    else top.push(list);
+    stack.push({ indent: item.indent, ordered: item.ordered, element: list, lastItem: null });
   };
   for (const item of items) {
     if (!stack.length || item.indent > stack[stack.length - 1].indent) {
       open(item);
     } else {
-      while (stack.length > 1 && item.indent < stack[stack.length - 1].indent) close();
+      while (stack.length > 1 && item.indent < stack[stack.length - 1].indent) stack.pop();
       if (stack[stack.length - 1].ordered !== item.ordered) {
-        close(); // "- a" then "1. b" at the same depth: a new list of the other kind
+        stack.pop(); // "- a" then "1. b" at the same depth: a new list of the other kind
         open(item);
-      } else {
-        html += "</li>";
       }
     }
-    html += `<li>${item.text.split("\n").map(inline).join("<br>")}`;
+    const current = stack[stack.length - 1];
+    current.lastItem = h("li", {}, lineBroken(item.text.split("\n")));
+    current.element.append(current.lastItem);
   }
-  while (stack.length) close();
-  return html;
+  return top;
 }
 
 function splitRow(row) {
@@ -175,35 +211,65 @@ function splitRow(row) {
 
 function renderTable(rows) {
   const [head, ...body] = rows.map(splitRow);
-  const th = head.map((cell) => `<th scope="col">${inline(cell)}</th>`).join("");
-  const trs = body.map((cells) => `<tr>${head.map((_, k) => `<td>${inline(cells[k] ?? "")}</td>`).join("")}</tr>`);
-  return `<div class="table-wrap"><table><thead><tr>${th}</tr></thead><tbody>${trs.join("")}</tbody></table></div>`;
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, head.map((cell) => h("th", { scope: "col" }, inline(cell))))),
+      h("tbody", {}, body.map((cells) => h("tr", {}, head.map((_, k) => h("td", {}, inline(cells[k] ?? "")))))),
+    ),
+  );
 }
 
-/** Inline Markdown on already-escaped text. Code spans and links are set aside first. */
+/**
+ * Inline Markdown on raw text, as nodes. Code spans, then links, then bare URLs are set aside
+ * as nodes behind placeholders (so a URL is never looked for inside code or a link's label);
+ * emphasis is then parsed around them.
+ */
 function inline(text) {
   const saved = [];
-  const keep = (html) => `\u0000${saved.push(html) - 1}\u0000`;
-  let out = text.replace(/(`+)(.+?)\1(?!`)/g, (_, ticks, code) => keep(`<code>${code}</code>`));
-  out = out.replace(LINK, (_, label, url) => keep(link(url, emphasis(label))));
-  out = out.replace(BARE_URL, (_, before, url) => {
-    const [, target, trailing] = /^(.*?)([.,;:!?*_]*)$/.exec(url);
-    return before + keep(link(target, target)) + trailing;
+  const keep = (node) => `\u0000${saved.push(node) - 1}\u0000`;
+  let out = text.replace(CODE_SPAN, (_, ticks, code) => keep(h("code", {}, code)));
+  out = out.replace(LINK, (whole, label, url) => {
+    const href = safeUrl(url);
+    return href ? keep(h("a", { href, ...LINK_ATTRIBUTES }, emphasis(label, saved))) : whole;
   });
-  out = emphasis(out);
-  // Restore twice: a link label may itself hold a code span.
-  return out.replace(PLACEHOLDER, (_, n) => saved[n]).replace(PLACEHOLDER, (_, n) => saved[n]);
+  out = out.replace(BARE_URL, (whole, before, url) => {
+    const [, target, trailing] = /^(.*?)([.,;:!?*_~]*)$/.exec(url);
+    const href = safeUrl(target);
+    return href ? before + keep(h("a", { href, ...LINK_ATTRIBUTES }, target)) + trailing : whole;
+  });
+  return emphasis(out, saved);
 }
 
-function link(url, label) {
-  return `<a href="${url}" rel="noopener noreferrer nofollow" target="_blank">${label}</a>`;
+/** Emphasis around text with placeholders: the earliest span wins, its inside is parsed again. */
+function emphasis(text, saved) {
+  const nodes = [];
+  let pos = 0;
+  while (pos < text.length) {
+    let best = null;
+    for (const [tag, pattern] of EMPHASIS) {
+      pattern.lastIndex = pos;
+      const match = pattern.exec(text);
+      if (match && (!best || match.index < best.match.index)) best = { tag, match };
+    }
+    if (!best) break;
+    nodes.push(...restore(text.slice(pos, best.match.index), saved));
+    nodes.push(h(best.tag, {}, emphasis(best.match[1], saved)));
+    pos = best.match.index + best.match[0].length;
+  }
+  nodes.push(...restore(text.slice(pos), saved));
+  return nodes;
 }
 
-function emphasis(text) {
-  return text
-    .replace(/\*\*(?=\S)(.+?)(?<=\S)\*\*/g, "<strong>$1</strong>")
-    .replace(/(^|[^\w])__(?=\S)(.+?)(?<=\S)__(?!\w)/g, "$1<strong>$2</strong>")
-    .replace(/~~(?=\S)(.+?)(?<=\S)~~/g, "<del>$1</del>")
-    .replace(/(^|[^*\w])\*(?=[^\s*])([^*]*?[^\s*]|)\*(?!\*)/g, "$1<em>$2</em>")
-    .replace(/(^|[^\w])_(?=[^\s_])([^_]*?[^\s_]|)_(?!\w)/g, "$1<em>$2</em>");
+/** Text with placeholders -> text nodes and the saved nodes they stand for. */
+function restore(text, saved) {
+  const parts = text.split(PLACEHOLDER);
+  // split() with one capture group alternates: text, index, text, index, ..., text.
+  return parts.flatMap((part, k) => {
+    if (k % 2 === 0) return part ? [document.createTextNode(part)] : [];
+    return [saved[Number(part)]];
+  });
 }

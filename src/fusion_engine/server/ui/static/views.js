@@ -79,7 +79,7 @@ export function updateCard(container, run, index) {
     fill(body, h("p", { class: "error-text" }, h("strong", {}, `Error${response.error_kind ? ` (${response.error_kind})` : ""}: `), response.error || "no answer"));
     return;
   }
-  body.innerHTML = renderMarkdown(response.content ?? ""); // escaped first: see markdown.js
+  fill(body, renderMarkdown(response.content ?? "")); // DOM nodes, never markup: see markdown.js
   if (response.tool_calls?.length) {
     body.append(h("p", {}, h("strong", {}, "Tool calls")), h("pre", {}, h("code", {}, JSON.stringify(response.tool_calls, null, 2))));
   }

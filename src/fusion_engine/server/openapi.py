@@ -1,0 +1,399 @@
+"""What each route takes and gives, for the OpenAPI document (``/docs/openapi.json``).
+
+The handlers read their raw body on purpose (passthrough must not pay for a typed decode), so
+Litestar cannot see what they take or give; each route names its request and replies here, from
+the same msgspec structs the gateway encodes and decodes, through ``documented`` (an
+``operation_class``). Schemas are msgspec's own (exactly what msgspec accepts and writes), with
+their references inlined: Litestar rebuilds ``components/schemas`` from its own registry and
+would drop definitions put there by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from copy import copy
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    RequestBody,
+    Schema,
+)
+
+from ..config import LimitsSpec
+from ..panels import PanelMember
+from ..results import FusionResult
+from .schema import ChatCompletionSchema, ChatRequest, ErrorBody, FuseRequest, JudgeSkipped
+
+#: What each error status means on this gateway (the body is always OpenAI's error shape).
+_ERROR_MEANINGS = {
+    400: "Invalid request (``param`` names the field).",
+    401: "Missing or wrong API key.",
+    402: "Over the key's budget or the cost ceiling.",
+    404: "Unknown panel, model or judge template.",
+    413: "Request body, message list or tool list too large.",
+    422: "Every member rejected the request with this status (the upstream's type and code).",
+    429: "Rate limited, or every member was rate limited; see ``Retry-After``.",
+    502: "Every member failed, at least one other than by timeout.",
+    503: "The provider key is not configured.",
+    504: "No answer because of timeouts.",
+}
+
+
+def _string() -> Schema:
+    return cast("Schema", {"type": "string"})
+
+
+def _request_id() -> OpenAPIHeader:
+    return OpenAPIHeader(
+        description="The request's id (the client's own if it sent a well-formed one).",
+        required=True,
+        schema=cast("Schema", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}),
+    )
+
+
+def _retry_after() -> OpenAPIHeader:
+    return OpenAPIHeader(
+        description="Seconds to wait before trying again.",
+        required=True,
+        schema=cast("Schema", {"type": "string", "pattern": "^[0-9]+$"}),
+    )
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def schema_of(kind: Any) -> Schema:
+    """``kind``'s JSON Schema as msgspec reads and writes it, every ``$ref`` inlined."""
+    (root,), definitions = msgspec.json.schema_components([kind], ref_template="{name}")
+    return cast("Schema", _inline(root, definitions, ()))
+
+
+def _inline(node: Any, definitions: Mapping[str, Any], within: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"]
+            if name in within:  # none of ours is recursive; say so if one becomes it
+                raise ValueError(f"recursive schema {' -> '.join((*within, name))}")
+            rest = {key: value for key, value in node.items() if key != "$ref"}
+            return {**_inline(definitions[name], definitions, (*within, name)), **rest}
+        inlined = {key: _inline(value, definitions, within) for key, value in node.items()}
+        if inlined.get("type") == "integer":
+            # msgspec decodes a JSON integer outside these bounds as a float, which an int
+            # field then refuses: the bounds are part of what the field accepts.
+            inlined = {"minimum": _INT_MIN, "maximum": _INT_MAX, **inlined}
+        return inlined
+    if isinstance(node, list):
+        return [_inline(item, definitions, within) for item in node]
+    return node
+
+
+def json_reply(
+    description: str, schema: Schema, *, headers: Mapping[str, OpenAPIHeader] | None = None
+) -> OpenAPIResponse:
+    """A JSON reply with this schema."""
+    return OpenAPIResponse(
+        description=description,
+        content={"application/json": OpenAPIMediaType(schema=schema)},
+        headers={"X-Request-Id": _request_id(), **(headers or {})},
+    )
+
+
+def event_stream(description: str) -> OpenAPIMediaType:
+    """A ``text/event-stream`` body: the schema is one event's (what schemathesis checks)."""
+    event = {
+        "type": "object",
+        "description": description,
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }
+    return OpenAPIMediaType(schema=cast("Schema", event))
+
+
+def text_reply(description: str, media_type: str) -> OpenAPIResponse:
+    """A plain-text reply of this media type."""
+    return OpenAPIResponse(
+        description=description,
+        content={media_type: OpenAPIMediaType(schema=_string())},
+        headers={"X-Request-Id": _request_id()},
+    )
+
+
+def error_replies(*statuses: int) -> dict[str, OpenAPIResponse]:
+    """These error statuses, each with OpenAI's error body (and ``Retry-After`` on a 429)."""
+    error = schema_of(ErrorBody)
+    return {
+        str(status): json_reply(
+            _ERROR_MEANINGS[status],
+            error,
+            headers={"Retry-After": _retry_after()} if status == 429 else None,
+        )
+        for status in statuses
+    }
+
+
+def json_request(schema: Schema, description: str) -> RequestBody:
+    """A required JSON request body with this schema."""
+    return RequestBody(
+        content={"application/json": OpenAPIMediaType(schema=schema)},
+        description=description,
+        required=True,
+    )
+
+
+def documented(
+    replies: Mapping[str, OpenAPIResponse], *, request: RequestBody | None = None
+) -> type[Operation]:
+    """An ``operation_class`` for a route decorator: these replies and this request body.
+
+    Litestar builds the rest of the operation (id, summary, description, parameters); this
+    class replaces what it cannot know for a handler that reads its body itself.
+    """
+
+    @dataclass
+    class DocumentedOperation(Operation):
+        def __post_init__(self) -> None:
+            self.responses = dict(replies)
+            if request is not None:
+                self.request_body = request
+
+    return DocumentedOperation
+
+
+# --- the two routes that spend money ------------------------------------------------------------
+
+#: Statuses a fusion can end in besides 200 (the same on both spending routes).
+_FUSION_ERRORS = (400, 401, 402, 404, 413, 422, 429, 502, 503, 504)
+
+
+def _fused_headers() -> dict[str, OpenAPIHeader]:
+    return {
+        "X-Fusion-Cache": OpenAPIHeader(
+            description="On fused replies: whether the cache answered.",
+            schema=cast("Schema", {"enum": ["hit", "miss", "bypass", "off"]}),
+        ),
+        "X-Fusion-Degraded": OpenAPIHeader(
+            description="``judge_failed`` when a member's answer stood in for the judge.",
+            schema=_string(),
+        ),
+    }
+
+
+def completion_schema() -> Schema:
+    """A fused ``chat.completion`` (with ``fusion``), or a passed-through model's reply."""
+    fused = cast("dict[str, Any]", schema_of(ChatCompletionSchema))
+    judge = fused["properties"]["fusion"]["properties"]["judge"]
+    judge["anyOf"].insert(1, schema_of(JudgeSkipped))  # see FusionDetailSchema
+    passed_through = {
+        "type": "object",
+        "description": "Any other model id: the provider's chat.completion, as it sent it.",
+    }
+    return cast("Schema", {"anyOf": [fused, passed_through]})
+
+
+def _message_schema() -> dict[str, Any]:
+    """A conversation message as ``protocol.validate_messages`` accepts it (other keys kept)."""
+    text: dict[str, Any] = {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]
+    }
+    return {
+        "description": "A chat message: content is a string or an array of content parts.",
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"role": {"enum": ["system", "developer", "user"]}, "content": text},
+                "required": ["role", "content"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "role": {"enum": ["assistant", "function"]},
+                    "content": {"anyOf": [*text["anyOf"], {"type": "null"}]},
+                },
+                "required": ["role"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "role": {"const": "tool"},
+                    "content": text,
+                    "tool_call_id": {"type": "string"},
+                },
+                "required": ["role", "content", "tool_call_id"],
+            },
+        ],
+    }
+
+
+def _conversation_schema(limits: LimitsSpec) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": limits.max_messages,
+        "items": _message_schema(),
+        "description": "The conversation (at most the gateway's ``limits.max_messages``).",
+    }
+
+
+def _tools_schema(limits: LimitsSpec) -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "array", "items": {"type": "object"}, "maxItems": limits.max_tools},
+            {"type": "null"},
+        ],
+        "description": "OpenAI tools (at most the gateway's ``limits.max_tools``).",
+    }
+
+
+def chat_request_schema(limits: LimitsSpec) -> Schema:
+    """ChatRequest's schema with the checks the route makes after decoding written in."""
+    schema = cast("dict[str, Any]", schema_of(ChatRequest))
+    schema["properties"]["messages"] = _conversation_schema(limits)
+    schema["properties"]["tools"] = _tools_schema(limits)
+    schema["properties"]["model"] = {
+        "type": "string",
+        "minLength": 1,
+        "description": "``fusion/<panel>`` fuses that panel (then ``n`` may only be 1); any other "
+        "id is passed through to the passthrough provider.",
+    }
+    # stream_options only together with stream: true.
+    schema["anyOf"] = [
+        {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+        {"not": {"required": ["stream_options"]}},
+        {"properties": {"stream_options": {"type": "null"}}},
+    ]
+    return cast("Schema", schema)
+
+
+#: Not blank, as Python's ``str.strip`` sees it: ECMA's ``\s`` (the pattern dialect) lacks
+#: the separators U+001C-U+001F and U+0085 that Python strips.
+_NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+
+
+def _slug() -> dict[str, Any]:
+    """A model slug: anything but blank."""
+    return {"type": "string", "pattern": _NOT_BLANK}
+
+
+def _member_schema(providers: Collection[str]) -> dict[str, Any]:
+    """PanelMember with the checks ``panels.validate_panel`` makes written in."""
+    member = cast("dict[str, Any]", schema_of(PanelMember))
+    properties = member["properties"]
+    properties["slug"] = _slug()
+    properties["max_tokens"] = {
+        "anyOf": [{"type": "integer", "minimum": 1, "maximum": _INT_MAX}, {"type": "null"}]
+    }
+    properties["temperature"] = {
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": 2}, {"type": "null"}]
+    }
+    properties["top_p"] = {
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]
+    }
+    properties["provider"] = {"anyOf": [{"enum": sorted(providers)}, {"type": "null"}]}
+    return member
+
+
+def fuse_request_schema(limits: LimitsSpec, providers: Collection[str]) -> Schema:
+    """FuseRequest's schema: exactly one of prompt and messages, one of panel and models."""
+    schema = cast("dict[str, Any]", schema_of(FuseRequest))
+    properties = schema["properties"]
+    properties["prompt"] = {"type": "string", "pattern": _NOT_BLANK, "description": "Not blank."}
+    properties["messages"] = _conversation_schema(limits)
+    properties["tools"] = _tools_schema(limits)
+    properties["panel"] = {"type": "string", "description": "A panel's name."}
+    properties["models"] = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": limits.max_members,
+        "items": {"anyOf": [_slug(), _member_schema(providers)]},
+        "description": "An ad-hoc panel: model slugs, or members with their own settings "
+        "(at most the gateway's ``limits.max_members``).",
+    }
+    properties["judge_model"] = {
+        **_slug(),
+        "description": "The judge; required with ``models``, optional with a panel.",
+    }
+    schema["allOf"] = [
+        _one_of(["prompt"], ["messages"]),
+        _one_of(["panel"], ["models", "judge_model"]),
+    ]
+    return cast("Schema", schema)
+
+
+def _one_of(first: list[str], second: list[str]) -> dict[str, Any]:
+    """Either the ``first`` fields or the ``second`` ones (their first field names the choice)."""
+    return {
+        "oneOf": [
+            {"required": first, "not": {"required": second[:1]}},
+            {"required": second, "not": {"required": first[:1]}},
+        ]
+    }
+
+
+def chat_operation(limits: LimitsSpec) -> type[Operation]:
+    """``POST /v1/chat/completions``: the request, the reply (JSON or SSE) and its errors."""
+    reply = json_reply(
+        "A chat.completion; with ``stream: true``, chat.completion.chunk events ending in "
+        "``data: [DONE]``.",
+        completion_schema(),
+        headers=_fused_headers(),
+    )
+    reply.content = {
+        **(reply.content or {}),
+        "text/event-stream": event_stream(
+            "``data:`` lines, each a chat.completion.chunk (the finishing one carries "
+            "``fusion``), then ``data: [DONE]``; a late error comes in-band as ``data: {error}``."
+        ),
+    }
+    passthrough_error = json_reply(
+        "A passed-through provider's error status, in OpenAI's shape (its type, code, param).",
+        schema_of(ErrorBody),
+    )
+    return documented(
+        {"200": reply, **error_replies(*_FUSION_ERRORS), "default": passthrough_error},
+        request=json_request(
+            chat_request_schema(limits),
+            "OpenAI's chat request. ``fusion/<panel>`` (or ``fusion-<panel>``) fuses a panel; any "
+            "other model id is passed through. Fields not listed are kept and forwarded.",
+        ),
+    )
+
+
+def fuse_operation(limits: LimitsSpec, providers: Collection[str]) -> type[Operation]:
+    """``POST /fuse``: the request, the FusionResult (JSON or SSE progress) and its errors."""
+    reply = json_reply(
+        "The whole FusionResult; with ``stream: true``, SSE progress events.",
+        schema_of(FusionResult),
+        headers=_fused_headers(),
+    )
+    reply.content = {
+        **(reply.content or {}),
+        "text/event-stream": event_stream(
+            "``event: member`` (a PanelResponse as each member finishes), ``event: judge`` (each "
+            "delta of the judge's text), ``event: result`` (the FusionResult), ``event: error``."
+        ),
+    }
+    return documented(
+        {"200": reply, **error_replies(*_FUSION_ERRORS)},
+        request=json_request(
+            fuse_request_schema(limits, providers), "A prompt or messages, and a panel or models."
+        ),
+    )
+
+
+def described(handler: HTTPRouteHandler, operation: type[Operation]) -> HTTPRouteHandler:
+    """A copy of a route handler documented by ``operation``.
+
+    For the routes whose documentation depends on the gateway config (its limits and providers):
+    ``create_app`` attaches it per app. The handler itself is untouched (Litestar copies handlers
+    on registration anyway).
+    """
+    copied = copy(handler)
+    copied.operation_class = operation
+    return copied

@@ -38,6 +38,8 @@ _ERROR_MEANINGS = {
     402: "Over the key's budget or the cost ceiling.",
     404: "Unknown panel, model or judge template.",
     413: "Request body, message list or tool list too large.",
+    415: "Without API keys: the body is not ``application/json`` (no cross-site form posts).",
+    421: "Without API keys: the Host header is not a loopback name or address (DNS rebinding).",
     422: "Every member rejected the request with this status (the upstream's type and code).",
     429: "Rate limited, or every member was rate limited; see ``Retry-After``.",
     502: "Every member failed, at least one other than by timeout.",
@@ -169,7 +171,7 @@ def documented(
 # --- the two routes that spend money ------------------------------------------------------------
 
 #: Statuses a fusion can end in besides 200 (the same on both spending routes).
-_FUSION_ERRORS = (400, 401, 402, 404, 413, 422, 429, 502, 503, 504)
+_FUSION_ERRORS = (400, 401, 402, 404, 413, 415, 421, 422, 429, 502, 503, 504)
 
 
 def _fused_headers() -> dict[str, OpenAPIHeader]:

@@ -32,6 +32,7 @@ from fusion_engine.config import GatewayConfig, resolve_config
 from fusion_engine.panels import EstimatedCost, Panel, PanelMember
 from fusion_engine.plan import FusionPlan, make_plan
 from fusion_engine.protocol import GenerationParams
+from fusion_engine.redis_client import SharedRedis
 from fusion_engine.results import FusionResult
 
 from .helpers import REDIS_URL, require_redis
@@ -226,10 +227,13 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ResultCache]:
         backend = MemoryCache(max_bytes=1 << 20)
     else:
         require_redis()
-        backend = RedisCache(REDIS_URL)
+        redis = SharedRedis.connect(REDIS_URL)
+        backend = RedisCache(redis)
     results = ResultCache(backend, ttl_s=60)
     yield results
     await results.aclose()
+    if request.param == "redis":
+        await redis.aclose()
 
 
 class Fusions:

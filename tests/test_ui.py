@@ -486,8 +486,9 @@ def test_wrong_key_says_401_plainly(
 
 def test_gateway_errors_are_shown_as_messages(session: Session, fake: FakeUpstream) -> None:
     """An in-band stream error (every member failed) and an HTTP error (413) both read as text."""
+    # Two different statuses: members refusing alike would be relayed as that status instead.
     fake.script(LEFT, Reply(status=400, error_message="left is down"))
-    fake.script(RIGHT, Reply(status=400, error_message="right is down"))
+    fake.script(RIGHT, Reply(status=401, error_message="right is down"))
     page = session.open()
     session.run("Anyone there?", panel="pair")
     expect(page.get_by_role("alert")).to_contain_text(

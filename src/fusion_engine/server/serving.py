@@ -73,12 +73,14 @@ def run_server(environ: Mapping[str, str], *, dev: bool) -> int:
         import uvicorn
 
         from .app import create_app
+        from .http_guard import GuardedHttpToolsProtocol
 
         uvicorn.run(
             create_app(settings, engine=engine),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            http=GuardedHttpToolsProtocol,
         )
         return 0
     argv = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG]

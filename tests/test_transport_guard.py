@@ -199,3 +199,19 @@ def test_pipelined_requests_in_one_write_are_all_served(gateway: GatewayProcess)
         if b"\r\n\r\n" not in rest:
             rest += read_until_reply(sock)
         assert parse(first)[0] == 200 and parse(rest)[0] == 200
+
+
+def test_a_large_head_pipelined_behind_a_small_request_is_refused(gateway: GatewayProcess) -> None:
+    """A head that starts in the same read as the end of the previous request is measured too:
+    the first request is answered, then the connection closes (a 431 may follow the reply,
+    never precede it)."""
+    with connect(gateway) as sock:
+        small = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+        large = b"GET /health HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n"
+        sock.sendall(small + large)
+        replies = read_reply(sock)
+    assert replies.startswith(b"HTTP/1.1 200 "), replies[:100]
+    assert replies.count(b"HTTP/1.1 200 ") == 1
+    _, _, rest = replies.partition(b"HTTP/1.1 431")
+    if rest:
+        assert_431(b"HTTP/1.1 431" + rest)

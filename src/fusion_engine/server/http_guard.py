@@ -69,8 +69,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         #: True while the bytes arriving belong to a request head (or to none yet).
         self._head_open = True
-        #: Bytes received while the current head was open (an upper bound of its size).
+        #: Bytes received while the current head was open (an upper bound of its size when
+        #: ``_counted_from_start``).
         self._head_bytes = 0
+        #: Whether ``_head_bytes`` counts the open head from its first byte: not when it began
+        #: in the read that ended the previous request (pipelining).
+        self._counted_from_start = False
+        #: Whether httptools has seen the open head's first byte.
+        self._head_begun = False
         #: When the open head began (``None`` while no head is arriving).
         self._head_started: float | None = None
         #: One timer per connection, not per request: it stays armed across fast requests and,
@@ -96,6 +102,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._refused:
             return
+        if self._head_bytes == 0 and not self._head_begun:
+            self._counted_from_start = True  # this read starts the head
         self._head_bytes += len(data)
         super().data_received(data)
         # Still inside the head and past the limit: stop here, before httptools is fed (and
@@ -107,6 +115,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_begun = True
         # The first byte of a keep-alive connection's next request starts its head's clock.
         if self._head_started is None:
             self._head_started = self.loop.time()
@@ -118,7 +127,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = None
         # The raw count also holds body bytes that came in the same read, so it only tells
         # when the exact size (what httptools parsed) is worth adding up.
-        if self._head_bytes > HEAD_LIMIT_BYTES and self._parsed_head_size() > HEAD_LIMIT_BYTES:
+        suspect = self._head_bytes > HEAD_LIMIT_BYTES or not self._counted_from_start
+        if suspect and self._parsed_head_size() > HEAD_LIMIT_BYTES:
             self._refused = True
             self._head_open = True  # what still arrives goes to the refused-head path
             raise HeadTooLargeError  # uvicorn turns it into send_400_response, answered below
@@ -127,6 +137,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._head_open = True
         self._head_bytes = 0
+        self._counted_from_start = self._head_begun = False
         super().on_message_complete()
 
     # --- refusing --------------------------------------------------------------------------
@@ -144,6 +155,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _send_431(self) -> None:
         self._cancel_head_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The head was pipelined behind a request still being answered: a 431 now would
+            # arrive before that reply. Finish the reply and close instead; read no more.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
         self.logger.warning("Request head over %d bytes refused with 431.", HEAD_LIMIT_BYTES)
         head = (
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"

@@ -176,7 +176,11 @@ class GatewayProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except RuntimeError:
+            self.stop()  # a gateway that never got ready must not outlive the test
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30

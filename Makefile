@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its extras
 
-run: $(STAMP) ## run the gateway on http://127.0.0.1:8000 with the in-memory cache
-	FUSION_CACHE=memory $(BIN)/fusion serve --host 127.0.0.1 --port 8000
+run: $(STAMP) ## run the gateway on FUSION_HOST:FUSION_PORT (default http://127.0.0.1:8000), in-memory cache unless FUSION_CACHE says otherwise
+	FUSION_CACHE=$${FUSION_CACHE:-memory} $(BIN)/fusion serve
 
 test: $(STAMP) redis ## run the whole test suite
 	$(BIN)/pytest

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -151,9 +151,12 @@ class FakeInThread:
 
 
 class GatewayProcess:
-    """`fusion serve` (gunicorn + uvicorn worker) in a subprocess, on a free port."""
+    """`fusion serve` (gunicorn + uvicorn worker; ``args=["--dev"]``: uvicorn alone) in a
+    subprocess, on a free port."""
 
-    def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, workers: int = 1, args: Sequence[str] = ()
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
@@ -167,13 +170,17 @@ class GatewayProcess:
             "FUSION_WORKERS": str(workers),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fusion_engine.cli", "serve"],
+            [sys.executable, "-m", "fusion_engine.cli", "serve", *args],
             env=full_env,
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except RuntimeError:
+            self.stop()  # a gateway that never got ready must not outlive the test
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +14,7 @@ from fusion_engine.config import load_config
 from fusion_engine.errors import ConfigError, ConfigFileError, ProviderKeyMissingError
 from fusion_engine.settings import DEFAULT_OPENROUTER_BASE_URL, Settings
 
-from .helpers import ROOT
+from .helpers import ROOT, free_port
 
 
 def test_defaults_without_environment() -> None:
@@ -134,3 +138,90 @@ def test_broken_config_names_file_and_field(tmp_path: Path, text: str, field: st
         load_config(Settings.from_environ({"FUSION_CONFIG": str(path)}))
     assert raised.value.field == field
     assert str(path) in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FUSION_WORKERS", "-1"),
+        ("FUSION_WORKERS", "0"),
+        ("FUSION_PORT", "70000"),
+        ("FUSION_PORT", "0"),
+        ("FUSION_PORT", "-80"),
+        ("FUSION_CACHE_TTL_S", "-5"),
+        ("FUSION_CACHE_TTL_S", "0"),
+        ("FUSION_CACHE_MAX_MB", "-1"),
+        ("FUSION_CACHE_MAX_MB", "0"),
+        ("FUSION_LOG_LEVEL", "loud"),
+        ("FUSION_LOG_FORMAT", "xml"),
+        ("FUSION_CACHE", "disk"),
+        ("FUSION_KEEPALIVE_S", "0"),
+        ("FUSION_KEEPALIVE_S", "nan"),
+        ("FUSION_KEEPALIVE_S", "inf"),
+        ("FUSION_RELOAD_INTERVAL_S", "-1"),
+        ("FUSION_RELOAD_INTERVAL_S", "nan"),
+        ("FUSION_ALLOW_NO_AUTH", "maybe"),
+    ],
+)
+def test_out_of_range_values_are_refused_by_name(name: str, value: str) -> None:
+    """Every variable is checked for its range or its choices, and the error names it."""
+    with pytest.raises(ConfigError, match=name) as raised:
+        Settings.from_environ({name: value})
+    assert repr(value) in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("FUSION_LOG_LEVEL", "WARNING", "log_level", "warning"),
+        ("FUSION_LOG_LEVEL", "debug", "log_level", "debug"),
+        ("FUSION_PORT", "65535", "port", 65535),
+        ("FUSION_ALLOW_NO_AUTH", "0", "allow_no_auth", False),
+        ("FUSION_ALLOW_NO_AUTH", "true", "allow_no_auth", True),
+        ("FUSION_RELOAD_INTERVAL_S", "0", "reload_interval_s", 0.0),
+    ],
+)
+def test_values_at_the_edges_are_accepted(name: str, value: str, field: str, expected: Any) -> None:
+    """The checks refuse only what cannot work: edges and spellings in range are kept."""
+    assert getattr(Settings.from_environ({name: value}), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FUSION_WORKERS", "-1"), ("FUSION_PORT", "70000"), ("FUSION_LOG_LEVEL", "loud")],
+)
+def test_serve_refuses_a_bad_variable_without_a_traceback(name: str, value: str) -> None:
+    """`fusion serve` exits non-zero at start with one line naming the variable."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "FUSION_PANELS_DIR": str(ROOT / "panels"),
+        "FUSION_JUDGES_DIR": str(ROOT / "judges"),
+        "FUSION_CONFIG": str(ROOT / "config" / "gateway.yaml"),
+        "FUSION_PORT": str(free_port()),
+        name: value,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fusion_engine.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # gunicorn's master stops its workers on SIGTERM
+        process.communicate(timeout=30)
+        pytest.fail(f"fusion serve started with {name}={value}")
+    assert process.returncode != 0
+    assert name in stderr and "Traceback" not in stderr, stderr
+
+
+def test_make_run_takes_host_and_port_from_the_environment() -> None:
+    """`make run` leaves FUSION_HOST / FUSION_PORT to the environment (no --host/--port)."""
+    recipe = subprocess.run(
+        ["make", "-s", "-n", "run"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    serve_line = next(line for line in recipe.splitlines() if "fusion serve" in line)
+    assert "--port" not in serve_line and "--host" not in serve_line, serve_line

@@ -19,7 +19,7 @@ import structlog
 from .agreement import measure_agreement
 from .calls import failed_response, response_from_reply
 from .config import Provider, ResolvedConfig, load_config
-from .definitions import load_definitions
+from .definitions import Definitions, load_definitions
 from .errors import JudgeFailedError, UpstreamError
 from .judges import build_judge_messages, new_boundary
 from .panels import Panel, PanelMember
@@ -91,29 +91,51 @@ class FusionEngine:
         self.settings = settings or Settings.from_environ(os.environ)
         self.config = config or load_config(self.settings)
         if judge_templates is None or panels is None:
-            loaded_templates, loaded_panels = self.read_definitions()
-            judge_templates = loaded_templates if judge_templates is None else judge_templates
-            panels = loaded_panels if panels is None else panels
-        self.judge_templates = dict(judge_templates)
-        self.panels = dict(panels)
+            loaded = self.read_definitions()
+            judge_templates = loaded.templates if judge_templates is None else judge_templates
+            panels = loaded.panels if panels is None else panels
+        #: Templates and panels, one immutable set replaced whole by ``reload``.
+        self.definitions = Definitions.of(judge_templates, panels)
         self.upstream = upstream or UpstreamClient(clock=clock)
         self.clock: Clock = clock or self.upstream.clock
         self.on_call: CallObserver = on_call or _ignore_call
 
-    def read_definitions(self) -> tuple[dict[str, str], dict[str, Panel]]:
+    @property
+    def panels(self) -> Mapping[str, Panel]:
+        """The loaded panels by name (of the current set; read-only)."""
+        return self.definitions.panels
+
+    @property
+    def judge_templates(self) -> Mapping[str, str]:
+        """The loaded judge templates by name (of the current set; read-only)."""
+        return self.definitions.templates
+
+    def read_definitions(self) -> Definitions:
         """Judge templates and panels from their directories (see ``load_definitions``)."""
         return load_definitions(self.settings, self.config)
 
     def reload(self) -> None:
         """Re-read templates and panels; on any error the current set stays as it was.
 
+        Blocks while the files are read: in a running event loop use ``areload``.
+
         Raises:
             ConfigError: the new set is invalid (and was not applied).
         """
-        templates, panels = self.read_definitions()
-        # Plans already made keep the panel and template text they resolved; new requests
-        # see the whole new set at once.
-        self.judge_templates, self.panels = templates, panels
+        # One assignment: plans already made keep the panel and template text they resolved;
+        # new requests see the whole new set at once.
+        self.definitions = self.read_definitions()
+
+    async def areload(self) -> Definitions:
+        """``reload`` with the files read and validated in a thread, so the loop keeps serving;
+        the new set is swapped in on the loop, whole. Returns the set now in force.
+
+        Raises:
+            ConfigError: the new set is invalid (and was not applied).
+        """
+        definitions = await asyncio.to_thread(self.read_definitions)
+        self.definitions = definitions
+        return definitions
 
     async def __aenter__(self) -> FusionEngine:
         return self
@@ -141,11 +163,12 @@ class FusionEngine:
         params: GenerationParams | None = None,
     ) -> FusionPlan:
         """Resolve a request without spending anything (see ``plan.make_plan`` for errors)."""
+        definitions = self.definitions  # read once: panel and template from the same set
         return make_plan(
             prompt,
             panel=panel,
-            panels=self.panels,
-            templates=self.judge_templates,
+            panels=definitions.panels,
+            templates=definitions.templates,
             config=self.config,
             judge_model=judge_model,
             judge_template=judge_template,

@@ -7,6 +7,7 @@ state at import time and tests build settings from plain dicts.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -19,6 +20,10 @@ from .errors import ConfigError
 
 CacheBackend = Literal["redis", "memory", "off"]
 LogFormat = Literal["json", "console"]
+#: The levels gunicorn and uvicorn both know (anything else would be silently read as info).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 #: A key name: the label in rate limits, metrics, logs and spend (never the key itself).
@@ -141,27 +146,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 env.get("FUSION_SERVER_API_KEY") or "", "FUSION_SERVER_API_KEY"
             )
         redis_url = env.get("REDIS_URL") or None
-        cache = env.get("FUSION_CACHE") or ("redis" if redis_url else "memory")
-        if cache not in ("redis", "memory", "off"):
-            raise ConfigError(f"FUSION_CACHE must be redis, memory or off, not {cache!r}")
-        log_format = env.get("FUSION_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
-        if log_format not in ("json", "console"):
-            raise ConfigError(f"FUSION_LOG_FORMAT must be json or console, not {log_format!r}")
+        cache = _choice(env, "FUSION_CACHE", "redis" if redis_url else "memory", CACHE_BACKENDS)
+        log_format = _choice(
+            env, "FUSION_LOG_FORMAT", "console" if sys.stderr.isatty() else "json", LOG_FORMATS
+        )
         return cls(
             environ=env,
             server_api_keys=api_keys,
-            allow_no_auth=env.get("FUSION_ALLOW_NO_AUTH", "") in ("1", "true", "yes"),
+            allow_no_auth=_flag(env, "FUSION_ALLOW_NO_AUTH"),
             redis_url=redis_url,
             cache_backend=cache,  # type: ignore[arg-type]  # checked just above
-            cache_ttl_s=_int(env, "FUSION_CACHE_TTL_S", 86400),
-            cache_max_mb=_int(env, "FUSION_CACHE_MAX_MB", 64),
+            cache_ttl_s=_int(env, "FUSION_CACHE_TTL_S", 86400, minimum=1),
+            cache_max_mb=_int(env, "FUSION_CACHE_MAX_MB", 64, minimum=1),
             panels_dir=Path(env.get("FUSION_PANELS_DIR") or "panels"),
             judges_dir=Path(env.get("FUSION_JUDGES_DIR") or "judges"),
             config_path=Path(env.get("FUSION_CONFIG") or "config/gateway.yaml"),
             host=env.get("FUSION_HOST") or "127.0.0.1",
-            port=_int(env, "FUSION_PORT", 8000),
-            workers=_int(env, "FUSION_WORKERS", 1),
-            log_level=(env.get("FUSION_LOG_LEVEL") or "info").lower(),
+            port=_int(env, "FUSION_PORT", 8000, minimum=1, maximum=65535),
+            workers=_int(env, "FUSION_WORKERS", 1, minimum=1),
+            log_level=_choice(env, "FUSION_LOG_LEVEL", "info", LOG_LEVELS),
             log_format=log_format,  # type: ignore[arg-type]  # checked just above
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             keepalive_s=_positive_float(env, "FUSION_KEEPALIVE_S", 5.0),
@@ -169,17 +172,54 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+CACHE_BACKENDS = ("redis", "memory", "off")
+LOG_FORMATS = ("json", "console")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case-insensitive), or ``default`` when unset."""
+    raw = env.get(name) or default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """A yes/no switch; a word that is neither is an error rather than a silent "no"."""
+    raw = env.get(name, "")
+    value = raw.strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, not {raw!r}")
+
+
+def _int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """An integer within ``[minimum, maximum]``, or ``default`` when unset."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from exc
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ConfigError(f"{name} must be {bounds}, not {raw!r}")
+    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    """A finite number not below 0, or ``default`` when unset."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -187,13 +227,14 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, not {raw!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number not below 0, not {raw!r}")
     return value
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    """A finite number above 0, or ``default`` when unset."""
     value = _float(env, name, default)
     if value == 0:
-        raise ConfigError(f"{name} must be greater than 0")
+        raise ConfigError(f"{name} must be greater than 0, not {env.get(name)!r}")
     return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from fusion_engine.server.metrics_dir import remove_private_metrics_dir
 from fusion_engine.settings import Settings
 
 _settings = Settings.from_environ(os.environ)
@@ -37,3 +38,8 @@ def child_exit(server: object, worker: object) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]
+
+
+def on_exit(server: object) -> None:
+    """The master stops: remove the metrics directory ``fusion serve`` made for this server."""
+    remove_private_metrics_dir(os.environ)

@@ -3,7 +3,8 @@
 Hand-written on prometheus-client rather than Litestar's Prometheus plugin because the design
 fixes the family names and labels (``fusion_*``, panel and model from config only). Under
 gunicorn with several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker imports
-prometheus-client, and ``/metrics`` sums every worker through ``MultiProcessCollector``.
+prometheus-client, and ``/metrics`` sums every worker through ``MultiProcessCollector``; the
+files there are reserved before use (``metrics_files``), so a full disk degrades metrics only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client import (
 )
 
 from ..results import PanelResponse
+from .metrics_files import install as install_reserved_files
 
 #: From tens of milliseconds (cache hits, fast models) to minutes (long fusions).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -64,6 +66,12 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = multiprocess_dir
+        #: Metric files that ran out of room and are not yet in ``file_errors`` (they are
+        #: reported from inside prometheus-client's lock, so they are added at the next scrape).
+        self._unrecorded_file_errors = 0
+        if multiprocess_dir:
+            # Before the first metric: a full directory must raise, not SIGBUS the worker.
+            install_reserved_files(self._file_error)
         self.known_models = set(known_models)
         self.known_panels = set(known_panels)
         registry = self.registry
@@ -107,6 +115,11 @@ class Metrics:
             "fusion_config_reloads_total", "Panel and judge reloads by result (ok, error).",
             ["result"], registry=registry,
         )  # fmt: skip
+        self.file_errors = Counter(
+            "fusion_metrics_file_errors_total",
+            "Metric files that ran out of room (their new label sets are not published).",
+            registry=registry,
+        )
         self._requests = Children(self.requests)
         self._request_duration = Children(self.request_duration)
         self._upstream_requests = Children(self.upstream_requests)
@@ -149,8 +162,14 @@ class Metrics:
         if response.cost_usd:
             self._upstream_cost(label).inc(response.cost_usd)
 
+    def _file_error(self, error: OSError) -> None:
+        self._unrecorded_file_errors += 1
+
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition: every worker's values when running multiprocess."""
+        if self._unrecorded_file_errors:
+            errors, self._unrecorded_file_errors = self._unrecorded_file_errors, 0
+            self.file_errors.inc(errors)
         registry = self.registry
         if self.multiprocess_dir:
             registry = CollectorRegistry()

@@ -35,21 +35,25 @@ def fingerprint(directories: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def reload_if_changed(gateway: Gateway, last: str) -> str:
-    """Reload when the files changed; return the fingerprint now in force."""
+async def reload_if_changed(gateway: Gateway, last: str) -> str:
+    """Reload when the files changed; return the fingerprint now in force.
+
+    Hashing, reading and validating run in a thread; the new set is swapped in on the loop
+    with the metric labels, so no request sees half of it.
+    """
     directories = (gateway.settings.panels_dir, gateway.settings.judges_dir)
-    current = fingerprint(directories)
+    current = await asyncio.to_thread(fingerprint, directories)
     if current == last:
         return last
     try:
-        gateway.engine.reload()
+        definitions = await gateway.engine.areload()
     except ConfigError as error:
         gateway.metrics.config_reloads.labels("error").inc()
         log.error("reload_failed", error=error.message, kept_panels=len(gateway.engine.panels))
         return current  # do not retry the same broken content every interval
     gateway.refresh_labels()
     gateway.metrics.config_reloads.labels("ok").inc()
-    log.info("reloaded", panels=sorted(gateway.engine.panels))
+    log.info("reloaded", panels=sorted(definitions.panels))
     return current
 
 
@@ -59,4 +63,4 @@ async def watch_definitions(gateway: Gateway, interval_s: float) -> None:
     last = await asyncio.to_thread(fingerprint, directories)
     while True:
         await asyncio.sleep(interval_s)
-        last = await asyncio.to_thread(reload_if_changed, gateway, last)
+        last = await reload_if_changed(gateway, last)

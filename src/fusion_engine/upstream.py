@@ -507,7 +507,9 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int, *, cut: boo
             found while reading); with ``cut`` the first ``limit`` bytes are returned instead.
     """
     length = response.content_length
-    if length is not None and length > limit and not cut:
+    if length is not None and length <= limit:
+        return await response.read()  # announced and small enough: aiohttp's one-buffer read
+    if length is not None and not cut:
         raise BodyTooLargeError(length)
     parts: list[bytes] = []
     size = 0

@@ -162,6 +162,44 @@ def test_half_a_head_is_closed_after_the_head_timeout(gateway: GatewayProcess) -
     assert HEAD_TIMEOUT_S - 1 <= closed_after <= HEAD_TIMEOUT_S + 5
 
 
+def trickle_until_closed(sock: socket.socket, byte: bytes, *, every_s: float = 2.0) -> float:
+    """Send ``byte`` every ``every_s`` until the server closes the connection; seconds it took
+    (capped at three head timeouts, which fails the callers' bounds)."""
+    started = time.monotonic()
+    sock.settimeout(every_s)
+    while time.monotonic() - started < 3 * HEAD_TIMEOUT_S:
+        try:
+            sock.sendall(byte)
+            if sock.recv(65536) == b"":
+                break
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return time.monotonic() - started
+
+
+def test_trickled_bytes_after_a_request_do_not_keep_a_connection(gateway: GatewayProcess) -> None:
+    """Found in review: stray CR/LF between requests (which httptools skips without starting a
+    message) and the unread rest of an answered request's body each cancelled the keep-alive
+    timer, so one byte every few seconds held a connection for ever. Both are now closed
+    within the head timeout."""
+    with connect(gateway) as between, connect(gateway) as body:
+        between.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert parse(read_until_reply(between))[0] == 200
+        # No key: answered 401 before the (never finished) body is read.
+        body.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 1000000\r\n\r\n{"
+        )
+        assert parse(read_until_reply(body))[0] == 401
+        with ThreadPoolExecutor(2) as pool:
+            crlf = pool.submit(trickle_until_closed, between, b"\r\n")
+            trickled_body = pool.submit(trickle_until_closed, body, b" ")
+            assert crlf.result() <= HEAD_TIMEOUT_S + 5
+            assert trickled_body.result() <= HEAD_TIMEOUT_S + 5
+
+
 def read_until_reply(sock: socket.socket) -> bytes:
     """One complete reply on a keep-alive connection (head and Content-Length body)."""
     received = b""

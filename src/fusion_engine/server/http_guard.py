@@ -82,6 +82,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         #: One timer per connection, not per request: it stays armed across fast requests and,
         #: when it fires, closes the connection only if the open head began too long ago.
         self._head_timer: asyncio.TimerHandle | None = None
+        #: Armed when a reply went out before its request's body had arrived whole.
+        self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     # --- connection ------------------------------------------------------------------------
@@ -94,6 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -102,6 +105,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._refused:
             return
+        if self._head_started is None:
+            # Bytes between requests start the next head's clock even before httptools calls
+            # on_message_begin: it skips stray CR/LF silently, and each byte would otherwise
+            # cancel uvicorn's keep-alive timer and leave the connection untimed.
+            self._head_started = self.loop.time()
+            if self._head_timer is None:
+                self._arm_head_timer(HEAD_TIMEOUT_S)
         if self._head_bytes == 0 and not self._head_begun:
             self._counted_from_start = True  # this read starts the head
         self._head_bytes += len(data)
@@ -135,10 +145,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._cancel_body_timer()
         self._head_open = True
         self._head_bytes = 0
         self._counted_from_start = self._head_begun = False
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if not self._head_open and not self.transport.is_closing():
+            # Answered before the request's body arrived whole (a 401 to a keyless client, a
+            # 413): the rest of the body may take at most HEAD_TIMEOUT_S more, so a client
+            # trickling a body nobody reads cannot hold the connection. Not closed at once: a
+            # close with unread input resets the connection, and the client could lose the reply.
+            self._body_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._body_timed_out)
+        super().on_response_complete()
 
     # --- refusing --------------------------------------------------------------------------
 
@@ -209,3 +229,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.logger.info("Connection closed: no whole request head within %.0f s.", HEAD_TIMEOUT_S)
         self.transport.close()
+
+    # --- body left unread after the reply --------------------------------------------------
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._head_open and not self.transport.is_closing():
+            self.logger.info(
+                "Connection closed: the rest of an answered request's body took over %.0f s.",
+                HEAD_TIMEOUT_S,
+            )
+            self.transport.close()

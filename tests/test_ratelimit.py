@@ -19,7 +19,7 @@ from fusion_engine.ratelimit import (
     RateLimiter,
     RedisLimitStore,
 )
-from fusion_engine.redis_client import SharedRedis
+from fusion_engine.redis_client import RedisDown, SharedRedis
 from fusion_engine.testing import Reply
 
 from .helpers import REDIS_URL, ROOT, FakeInThread, GatewayProcess, free_port, require_redis
@@ -112,6 +112,33 @@ async def test_unreachable_redis_fails_open_or_closed(fail_open: bool) -> None:
                 await limiter.check_request("x")
     finally:
         await redis.aclose()
+
+
+async def test_a_lease_is_given_back_right_after_a_redis_timeout() -> None:
+    """Found in review: one Redis timeout on the worker's shared client made it report Redis
+    down for a second without trying, so a fusion ending in that second kept its slot for the
+    lease's 15 minutes and its key's next fusion was refused. Giving a lease back always tries."""
+    require_redis()
+    import redis.exceptions
+
+    shared = SharedRedis.connect(REDIS_URL)
+    limiter = RateLimiter(RateLimitSpec(concurrent_fusions=1), RedisLimitStore(shared))
+    who = fresh_identity()
+
+    async def timing_out(client: object) -> None:
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    try:
+        lease = await limiter.fusion_slot(who)
+        with pytest.raises(RedisDown):
+            await shared.run(timing_out)  # another request's operation timed out meanwhile
+        await lease.release()
+        assert await shared.client.zcard(f"fusion:concurrency:{who}") == 0
+        await asyncio.sleep(1.1)  # past the outage memory: the key's next fusion is let in
+        await (await limiter.fusion_slot(who)).release()
+    finally:
+        await shared.client.delete(f"fusion:concurrency:{who}")
+        await shared.aclose()
 
 
 # --- through the gateway, two workers sharing Redis ----------------------------------------------

@@ -111,7 +111,7 @@ class RedisLimitStore:
 
     async def release(self, identity: str, token: str) -> None:
         name = f"fusion:concurrency:{identity}"
-        await self._redis.run(lambda client: client.zrem(name, token))
+        await self._redis.run(lambda client: client.zrem(name, token), skip_if_down=False)
 
 
 class Lease:

@@ -116,14 +116,22 @@ class SharedRedis:
         )
         return cls(Redis(connection_pool=pool))
 
-    async def run(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+    async def run(
+        self, operation: Callable[[Redis], Awaitable[T]], *, skip_if_down: bool = True
+    ) -> T:
         """``operation(client)``, with Redis trouble sorted into busy and down.
+
+        Args:
+            operation: what to do with the client.
+            skip_if_down: fail at once while Redis was unreachable a moment ago; ``False``
+                tries anyway (giving a concurrency lease back must not be skipped for an
+                outage that was only a timeout under load: the slot would stay taken).
 
         Raises:
             RedisBusy: no connection came free within the pool's bounded wait.
             RedisDown: Redis did not answer (or did not a moment ago).
         """
-        if self._down_until and self._clock() < self._down_until:
+        if skip_if_down and self._down_until and self._clock() < self._down_until:
             raise RedisDown("Redis was unreachable a moment ago")
         try:
             result = await operation(self.client)

@@ -4,6 +4,7 @@ aioresponses and time replaced by a fake clock, so retry and backoff assertions 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
 import json
 import types
@@ -1424,6 +1425,28 @@ async def test_an_answer_over_the_bound_fails_and_stops_the_read(client: Upstrea
     assert raised.value.kind == "invalid_response"
     assert raised.value.attempts == 1
     assert endless.written < 50 * MIB
+
+
+async def test_a_compressed_answer_is_bounded_by_its_unpacked_size(client: UpstreamClient) -> None:
+    """Found in review: a gzip body's Content-Length is its packed size, so a 40 KB body that
+    unpacks to 9 MiB passed a check on Content-Length alone. The bound counts unpacked bytes."""
+    answer = json.dumps({"choices": [{"message": {"content": "a " * (9 * MIB // 2)}}]})
+    packed = gzip.compress(answer.encode())
+    assert len(packed) < MIB
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(
+            body=packed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        with pytest.raises(UpstreamError) as raised:
+            await client.chat(EndlessBody().provider(server), BODY, timeout_s=30)
+    assert "over 8 MiB" in raised.value.message
 
 
 async def test_an_answer_announced_over_the_bound_is_not_read(

@@ -507,9 +507,12 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int, *, cut: boo
             found while reading); with ``cut`` the first ``limit`` bytes are returned instead.
     """
     length = response.content_length
-    if length is not None and length <= limit:
+    # Content-Length counts packed bytes when the body is compressed: only a plain body's
+    # announced length tells what reading it costs.
+    plain = "Content-Encoding" not in response.headers
+    if length is not None and length <= limit and plain:
         return await response.read()  # announced and small enough: aiohttp's one-buffer read
-    if length is not None and not cut:
+    if length is not None and length > limit and not cut:
         raise BodyTooLargeError(length)
     parts: list[bytes] = []
     size = 0

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fusion_engine.cache import RedisCache
 from fusion_engine.config import RateLimitSpec
 from fusion_engine.errors import RateLimitedError
 from fusion_engine.ratelimit import RateLimiter, RedisLimitStore
@@ -215,6 +216,34 @@ async def test_a_full_pool_is_busy_not_down() -> None:
         await holding
     finally:
         await redis.aclose()
+
+
+async def test_a_busy_pool_refuses_a_cache_read_instead_of_missing() -> None:
+    """Found in review: the cache took a full pool for an outage and read "not cached", so each
+    lookup under load became a paid fusion. A busy read is a 429 (retry shortly) now; a Redis
+    that is down still reads as a miss (fail open)."""
+    require_redis()
+    redis = SharedRedis.connect(REDIS_URL, max_connections=1, pool_wait_s=0.05)
+    errors: list[int] = []
+    cache = RedisCache(redis, on_error=lambda: errors.append(1))
+    key, blocker = f"test:load:{uuid.uuid4().hex}", f"test:load:{uuid.uuid4().hex}"
+    try:
+        await cache.set(key, b"cached answer", 60)
+        holding = asyncio.ensure_future(redis.run(lambda client: client.blpop([blocker], 1)))
+        await asyncio.sleep(0.1)
+        with pytest.raises(RateLimitedError, match="too busy to read its cache") as raised:
+            await cache.get(key)
+        assert raised.value.retry_after == 1 and errors == [1]
+        await holding
+        assert await cache.get(key) == b"cached answer"
+    finally:
+        await redis.client.delete(key)
+        await redis.aclose()
+    down = SharedRedis.connect(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        assert await RedisCache(down).get(key) is None
+    finally:
+        await down.aclose()
 
 
 async def test_a_refused_connection_is_down_and_fails_open() -> None:

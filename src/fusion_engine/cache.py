@@ -26,7 +26,7 @@ from .errors import FusionError
 from .panels import Panel
 from .plan import FusionPlan
 from .protocol import GenerationParams, Message
-from .redis_client import SharedRedis
+from .redis_client import RedisBusy, SharedRedis, busy_error
 from .results import FusionResult
 
 log = structlog.get_logger("fusion_engine.cache")
@@ -128,8 +128,9 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Redis through the worker's shared client; every failure is swallowed, counted and
-    rate-logged (the request goes on uncached).
+    """Redis through the worker's shared client; a failure is counted and rate-logged, and the
+    request goes on uncached — except when the pool is merely busy: a read then refuses the
+    request (429, retry shortly) instead of paying for a fusion the cache may hold.
 
     No timeout of its own: the shared client bounds the wait for a pooled connection and,
     separately, each exchange with Redis (see ``redis_client``).
@@ -145,7 +146,10 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self._redis.run(lambda client: client.get(key))
-        except Exception as error:  # fail open: any Redis trouble means "not cached"
+        except RedisBusy as error:  # back-pressure, never a bypass
+            self._failed("get", error)
+            raise busy_error("read its cache") from error
+        except Exception as error:  # fail open: Redis down means "not cached"
             self._failed("get", error)
             return None
         return value if isinstance(value, bytes) else None

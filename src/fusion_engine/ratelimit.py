@@ -23,7 +23,7 @@ import structlog
 
 from .config import RateLimitSpec
 from .errors import RateLimitedError
-from .redis_client import RedisBusy, SharedRedis
+from .redis_client import RedisBusy, SharedRedis, busy_error
 
 log = structlog.get_logger("fusion_engine.ratelimit")
 WINDOW_S = 60
@@ -182,7 +182,7 @@ class RateLimiter:
         try:
             count = await self._store.count_request(identity, window)
         except RedisBusy as error:
-            raise _busy() from error
+            raise busy_error("check rate limits") from error
         except Exception as error:
             self._store_failed(error)
             return
@@ -205,7 +205,7 @@ class RateLimiter:
         try:
             taken = await self._store.acquire(identity, token, limit, self._clock())
         except RedisBusy as error:
-            raise _busy() from error
+            raise busy_error("check rate limits") from error
         except Exception as error:
             self._store_failed(error)
             return Lease(None)
@@ -236,10 +236,3 @@ class RateLimiter:
             raise RateLimitedError(
                 "rate limits cannot be checked right now; try again shortly", retry_after=5
             ) from error
-
-
-def _busy() -> RateLimitedError:
-    return RateLimitedError(
-        "the gateway is too busy to check rate limits right now; try again shortly",
-        retry_after=1,
-    )

@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import RateLimitedError
+
 if TYPE_CHECKING:  # redis is the server extra: imported only when Redis is configured
     from redis.asyncio import Redis
 
@@ -48,6 +50,14 @@ class RedisBusy(Exception):
 
 class RedisDown(Exception):
     """Redis cannot be reached (refused, reset, or no reply in time), now or a moment ago."""
+
+
+def busy_error(what: str) -> RateLimitedError:
+    """The 429 a request gets when the worker's Redis pool stayed full past its bounded wait
+    while ``what`` (e.g. "check rate limits"): back-pressure, never a bypass."""
+    return RateLimitedError(
+        f"the gateway is too busy to {what} right now; try again shortly", retry_after=1
+    )
 
 
 @functools.cache

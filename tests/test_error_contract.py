@@ -24,6 +24,7 @@ from openai import OpenAI
 
 from fusion_engine.config import LimitsSpec
 from fusion_engine.errors import (
+    JudgeFailedError,
     PanelRateLimitedError,
     PanelRejectedError,
     PanelTimeoutError,
@@ -31,7 +32,7 @@ from fusion_engine.errors import (
 )
 from fusion_engine.quorum import panel_failure
 from fusion_engine.results import PanelResponse
-from fusion_engine.server.errors import client_may_retry
+from fusion_engine.server.errors import client_may_retry, error_response
 from fusion_engine.testing import FakeUpstream, Reply
 
 from .helpers import ROOT, FakeInThread, GatewayProcess, gateway_env, wait_until
@@ -227,6 +228,15 @@ def test_our_own_refusals_say_do_not_retry(http: httpx.Client) -> None:
     anonymous = httpx.post(f"{http.base_url}/v1/chat/completions", json={})
     assert anonymous.status_code == 401
     assert anonymous.headers["x-should-retry"] == "false"
+
+
+def test_a_failed_judge_chain_says_do_not_retry() -> None:
+    """Found in review: every judge failed and no member answer passed the tool quorum — a 502
+    after every member's and every judge's retries — went out without x-should-retry: false,
+    so SDKs ran the whole fusion twice more."""
+    reply = error_response(JudgeFailedError("every judge failed and no member answer passes"))
+    assert reply.status_code == 502
+    assert reply.headers["x-should-retry"] == "false"
 
 
 @pytest.mark.parametrize(

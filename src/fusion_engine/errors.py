@@ -276,7 +276,8 @@ class PanelRateLimitedError(PanelFailedError):
 
 
 class JudgeFailedError(FusionError):
-    """The judge failed after part of its answer had already been streamed to the caller."""
+    """The judge chain failed, and no member answer could stand in: part of the judge's answer
+    was already streamed, or no member answer passes the panel's tool quorum."""
 
     status_code = 502
     error_type = "upstream_error"

@@ -20,7 +20,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from ..errors import FusionError, PanelFailedError, UpstreamError
+from ..errors import FusionError, JudgeFailedError, PanelFailedError, UpstreamError
 from .schema import ErrorBody, ErrorDetail
 
 log = structlog.get_logger("fusion_engine.server")
@@ -91,9 +91,11 @@ def error_response(error: FusionError) -> Response[bytes]:
     if isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, round(retry_after)))
     status = status_of(error)
-    retried_upstream = isinstance(error, UpstreamError | PanelFailedError) and not (
-        error.retry_later
-    )
+    # Errors that come after the gateway's own retries of every call involved (a failed judge
+    # chain included); a provider's Retry-After past the budget leaves the client its own try.
+    retried_upstream = isinstance(
+        error, UpstreamError | PanelFailedError | JudgeFailedError
+    ) and not getattr(error, "retry_later", False)
     if not client_may_retry(status, retried_upstream=retried_upstream):
         headers["x-should-retry"] = "false"
     return json_response(error_payload(error), status, headers)

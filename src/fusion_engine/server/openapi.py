@@ -62,8 +62,9 @@ def _request_id() -> OpenAPIHeader:
 
 def _retry_after() -> OpenAPIHeader:
     return OpenAPIHeader(
-        description="Seconds to wait before trying again.",
-        required=True,
+        description="Seconds to wait before trying again (absent when every member was rate "
+        "limited and none said how long).",
+        required=False,
         schema=cast("Schema", {"type": "string", "pattern": "^[0-9]+$"}),
     )
 

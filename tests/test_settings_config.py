@@ -170,6 +170,17 @@ def test_out_of_range_values_are_refused_by_name(name: str, value: str) -> None:
     assert repr(value) in raised.value.message
 
 
+@pytest.mark.parametrize("url", ["localhost:6379", "http://127.0.0.1:6379", "127.0.0.1"])
+def test_a_redis_url_without_its_scheme_is_refused_at_start(url: str) -> None:
+    """Found in review: REDIS_URL=localhost:6379 passed the start checks and every worker then
+    died in its lifespan ("Worker failed to boot"), never naming the variable. The message
+    names it but not the value (a URL may carry a password)."""
+    with pytest.raises(ConfigError, match="REDIS_URL must start with redis://") as raised:
+        Settings.from_environ({"REDIS_URL": url})
+    assert url not in raised.value.message
+    assert Settings.from_environ({"REDIS_URL": "redis://:pw@127.0.0.1:6379/0"}).redis_url
+
+
 @pytest.mark.parametrize(
     ("name", "value", "field", "expected"),
     [

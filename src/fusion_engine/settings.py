@@ -22,6 +22,7 @@ CacheBackend = Literal["redis", "memory", "off"]
 LogFormat = Literal["json", "console"]
 #: The levels gunicorn and uvicorn both know (anything else would be silently read as info).
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
@@ -145,7 +146,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             api_keys = parse_api_keys(
                 env.get("FUSION_SERVER_API_KEY") or "", "FUSION_SERVER_API_KEY"
             )
-        redis_url = env.get("REDIS_URL") or None
+        redis_url = _redis_url(env)
         cache = _choice(env, "FUSION_CACHE", "redis" if redis_url else "memory", CACHE_BACKENDS)
         log_format = _choice(
             env, "FUSION_LOG_FORMAT", "console" if sys.stderr.isatty() else "json", LOG_FORMATS
@@ -183,6 +184,21 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
     return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    """``REDIS_URL`` if set, with a scheme redis-py understands (checked here, at start, rather
+    than in a worker's lifespan, where it would only say the worker failed to boot). The value
+    is never echoed: it may hold a password."""
+    url = (env.get("REDIS_URL") or "").strip()
+    if not url:
+        return None
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            "REDIS_URL must start with " + ", ".join(REDIS_SCHEMES)
+            + " (for example redis://127.0.0.1:6379/0)"
+        )  # fmt: skip
+    return url
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -281,6 +281,27 @@ def test_request_log_lines(gateway: GatewayProcess, http: httpx.Client) -> None:
     assert KEY not in gateway.output()
 
 
+def test_a_streamed_fuse_logs_its_cost(gateway: GatewayProcess, http: httpx.Client) -> None:
+    """Found in review: a streamed /fuse that missed the cache never recorded its result, so its
+    log line had no cost, tokens or cache outcome (the chat stream had them)."""
+    request_id = f"log-{uuid.uuid4().hex[:8]}"
+    reply = http.post(
+        "/fuse",
+        json={"panel": "trio", "prompt": f"stream me {uuid.uuid4().hex}", "stream": True},
+        headers={"X-Request-Id": request_id},
+    )
+    assert reply.status_code == 200 and "event: result" in reply.text
+    assert wait_until(lambda: request_id in gateway.output(), timeout_s=5)
+    line = next(
+        json.loads(text)
+        for text in gateway.output().splitlines()
+        if request_id in text and text.startswith("{")
+    )
+    assert (line["route"], line["status"], line["panel"]) == ("/fuse", 200, "trio")
+    assert line["cost_usd"] > 0 and line["tokens_in"] > 0
+    assert line["cache"] in ("miss", "bypass")
+
+
 # --- Redis going away --------------------------------------------------------------------------
 
 

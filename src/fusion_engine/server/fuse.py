@@ -13,7 +13,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from ..cache import scope_for
+from ..cache import CacheResult, scope_for
 from ..errors import InvalidRequestError
 from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
@@ -21,10 +21,10 @@ from ..results import FusionResult, JudgeDelta, MemberFinished
 from .admission import admit
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
-from .observe import facts_of, record_result
+from .observe import RequestFacts, facts_of, record_result
 from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
 from .schema import FuseRequest, fused_headers
-from .streaming import KEEPALIVE, SSE_HEADERS
+from .streaming import KEEPALIVE, SSE_HEADERS, start_fusion
 
 _encode = msgspec.json.Encoder().encode
 
@@ -51,24 +51,15 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
             )
         record_result(facts, result, outcome)
         return json_response(result, headers=fused_headers(result, outcome))
-    try:
-        ticket = await until_disconnect(
-            request, gateway.cache.begin(plan, cache_control, scope=scope)
-        )
-    except BaseException:
-        await slot.release()
-        raise
-    headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
-    if ticket.result is not None:
-        await slot.release()
-        record_result(facts, ticket.result, ticket.outcome)
-        return Stream(_single(ticket.result), media_type="text/event-stream", headers=headers)
-    # The run holds the slot for the fusion's whole life and gives it back when it ends.
-    run = FusionRun(
-        gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket, slot=slot
+    ticket, run = await start_fusion(
+        request, gateway, plan, slot=slot, cache_control=cache_control, scope=scope
     )
+    headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
+    if run is None:
+        assert ticket.result is not None  # start_fusion: no run means a hit
+        return Stream(_single(ticket.result), media_type="text/event-stream", headers=headers)
     return Stream(
-        _progress(run, gateway.settings.keepalive_s),
+        _progress(run, gateway.settings.keepalive_s, facts, ticket.outcome),
         media_type="text/event-stream",
         headers=headers,
     )
@@ -114,7 +105,9 @@ def _event(name: str, payload: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
 
 
-async def _progress(run: FusionRun, keepalive_s: float) -> AsyncIterator[bytes]:
+async def _progress(
+    run: FusionRun, keepalive_s: float, facts: RequestFacts, outcome: CacheResult
+) -> AsyncIterator[bytes]:
     try:
         while True:
             burst = await run.next_burst(keepalive_s)
@@ -123,6 +116,8 @@ async def _progress(run: FusionRun, keepalive_s: float) -> AsyncIterator[bytes]:
                 continue
             if text := b"".join(_progress_event(item) for item in burst):
                 yield text
+            if isinstance(burst[-1], Finished):
+                record_result(facts, burst[-1].result, outcome)  # cost and tokens in the log
             if isinstance(burst[-1], Finished | Failed):
                 return
     finally:

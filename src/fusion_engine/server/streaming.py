@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
-from ..cache import CacheResult
+from ..cache import CacheResult, CacheTicket
 from ..plan import FusionPlan
 from ..protocol import ChatCompletionChunk
 from ..ratelimit import Lease
@@ -153,27 +153,19 @@ async def fused_stream(
     here when no fusion runs.
     """
     facts = facts_of(request)
-    try:
-        ticket = await until_disconnect(
-            request, gateway.cache.begin(plan, spec.cache_control, scope=spec.cache_scope)
-        )
-    except BaseException:
-        await slot.release()
-        raise
-    facts.cache = ticket.outcome
+    ticket, run = await start_fusion(
+        request, gateway, plan, slot=slot, cache_control=spec.cache_control,
+        scope=spec.cache_scope,
+    )  # fmt: skip
     writer = spec.writer()
     include_usage, detail = spec.include_usage, spec.detail
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
-    if ticket.result is not None:
-        await slot.release()
-        record_result(facts, ticket.result, ticket.outcome)
+    if run is None:
+        assert ticket.result is not None  # start_fusion: no run means a hit
         replay = b"".join(
             _render(Finished(ticket.result), writer, include_usage=include_usage, detail=detail)
         )
         return Stream(_once(replay), media_type="text/event-stream", headers=headers)
-    run = FusionRun(
-        gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket, slot=slot
-    )
     keepalive_s = gateway.settings.keepalive_s
     try:
         held = await until_disconnect(request, _hold(run, keepalive_s))
@@ -190,6 +182,39 @@ async def fused_stream(
         include_usage=include_usage, detail=detail, facts=facts, outcome=ticket.outcome,
     )  # fmt: skip
     return Stream(events, media_type="text/event-stream", headers=headers)
+
+
+async def start_fusion(
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    plan: FusionPlan,
+    *,
+    slot: Lease,
+    cache_control: str | None,
+    scope: str,
+) -> tuple[CacheTicket, FusionRun | None]:
+    """The start every streamed fused reply shares: look ``plan`` up in the cache and, on a
+    miss, start the fusion, which then owns ``slot`` (the caller's concurrent-fusion slot) and
+    gives it back when it ends, fails or is cancelled. On a hit there is no run: the slot is
+    given back here and the cached result is recorded for the request's log line.
+    """
+    facts = facts_of(request)
+    try:
+        ticket = await until_disconnect(
+            request, gateway.cache.begin(plan, cache_control, scope=scope)
+        )
+    except BaseException:
+        await slot.release()
+        raise
+    facts.cache = ticket.outcome
+    if ticket.result is not None:
+        await slot.release()
+        record_result(facts, ticket.result, ticket.outcome)
+        return ticket, None
+    run = FusionRun(
+        gateway.engine, plan, stream_judge=True, cache=gateway.cache, ticket=ticket, slot=slot
+    )
+    return ticket, run
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:

@@ -84,7 +84,16 @@ def test_a_full_metrics_filesystem_degrades_metrics_not_serving(
                 served_by.add(http.get("/health").json()["pid"])
                 reply = http.post("/v1/chat/completions", json=CHAT)
                 assert reply.status_code == 200, (attempt, reply.text)
-                assert http.get("/metrics").status_code == 200
+                metrics = http.get("/metrics")
+                assert metrics.status_code == 200
+                # Counted where it can be read (found in review: the counter lived in the
+                # very files that were full, so it was never published).
+                errors = [
+                    float(line.rsplit(" ", 1)[1])
+                    for line in metrics.text.splitlines()
+                    if line.startswith("fusion_metrics_file_errors_total ")
+                ]
+                assert errors and errors[0] >= 1, metrics.text[-2000:]
         assert worker_pids(gateway) == before
         assert served_by <= before
         output = gateway.output()

@@ -9,7 +9,7 @@ files there are reserved before use (``metrics_files``), so a full disk degrades
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Generic, TypeVar
 
 from prometheus_client import (
@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..results import PanelResponse
 from .metrics_files import install as install_reserved_files
@@ -54,6 +56,27 @@ class Children(Generic[Family]):
         return child
 
 
+class FileErrors(Collector):
+    """``fusion_metrics_file_errors_total``: metric files that ran out of room.
+
+    Exposed from process memory by the worker that answers the scrape (every worker shares the
+    metrics filesystem, so a full one shows in all of them): a counter kept in the multiprocess
+    files would be lost exactly when they are full.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "fusion_metrics_file_errors",
+            "Metric files that ran out of room (their new label sets are not published); "
+            "counted by the worker answering the scrape.",
+        )
+        family.add_metric([], self.count)
+        yield family
+
+
 class Metrics:
     """Every ``fusion_*`` family, registered in a registry of their own."""
 
@@ -66,9 +89,9 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = multiprocess_dir
-        #: Metric files that ran out of room and are not yet in ``file_errors`` (they are
-        #: reported from inside prometheus-client's lock, so they are added at the next scrape).
-        self._unrecorded_file_errors = 0
+        #: Metric files of this worker that ran out of room. Kept in the process, not in a
+        #: multiprocess file: those are what ran out of room.
+        self.file_errors = FileErrors()
         if multiprocess_dir:
             # Before the first metric: a full directory must raise, not SIGBUS the worker.
             install_reserved_files(self._file_error)
@@ -115,11 +138,7 @@ class Metrics:
             "fusion_config_reloads_total", "Panel and judge reloads by result (ok, error).",
             ["result"], registry=registry,
         )  # fmt: skip
-        self.file_errors = Counter(
-            "fusion_metrics_file_errors_total",
-            "Metric files that ran out of room (their new label sets are not published).",
-            registry=registry,
-        )
+        registry.register(self.file_errors)
         self._requests = Children(self.requests)
         self._request_duration = Children(self.request_duration)
         self._upstream_requests = Children(self.upstream_requests)
@@ -163,15 +182,14 @@ class Metrics:
             self._upstream_cost(label).inc(response.cost_usd)
 
     def _file_error(self, error: OSError) -> None:
-        self._unrecorded_file_errors += 1
+        self.file_errors.count += 1
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition: every worker's values when running multiprocess."""
-        if self._unrecorded_file_errors:
-            errors, self._unrecorded_file_errors = self._unrecorded_file_errors, 0
-            self.file_errors.inc(errors)
+        """The text exposition: every worker's values when running multiprocess (and the
+        metric-file errors of the worker answering)."""
         registry = self.registry
         if self.multiprocess_dir:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+            registry.register(self.file_errors)
         return generate_latest(registry), CONTENT_TYPE_LATEST

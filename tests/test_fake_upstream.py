@@ -876,3 +876,59 @@ async def test_script_matching_answers_by_content(fake: FakeUpstream) -> None:
         assert await ask("The capital of France?") == "Paris"
         assert await ask("The capital of France, again?") == "Paris"
         assert await ask("Something else") == "queued"
+
+
+async def test_models_listing_can_be_made_to_fail(
+    fake: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    """``models_reply`` with an error status makes GET /v1/models fail in that shape."""
+    fake.models_reply = Reply(status=503, error_message="listing is down")
+    async with session.get(f"{fake.base_url}/models") as response:
+        assert response.status == 503
+        body = await response.json()
+    assert "listing is down" in json.dumps(body)
+    fake.reset()
+    async with session.get(f"{fake.base_url}/models") as response:
+        assert response.status == 200
+
+
+async def test_embeddings_with_the_openai_client(fake: FakeUpstream, client: AsyncOpenAI) -> None:
+    """POST /v1/embeddings in OpenAI's shape: one unit vector per input, the same for the same
+    text; openai-python's default base64 encoding decodes to the floats a float request gets."""
+    packed = await client.embeddings.create(model="vendor/embed", input=["a cat", "a dog"])
+    assert packed.object == "list"
+    assert packed.model == "vendor/embed"
+    assert [item.index for item in packed.data] == [0, 1]
+    first, second = (item.embedding for item in packed.data)
+    assert len(first) == 8 and first != second
+    assert sum(x * x for x in first) == pytest.approx(1.0, abs=1e-5)
+    assert packed.usage.prompt_tokens == packed.usage.total_tokens == 4
+    floats = await client.embeddings.create(
+        model="vendor/embed", input="a cat", encoding_format="float", dimensions=3
+    )
+    assert len(floats.data[0].embedding) == 3
+    again = await client.embeddings.create(model="vendor/embed", input="a cat", dimensions=8)
+    assert again.data[0].embedding == pytest.approx(first, abs=1e-6)
+    sent = fake.requests_for("vendor/embed")
+    assert [r.path for r in sent] == ["/v1/embeddings"] * 3
+    assert sent[0].body["encoding_format"] == "base64"
+
+
+async def test_embeddings_scripted_error_and_bad_input(
+    fake: FakeUpstream, client: AsyncOpenAI
+) -> None:
+    """A scripted status fails the model's embeddings; a bad input is OpenAI's 400."""
+    fake.script("vendor/embed", Reply(status=429, error_shape="openai"))
+    with pytest.raises(openai.RateLimitError):
+        await client.embeddings.create(model="vendor/embed", input="x")
+    with pytest.raises(openai.BadRequestError):
+        await client.embeddings.create(model="vendor/other", input=[{"no": "text"}])  # type: ignore[list-item]
+
+
+async def test_embeddings_need_the_key_when_one_is_required() -> None:
+    """With ``require_key`` a wrong bearer key is a 401, as on chat."""
+    async with FakeUpstream(require_key="right") as fake:
+        api = AsyncOpenAI(base_url=fake.base_url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            await api.embeddings.create(model="vendor/embed", input="x")
+        await api.close()

@@ -948,6 +948,8 @@ OPERATIONS = [
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id}"),
+    ("POST", "/v1/embeddings"),
     ("GET", "/panels"),
     ("GET", "/panels/{name}"),
     ("GET", "/metrics"),

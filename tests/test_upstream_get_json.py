@@ -1,5 +1,6 @@
 """UpstreamClient.get_json, the one read besides chat (the eval harness asks a gateway for a
-panel with it): JSON on 200, and every failure an UpstreamError, never aiohttp's own."""
+panel with it): JSON on 200, and every failure an UpstreamError, never aiohttp's own; and
+UpstreamClient.post, the one write besides chat (embeddings)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 from fusion_engine.config import Provider
 from fusion_engine.errors import UpstreamError
-from fusion_engine.testing import FakeUpstream
+from fusion_engine.testing import FakeUpstream, Reply
+from fusion_engine.timing import RetryPolicy
 from fusion_engine.upstream import UpstreamClient
 
 from .helpers import free_port
@@ -38,5 +40,31 @@ async def test_get_json_failures_are_upstream_errors(fake: FakeUpstream) -> None
         with pytest.raises(UpstreamError) as refused:
             await client.get_json(closed, "/models", timeout_s=5)
         assert refused.value.kind == "connection"
+    finally:
+        await client.aclose()
+
+
+async def test_post_relays_the_reply_and_retries_like_chat(fake: FakeUpstream) -> None:
+    """UpstreamClient.post (embeddings): the provider's bytes as sent, after a retried 503; a
+    200 that is not a JSON object and a 400 are UpstreamErrors (the 400 keeps its fields)."""
+    client = UpstreamClient(retry=RetryPolicy(base_s=0.01, cap_s=0.02))
+    target = provider(fake.base_url)
+    body = {"model": "vendor/embed", "input": "hello", "encoding_format": "float"}
+    try:
+        fake.script("vendor/embed", Reply(status=503), Reply())
+        raw = await client.post(target, "/embeddings", body, timeout_s=5)
+        assert raw.startswith(b'{"object":"list"')
+        assert len(fake.requests_for("vendor/embed")) == 2
+        fake.script("vendor/text", Reply(body="not json"))
+        with pytest.raises(UpstreamError) as malformed:
+            await client.post(target, "/embeddings", {**body, "model": "vendor/text"}, timeout_s=5)
+        assert malformed.value.kind == "invalid_response"
+        error = {"message": "bad", "type": "invalid_request_error", "param": "input", "code": "x"}
+        fake.script("vendor/bad", Reply(status=400, body={"error": error}))
+        with pytest.raises(UpstreamError) as refused:
+            await client.post(target, "/embeddings", {**body, "model": "vendor/bad"}, timeout_s=5)
+        assert refused.value.status == 400
+        assert refused.value.provider_error is not None
+        assert refused.value.provider_error.param == "input"
     finally:
         await client.aclose()

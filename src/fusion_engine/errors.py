@@ -108,6 +108,12 @@ class UnknownPanelError(NotFoundError):
     code = "model_not_found"
 
 
+class UnknownModelError(NotFoundError):
+    """No panel and no passthrough model has that id."""
+
+    code = "model_not_found"
+
+
 class UnknownJudgeTemplateError(NotFoundError):
     """No judge template by that name is loaded."""
 

@@ -23,6 +23,8 @@ from .panels import Panel, PanelMember, validate_panel
 from .protocol import GenerationParams, Message, validate_messages
 
 MODEL_PREFIX = "fusion/"
+#: ``fusion-<panel>``: the same panel, for clients that read the part before ``/`` as a provider.
+ALIAS_PREFIX = "fusion-"
 AD_HOC_PANEL = "ad-hoc"
 TOOL_TEMPLATE = "tool_synthesis"
 
@@ -49,6 +51,15 @@ class FusionPlan(msgspec.Struct, frozen=True, kw_only=True):
     def with_tools(self) -> bool:
         """Whether the caller offered tools (members may propose calls, the judge may make them)."""
         return bool(self.params.tools)
+
+
+def panel_of_model(model: str) -> str | None:
+    """The panel a model id names (``fusion/<panel>`` or its alias ``fusion-<panel>``), or
+    ``None`` for any other id (passed through)."""
+    for prefix in (MODEL_PREFIX, ALIAS_PREFIX):
+        if model.startswith(prefix):
+            return model[len(prefix) :]
+    return None
 
 
 def make_plan(
@@ -117,7 +128,9 @@ def _resolve_panel(
     if isinstance(panel, Panel):
         return panel
     if isinstance(panel, str):
-        name = panel.removeprefix(MODEL_PREFIX)
+        name = panel_of_model(panel)
+        if name is None:
+            name = panel
         if name not in panels:
             raise UnknownPanelError(f"unknown panel {name!r}", param="panel")
         return panels[name]

@@ -62,6 +62,7 @@ class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
 
 _decode_completion = msgspec.json.Decoder(ChatCompletion).decode
 _encode = msgspec.json.Encoder().encode
+_decode_any = msgspec.json.Decoder().decode
 
 
 class UpstreamClient:
@@ -234,6 +235,91 @@ class UpstreamClient:
                 response.close()
             slot.release()
 
+    async def post(
+        self,
+        provider: Provider,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        max_body_bytes: int = MAX_ANSWER_BYTES,
+    ) -> bytes:
+        """One non-streaming ``POST <base_url><path>`` of ``body`` as given (an endpoint other
+        than chat, such as ``/embeddings``), retried like ``chat`` within ``timeout_s``.
+
+        Returns:
+            The reply's body exactly as the provider sent it (a JSON object).
+
+        Raises:
+            UpstreamError: the call failed for good (``UpstreamTimeoutError`` when out of time).
+            ProviderKeyMissingError: the provider's key variable is not set.
+        """
+        try:
+            return await self._post(provider, path, body, timeout_s, max_body_bytes)
+        except UpstreamError as error:
+            raise scrub_error(error, provider) from error.__cause__
+
+    async def _post(
+        self,
+        provider: Provider,
+        path: str,
+        body: Mapping[str, Any],
+        timeout_s: float,
+        max_body_bytes: int,
+    ) -> bytes:
+        payload = _encode(body)
+        headers = request_headers(provider)
+        model = str(body.get("model", ""))
+        deadline = self.clock.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            slot = await self._take_slot(provider, model, deadline)
+            try:
+                return await self._within(
+                    deadline,
+                    self._attempt_post(provider, payload, headers, slot, path, max_body_bytes),
+                )
+            except UpstreamError as error:
+                slot.release()  # idempotent, as in _chat
+                await self._wait_before_retry(provider, error, attempt, deadline)
+
+    async def _attempt_post(
+        self,
+        provider: Provider,
+        payload: bytes,
+        headers: Mapping[str, str],
+        slot: _Slot,
+        path: str,
+        max_body_bytes: int,
+    ) -> bytes:
+        response = await self._open(provider, payload, headers, slot, path)
+        try:
+            raw = await read_bounded(response, max_body_bytes)
+        except aiohttp.ClientError as exc:
+            response.release()
+            raise _broken_off(provider, exc) from exc
+        except BodyTooLargeError:
+            response.close()
+            raise UpstreamError(
+                f"{provider.name} sent an answer over {_mib(max_body_bytes)}",
+                kind="invalid_response",
+            ) from None
+        else:
+            response.release()
+        finally:
+            slot.release()
+        try:
+            decoded = _decode_any(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise UpstreamError(
+                f"{provider.name} sent a reply that is not a JSON object",
+                status=200, kind="invalid_response",
+            )  # fmt: skip
+        return raw
+
     async def get_json(self, provider: Provider, path: str, *, timeout_s: float) -> Any:
         """One ``GET <base_url><path>`` on the shared session (read-only, not retried): its JSON.
 
@@ -318,12 +404,13 @@ class UpstreamClient:
         payload: bytes,
         headers: Mapping[str, str],
         slot: _Slot,
+        path: str = "/chat/completions",
     ) -> aiohttp.ClientResponse:
         """Send the request and return a 2xx response; on failure the slot is given back.
 
         Not timed here: the caller bounds the whole attempt.
         """
-        url = f"{provider.base_url}/chat/completions"
+        url = f"{provider.base_url}{path}"
         try:
             response = await self._client().post(url, data=payload, headers=headers)
         except aiohttp.ClientError as exc:

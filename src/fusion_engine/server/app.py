@@ -22,8 +22,9 @@ from .docs_page import openapi_config
 from .errors import EXCEPTION_HANDLERS
 from .fuse import fuse
 from .gateway import Gateway
-from .info import health, list_models, list_panels, metrics_route, ready, show_panel
+from .info import health, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
+from .models import embeddings, list_models, retrieve_model
 from .observe import request_observer
 from .openapi import chat_operation, described, fuse_operation
 from .reload import watch_definitions
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             described(chat_completions, chat_operation(limits)),
             described(fuse, fuse_operation(limits, engine.config.providers.keys())),
             list_models,
+            retrieve_model,
+            embeddings,
             list_panels,
             show_panel,
             health,

@@ -10,7 +10,7 @@ from litestar import Request, Response, post
 
 from ..cache import scope_for
 from ..errors import FusionError, InvalidRequestError
-from ..plan import MODEL_PREFIX, FusionPlan, PanelArg
+from ..plan import FusionPlan, PanelArg, panel_of_model
 from ..protocol import GenerationParams, split_validation_error
 from .admission import admit
 from .errors import json_response
@@ -36,18 +36,24 @@ from .streaming import StreamSpec, fused_stream
     summary="OpenAI-compatible chat completion",
 )
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    """Fuse a panel's answers for ``fusion/<panel>``; pass any other model through."""
+    """Fuse a panel's answers for ``fusion/<panel>`` (or ``fusion-<panel>``); pass any other
+    model through."""
     admitted = await admit(request)
     gateway = gateway_of(request)
     raw = admitted.body
     chat = parse_chat_request(raw)
-    if not chat.model.startswith(MODEL_PREFIX):
+    named = panel_of_model(chat.model)
+    if named is None:
         return await passthrough(request, gateway, raw, chat)
     check_fused_request(chat)
     options = chat.fusion or FusionOptions()
     plan = gateway.within_budget(plan_fusion(gateway, chat, options, extra=_extra_fields(raw)))
     facts_of(request).panel = plan.panel.name
-    model = f"{MODEL_PREFIX}{plan.panel.name}"
+    # Named as the client wrote it (``fusion-<panel>`` stays so); an ad-hoc panel is named
+    # ``<prefix>ad-hoc`` with the client's prefix.
+    model = (
+        chat.model if options.models is None else chat.model.removesuffix(named) + plan.panel.name
+    )
     completion_id, created = f"chatcmpl-{new_id()}", int(time.time())
     cache_control = request.headers.get("cache-control")
     scope = scope_for(admitted.key_name, gateway.config.gateway.cache_scope)

@@ -20,6 +20,7 @@ from ..redis_client import SharedRedis
 from ..results import PanelResponse
 from ..settings import Settings
 from .metrics import Metrics
+from .model_list import ModelListCache
 
 log = structlog.get_logger("fusion_engine.upstream")
 #: How often learnt prices are pooled through Redis.
@@ -42,6 +43,8 @@ class Gateway:
         self.cache, self.limiter = self._stores(None)
         self.prices = PriceBook()
         self.started_at = int(time.time())
+        #: The passthrough provider's models, fetched when first listed and kept 10 minutes.
+        self.provider_models = ModelListCache()
         #: Set when the worker is shutting down, so /ready stops attracting traffic.
         self.draining = False
 

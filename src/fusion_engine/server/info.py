@@ -1,4 +1,4 @@
-"""Read-only routes: models, panels, health and readiness (no key needed)."""
+"""Read-only routes: panels, health and readiness (no key needed)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,11 @@ from litestar import Request, Response, get
 
 from ..errors import UnknownPanelError
 from ..panels import Panel
-from ..plan import MODEL_PREFIX
+from ..plan import panel_of_model
 from .auth import authenticate
 from .errors import json_response
 from .gateway import gateway_of
 from .openapi import documented, error_replies, json_reply, schema_of, text_reply
-
-
-class ModelCard(msgspec.Struct, frozen=True):
-    """One entry of ``GET /v1/models``."""
-
-    id: str
-    created: int
-    owned_by: str = "fusion-engine"
-    object: str = "model"
-
-
-class ModelList(msgspec.Struct, frozen=True):
-    """``GET /v1/models``: OpenAI's list shape."""
-
-    data: list[ModelCard]
-    object: str = "list"
 
 
 class PanelList(msgspec.Struct, frozen=True):
@@ -59,21 +43,6 @@ class Readiness(msgspec.Struct, frozen=True):
 
 
 @get(
-    "/v1/models",
-    summary="The fusion panels, as OpenAI models",
-    operation_class=documented({"200": json_reply("OpenAI's model list.", schema_of(ModelList))}),
-)
-async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """One ``fusion/<panel>`` model per loaded panel."""
-    gateway = gateway_of(request)
-    cards = [
-        ModelCard(id=f"{MODEL_PREFIX}{name}", created=gateway.started_at)
-        for name in gateway.engine.panels
-    ]
-    return json_response(ModelList(data=cards))
-
-
-@get(
     "/panels",
     summary="Every loaded panel",
     operation_class=documented({"200": json_reply("The panels.", schema_of(PanelList))}),
@@ -91,9 +60,9 @@ async def list_panels(request: Request[Any, Any, Any]) -> Response[bytes]:
     ),
 )
 async def show_panel(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
-    """One panel by name (``fusion/`` prefix allowed)."""
+    """One panel by name (``fusion/`` or ``fusion-`` prefix allowed)."""
     panels = gateway_of(request).engine.panels
-    panel = panels.get(name.removeprefix(MODEL_PREFIX))
+    panel = panels.get(panel_of_model(name) or name)
     if panel is None:
         raise UnknownPanelError(f"unknown panel {name!r}", param="name")
     return json_response(panel)

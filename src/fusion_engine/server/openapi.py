@@ -390,6 +390,53 @@ def fuse_operation(limits: LimitsSpec, providers: Collection[str]) -> type[Opera
     )
 
 
+def embeddings_operation() -> type[Operation]:
+    """``POST /v1/embeddings``: OpenAI's request, passed through; the provider's reply."""
+    request = {
+        "type": "object",
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "An embedding model of the passthrough provider (not a panel).",
+            },
+            "input": {
+                "description": "A string, a list of strings, or token ids.",
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                    {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+                    },
+                ],
+            },
+        },
+        "required": ["model", "input"],
+    }
+    reply = json_reply(
+        "The provider's embedding list, as it sent it.",
+        cast("Schema", {"type": "object", "description": "OpenAI's embedding list."}),
+    )
+    passthrough_error = json_reply(
+        "The provider's error status, in OpenAI's shape (its type, code, param).",
+        schema_of(ErrorBody),
+    )
+    return documented(
+        {
+            "200": reply,
+            **error_replies(400, 401, 404, 413, 415, 421, 429, 503),
+            "default": passthrough_error,
+        },
+        request=json_request(
+            cast("Schema", request),
+            "OpenAI's embeddings request; fields not listed are forwarded too.",
+        ),
+    )
+
+
 def described(handler: HTTPRouteHandler, operation: type[Operation]) -> HTTPRouteHandler:
     """A copy of a route handler documented by ``operation``.
 

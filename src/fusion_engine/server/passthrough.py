@@ -1,4 +1,5 @@
-"""Any model id that is not ``fusion/...`` goes to the passthrough provider, as sent.
+"""Any model id that is not ``fusion/...`` goes to the passthrough provider, as sent (chat
+completions, and embeddings through ``passthrough_post``).
 
 Success bodies and stream events go back exactly as the provider sent them, except that a
 usage-only chunk is dropped unless the client asked for ``stream_options.include_usage``. Errors
@@ -84,6 +85,22 @@ async def passthrough(
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
+
+
+async def passthrough_post(
+    request: Request[Any, Any, Any], gateway: Gateway, path: str, raw: dict[str, Any], model: str
+) -> Response[Any]:
+    """Relay a non-streamed request other than chat (``/embeddings``) to the passthrough
+    provider, under the same bounds, and its JSON answer back as the provider sent it."""
+    provider = passthrough_provider(gateway, model)
+    reply = await until_disconnect(
+        request,
+        gateway.engine.upstream.post(
+            provider, path, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+            max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+        ),
+    )  # fmt: skip
+    return Response(content=reply, media_type=MediaType.JSON)
 
 
 async def _relay(

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
+import math
 import re
 import signal
+import struct
 import sys
 import time
 from collections import deque
@@ -53,6 +57,8 @@ from fusion_engine.testing.wire_bodies import (
 __all__ = ["FakeUpstream", "main", "sent_stamp", "stamped_ns"]
 
 KEEPALIVE_COMMENT: Final = b": OPENROUTER PROCESSING"
+#: The length of a fake embedding when the request names no ``dimensions``.
+EMBEDDING_DIMENSIONS: Final = 8
 # Requests that are still running when the fake stops are cut off this quickly, so a test that
 # leaves a `hang` reply behind does not wait for aiohttp's 60 s default.
 _SHUTDOWN_TIMEOUT_S: Final = 0.1
@@ -142,6 +148,8 @@ class FakeUpstream:
         self._base_url: str | None = None
         self._stopping = False
         self._encoder = msgspec.json.Encoder()
+        #: When set, ``GET /v1/models`` answers with this reply's error instead of the list.
+        self.models_reply: Reply | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -228,6 +236,7 @@ class FakeUpstream:
         self._pending.clear()
         self._matching.clear()
         self._last.clear()
+        self.models_reply = None
         self.received.clear()
         self.cancelled.clear()
         self.completed.clear()
@@ -253,6 +262,7 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/_fake/script", self._control_script)
         app.router.add_get("/_fake/requests", self._control_requests)
         app.router.add_get("/_fake/state", self._control_state)
@@ -448,10 +458,73 @@ class FakeUpstream:
         await response.write_eof()
 
     async def _models(self, request: web.Request) -> web.Response:
+        failing = self.models_reply
+        if failing is not None and failing.status != 200:
+            message = failing.error_message or f"{status_phrase(failing.status)} (fake upstream)"
+            return self._error_response(failing.error_shape, failing.status, message)
         models = list(dict.fromkeys([*self._pending, *self.prices]))
         data = [model_entry(slug, self.prices.get(slug, DEFAULT_PRICE)) for slug in models]
         listing = {"data": data, "links": {"next": None}, "total_count": len(data)}
         return self._json_response(listing)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's ``POST /v1/embeddings``: one deterministic vector per input, as floats or
+        (``encoding_format: "base64"``, what openai-python asks for) little-endian float32s.
+
+        A scripted reply for the model may make it fail (its status, or its raw ``body``) or
+        wait (its delay)."""
+        arrived = time.monotonic()
+        try:
+            body: Any = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError:
+            body = None
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(body, dict):
+            self.received.append(
+                ReceivedRequest(
+                    path=request.path,
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    body=body,
+                    model=model if isinstance(model, str) else "",
+                    stream=False,
+                    received_at=arrived,
+                )
+            )
+        expected_auth = f"Bearer {self.require_key}"
+        if self.require_key is not None and request.headers.get("Authorization") != expected_auth:
+            return self._error_response("openai", 401, "Incorrect API key provided")
+        if not isinstance(body, dict):
+            message = "We could not parse the JSON body of your request: expected a JSON object."
+            return self._error_response("openai", 400, message)
+        if not isinstance(model, str) or not model:
+            return self._error_response("openai", 400, "you must provide a model parameter")
+        inputs = _embedding_inputs(body.get("input"))
+        dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+        if inputs is None or not isinstance(dimensions, int) or not 1 <= dimensions <= 4096:
+            return self._error_response("openai", 400, "'input' or 'dimensions' is invalid")
+        reply = self._next_reply(model, body)
+        if reply.delay_s > 0:
+            await asyncio.sleep(reply.delay_s)
+        if reply.body is not None:  # a scripted body is sent as it is, with the status
+            if isinstance(reply.body, str):
+                return web.Response(text=reply.body, status=reply.status)
+            return self._json_response(reply.body, reply.status)
+        if reply.status != 200:
+            message = reply.error_message or f"{status_phrase(reply.status)} (fake, {model})"
+            return self._error_response(reply.error_shape, reply.status, message)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _vector(text, dimensions, as_base64=as_base64),
+            }
+            for index, text in enumerate(inputs)
+        ]
+        tokens = sum(max(1, len(text.split())) for text in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        self.completed.append(model)
+        return self._json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
     async def _control_script(self, request: web.Request) -> web.Response:
         try:
@@ -475,6 +548,36 @@ class FakeUpstream:
     async def _control_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return self._json_response({"ok": True})
+
+
+def _embedding_inputs(value: Any) -> list[str] | None:
+    """The texts of an embeddings ``input`` (token ids stand for themselves), or ``None``."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(item, int) for item in value):
+        return [" ".join(map(str, value))]
+    texts = []
+    for item in value:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, list) and all(isinstance(token, int) for token in item):
+            texts.append(" ".join(map(str, item)))
+        else:
+            return None
+    return texts
+
+
+def _vector(text: str, dimensions: int, *, as_base64: bool) -> list[float] | str:
+    """A unit vector that depends only on ``text``: floats, or float32s in base64."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [digest[i % len(digest)] - 127.5 for i in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    vector = [x / norm for x in raw]
+    if as_base64:
+        return base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+    return vector
 
 
 async def _serve_forever(fake: FakeUpstream, host: str, port: int) -> None:

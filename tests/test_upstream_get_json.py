@@ -5,6 +5,8 @@ UpstreamClient.post, the one write besides chat (embeddings)."""
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from fusion_engine.config import Provider
 from fusion_engine.errors import UpstreamError
@@ -66,5 +68,25 @@ async def test_post_relays_the_reply_and_retries_like_chat(fake: FakeUpstream) -
         assert refused.value.status == 400
         assert refused.value.provider_error is not None
         assert refused.value.provider_error.param == "input"
+    finally:
+        await client.aclose()
+
+
+async def test_get_json_reads_no_more_than_an_answers_bound() -> None:
+    """A listing over 8 MiB is an UpstreamError, not a body held whole in memory (found in the
+    review of the change: get_json read the whole body)."""
+    huge = b'{"data": ["' + b"x" * (9 * 1024 * 1024) + b'"]}'
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.Response(body=huge, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/models", listing)
+    client = UpstreamClient()
+    try:
+        async with TestServer(app, host="127.0.0.1") as server:
+            with pytest.raises(UpstreamError, match="over 8 MiB") as raised:
+                await client.get_json(provider(str(server.make_url("/v1"))), "/models", timeout_s=5)
+        assert raised.value.kind == "invalid_response"
     finally:
         await client.aclose()

@@ -24,6 +24,13 @@ import aiohttp.http_exceptions
 import msgspec
 import structlog
 
+from .bounded_reads import (
+    MAX_ANSWER_BYTES,
+    MAX_ERROR_BODY_BYTES,
+    BodyTooLargeError,
+    mib,
+    read_bounded,
+)
 from .config import Provider
 from .errors import UpstreamError, UpstreamTimeoutError
 from .protocol import ChatCompletion
@@ -38,15 +45,6 @@ T = TypeVar("T")
 
 #: A streamed event carrying a large tool call or an image must not break the stream.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
-#: The largest answer a call may bring (a non-streamed body, or a stream's events together):
-#: three 50 MB answers once got a worker killed. Over it, the call fails with an error.
-MAX_ANSWER_BYTES = 8 * 1024 * 1024
-#: An error body is read only this far: its message is all we keep.
-MAX_ERROR_BODY_BYTES = 64 * 1024
-
-
-class BodyTooLargeError(Exception):
-    """A response body is longer than the bound it was read with."""
 
 
 class UpstreamReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,31 +134,42 @@ class UpstreamClient:
     ) -> UpstreamReply:
         payload = _encode(prepare_body(provider, body, stream=False))
         headers = request_headers(provider)
-        model = str(body.get("model", ""))
         started = self.clock.monotonic()
-        deadline = started + timeout_s
-        attempt = 0
-        queued = 0.0
+
+        async def attempt(slot: _Slot) -> tuple[ChatCompletion, bytes]:
+            return await self._attempt_chat(provider, payload, headers, slot, max_body_bytes)
+
+        (completion, raw), attempts, queued_s = await self._retried(
+            provider, str(body.get("model", "")), started + timeout_s, attempt
+        )
+        return UpstreamReply(
+            completion=completion, latency_ms=(self.clock.monotonic() - started) * 1000,
+            attempts=attempts, raw=raw, queue_ms=queued_s * 1000,
+        )  # fmt: skip
+
+    async def _retried(
+        self,
+        provider: Provider,
+        model: str,
+        deadline: float,
+        attempt: Callable[[_Slot], Awaitable[T]],
+    ) -> tuple[T, int, float]:
+        """``attempt`` on a concurrency slot, retried until it succeeds or ``deadline``;
+        with the number of attempts and the seconds spent queued for slots."""
+        attempts = 0
+        queued_s = 0.0
         while True:
-            attempt += 1
+            attempts += 1
             slot = await self._take_slot(provider, model, deadline)
-            queued += slot.waited_s
+            queued_s += slot.waited_s
             try:
                 # One timeout around the whole attempt (send, status, body): a timer per step
                 # was a measurable share of a call's CPU.
-                completion, raw = await self._within(
-                    deadline, self._attempt_chat(provider, payload, headers, slot, max_body_bytes)
-                )
+                return await self._within(deadline, attempt(slot)), attempts, queued_s
             except UpstreamError as error:
                 # Idempotent; needed when the budget ran out before the attempt could start.
                 slot.release()
-                await self._wait_before_retry(provider, error, attempt, deadline)
-                continue
-            latency_ms = (self.clock.monotonic() - started) * 1000
-            return UpstreamReply(
-                completion=completion, latency_ms=latency_ms, attempts=attempt, raw=raw,
-                queue_ms=queued * 1000,
-            )  # fmt: skip
+                await self._wait_before_retry(provider, error, attempts, deadline)
 
     async def stream(
         self,
@@ -269,20 +278,13 @@ class UpstreamClient:
     ) -> bytes:
         payload = _encode(body)
         headers = request_headers(provider)
-        model = str(body.get("model", ""))
+
+        async def attempt(slot: _Slot) -> bytes:
+            return await self._attempt_post(provider, payload, headers, slot, path, max_body_bytes)
+
         deadline = self.clock.monotonic() + timeout_s
-        attempt = 0
-        while True:
-            attempt += 1
-            slot = await self._take_slot(provider, model, deadline)
-            try:
-                return await self._within(
-                    deadline,
-                    self._attempt_post(provider, payload, headers, slot, path, max_body_bytes),
-                )
-            except UpstreamError as error:
-                slot.release()  # idempotent, as in _chat
-                await self._wait_before_retry(provider, error, attempt, deadline)
+        raw, _, _ = await self._retried(provider, str(body.get("model", "")), deadline, attempt)
+        return raw
 
     async def _attempt_post(
         self,
@@ -294,21 +296,7 @@ class UpstreamClient:
         max_body_bytes: int,
     ) -> bytes:
         response = await self._open(provider, payload, headers, slot, path)
-        try:
-            raw = await read_bounded(response, max_body_bytes)
-        except aiohttp.ClientError as exc:
-            response.release()
-            raise _broken_off(provider, exc) from exc
-        except BodyTooLargeError:
-            response.close()
-            raise UpstreamError(
-                f"{provider.name} sent an answer over {_mib(max_body_bytes)}",
-                kind="invalid_response",
-            ) from None
-        else:
-            response.release()
-        finally:
-            slot.release()
+        raw = await _read_reply(provider, response, slot, max_body_bytes)
         try:
             decoded = _decode_any(raw)
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -340,7 +328,7 @@ class UpstreamClient:
                             f"{provider.name} answered {response.status} for GET {path}",
                             status=response.status, kind="http_error",
                         )  # fmt: skip
-                    return msgspec.json.decode(await response.read())
+                    return msgspec.json.decode(await read_bounded(response, MAX_ANSWER_BYTES))
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"{provider.name}: GET {path} timed out") from exc
         except aiohttp.ClientError as exc:
@@ -350,6 +338,11 @@ class UpstreamClient:
         except msgspec.DecodeError as exc:
             raise UpstreamError(
                 f"{provider.name} sent no JSON for GET {path}", kind="invalid_response"
+            ) from exc
+        except BodyTooLargeError as exc:
+            raise UpstreamError(
+                f"{provider.name} sent over {mib(MAX_ANSWER_BYTES)} for GET {path}",
+                kind="invalid_response",
             ) from exc
 
     async def _attempt_chat(
@@ -361,22 +354,7 @@ class UpstreamClient:
         max_body_bytes: int,
     ) -> tuple[ChatCompletion, bytes]:
         response = await self._open(provider, payload, headers, slot)
-        try:
-            raw = await read_bounded(response, max_body_bytes)
-        except aiohttp.ClientError as exc:
-            response.release()
-            raise _broken_off(provider, exc) from exc
-        except BodyTooLargeError:
-            # Closing drops the connection: the rest of the body is never read.
-            response.close()
-            raise UpstreamError(
-                f"{provider.name} sent an answer over {_mib(max_body_bytes)}",
-                kind="invalid_response",
-            ) from None
-        else:
-            response.release()
-        finally:
-            slot.release()
+        raw = await _read_reply(provider, response, slot, max_body_bytes)
         try:
             completion = _decode_completion(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
@@ -468,7 +446,7 @@ class UpstreamClient:
                     total += sum(len(event.data) for event in events)
                     if total > max_total_bytes:
                         raise UpstreamError(
-                            f"{provider.name} streamed an answer over {_mib(max_total_bytes)}",
+                            f"{provider.name} streamed an answer over {mib(max_total_bytes)}",
                             kind="invalid_response",
                         )
                 if events:
@@ -586,35 +564,32 @@ class _Expiry:
         self._response.close()
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
-    """The response body, read no further than ``limit`` bytes.
+async def _read_reply(
+    provider: Provider, response: aiohttp.ClientResponse, slot: _Slot, max_body_bytes: int
+) -> bytes:
+    """A 2xx reply's body, at most ``max_body_bytes``; the connection and the slot are given
+    back whatever happens.
 
     Raises:
-        BodyTooLargeError: the body is longer (said by ``Content-Length`` before reading, or
-            found while reading); with ``cut`` the first ``limit`` bytes are returned instead.
+        UpstreamError: the body broke off (retryable) or is over the bound (not retryable).
     """
-    length = response.content_length
-    # Content-Length counts packed bytes when the body is compressed: only a plain body's
-    # announced length tells what reading it costs.
-    plain = "Content-Encoding" not in response.headers
-    if length is not None and length <= limit and plain:
-        return await response.read()  # announced and small enough: aiohttp's one-buffer read
-    if length is not None and length > limit and not cut:
-        raise BodyTooLargeError(length)
-    parts: list[bytes] = []
-    size = 0
-    async for block in response.content.iter_any():
-        parts.append(block)
-        size += len(block)
-        if size > limit:
-            if not cut:
-                raise BodyTooLargeError(size)
-            return b"".join(parts)[:limit]
-    return b"".join(parts)
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):g} MiB"
+    try:
+        raw = await read_bounded(response, max_body_bytes)
+    except aiohttp.ClientError as exc:
+        response.release()
+        raise _broken_off(provider, exc) from exc
+    except BodyTooLargeError:
+        # Closing drops the connection: the rest of the body is never read.
+        response.close()
+        raise UpstreamError(
+            f"{provider.name} sent an answer over {mib(max_body_bytes)}",
+            kind="invalid_response",
+        ) from None
+    else:
+        response.release()
+    finally:
+        slot.release()
+    return raw
 
 
 def _broken_off(provider: Provider, exc: BaseException) -> UpstreamError:

@@ -150,6 +150,18 @@ class FakeInThread:
         self._thread.join(5)
 
 
+@pytest.fixture(name="fake")
+def reset_fake(upstream: FakeInThread) -> FakeUpstream:
+    """``fake`` for modules that run a gateway process: the module's threaded fake upstream
+    (conftest's ``upstream``) with its scripts and records cleared for this test.
+
+    A module takes it with ``from .helpers import reset_fake``; it then replaces conftest's
+    ``fake`` (a fresh in-loop fake) in that module.
+    """
+    upstream.fake.reset()
+    return upstream.fake
+
+
 class GatewayProcess:
     """`fusion serve` (gunicorn + uvicorn worker; ``args=["--dev"]``: uvicorn alone) in a
     subprocess, on a free port."""

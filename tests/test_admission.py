@@ -18,7 +18,14 @@ from fusion_engine.server.admission import host_is_loopback, is_json
 from fusion_engine.settings import Settings
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, gateway_env, wait_until
+from .helpers import (
+    ROOT,
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    wait_until,
+)
 
 MEMBERS = ("e2e/alpha", "e2e/beta", "e2e/gamma")
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -124,12 +131,6 @@ def slot_gateway(
     process = GatewayProcess(gateway_env(upstream.fake, "big-key,streamer-key", config=config))
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    upstream.fake.reset()
-    return upstream.fake
 
 
 def fuse_body(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

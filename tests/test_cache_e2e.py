@@ -22,6 +22,7 @@ from .helpers import (
     GatewayProcess,
     gateway_env,
     require_redis,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
 )
 
 KEY_A, KEY_B = "key-a-0123456789", "key-b-0123456789"
@@ -38,12 +39,6 @@ PANELS = {
     "always": "cache: always\n",
     "never": "cache: never\n",
 }
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture(scope="module")

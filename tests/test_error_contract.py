@@ -35,7 +35,14 @@ from fusion_engine.results import PanelResponse
 from fusion_engine.server.errors import client_may_retry, error_response
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, gateway_env, wait_until
+from .helpers import (
+    ROOT,
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    wait_until,
+)
 
 KEY = "contract-key"
 ALPHA, BETA, GAMMA = "e2e/alpha", "e2e/beta", "e2e/gamma"
@@ -61,12 +68,6 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(env)
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture

@@ -23,7 +23,14 @@ import pytest
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
-from .helpers import E2E_FILES, FakeInThread, GatewayProcess, gateway_env, wait_until
+from .helpers import (
+    E2E_FILES,
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    wait_until,
+)
 
 FILES = E2E_FILES / "faults"
 KEY = "fault-key"
@@ -66,13 +73,6 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(env)
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    """The shared fake, with scripts and records cleared for this test."""
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture

@@ -15,7 +15,13 @@ from openai import AsyncOpenAI, OpenAI
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
-from .helpers import FakeInThread, GatewayProcess, gateway_env, wait_until
+from .helpers import (
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    wait_until,
+)
 
 KEYS = ("key-one", "key-two")
 ALPHA, BETA, GAMMA = "e2e/alpha", "e2e/beta", "e2e/gamma"
@@ -40,13 +46,6 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(gateway_env(upstream.fake, ",".join(KEYS)))
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    """The shared fake, with scripts and records cleared for this test."""
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from .helpers import (
     gateway_env,
     private_redis,
     require_redis,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
     wait_until,
 )
 
@@ -35,12 +36,6 @@ PROVIDER_KEY = "provider-key-that-must-not-leak"
 FILES = ROOT / "tests" / "e2e_files"
 MEMBERS = ("e2e/alpha", "e2e/beta", "e2e/gamma")
 JUDGE = "e2e/judge"
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture(scope="module")

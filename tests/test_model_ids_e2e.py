@@ -13,7 +13,12 @@ from openai import OpenAI
 
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import FakeInThread, GatewayProcess, gateway_env
+from .helpers import (
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+)
 
 KEYS = ("key-one", "key-two")
 PROVIDER_KEY = "provider-secret-key"
@@ -29,12 +34,6 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(gateway_env(upstream.fake, ",".join(KEYS), provider_key=PROVIDER_KEY))
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture

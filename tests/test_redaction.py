@@ -23,7 +23,13 @@ from fusion_engine.settings import Secret
 from fusion_engine.testing import FakeUpstream, Reply
 from fusion_engine.upstream import UpstreamClient
 
-from .helpers import FakeInThread, GatewayProcess, gateway_env, private_redis
+from .helpers import (
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    private_redis,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+)
 
 PROVIDER_KEY = "sk-or-v1-redaction-test-key-0123456789"
 CLIENT_KEY = "client-key"
@@ -63,12 +69,6 @@ def gateway(upstream: FakeInThread, cache_redis: str) -> Iterator[GatewayProcess
     process = GatewayProcess(env)
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture

@@ -24,7 +24,14 @@ import pytest
 from fusion_engine.server.ui import CONTENT_SECURITY_POLICY
 from fusion_engine.testing import FakeUpstream, Reply
 
-from .helpers import ROOT, FakeInThread, GatewayProcess, gateway_env, wait_until
+from .helpers import (
+    ROOT,
+    FakeInThread,
+    GatewayProcess,
+    gateway_env,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    wait_until,
+)
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -72,13 +79,6 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
     process = GatewayProcess(gateway_env(upstream.fake, KEY, panels=FILES / "panels"))
     yield process
     process.stop()
-
-
-@pytest.fixture
-def fake(upstream: FakeInThread) -> FakeUpstream:
-    """The shared fake, with scripts and records cleared for this test."""
-    upstream.fake.reset()
-    return upstream.fake
 
 
 @pytest.fixture(scope="module")

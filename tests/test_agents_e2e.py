@@ -173,25 +173,29 @@ class AgentRun(NamedTuple):
     stdout: str
     stderr: str
     seconds: float
-    #: Non-loopback addresses the agent tried to connect to (None: not traced, strace missing).
-    outside: list[str] | None
+    #: Every (address, port) the agent connected to over IP; None: not traced (no strace).
+    connections: list[tuple[str, int]] | None
+
+    def outside(self) -> list[str]:
+        """The addresses it tried to reach beyond loopback (a DNS server counts)."""
+        return sorted({f"{a}:{p}" for a, p in self.connections or [] if not _loopback(a)})
 
 
-_CONNECT_ADDRESS = re.compile(
-    r"connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\(\d+\), "
+def _loopback(address: str) -> bool:
+    parsed = ipaddress.ip_address(address)
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return (mapped or parsed).is_loopback
+
+
+_CONNECT = re.compile(
+    r"connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\), "
     r'(?:sin_addr=inet_addr\("([^"]+)"\)|[^}]*inet_pton\(AF_INET6, "([^"]+)")'
 )
 
 
-def outside_addresses(trace: str) -> list[str]:
-    """The non-loopback IPv4/IPv6 addresses in an ``strace -e trace=connect`` log."""
-    found: list[str] = []
-    for match in _CONNECT_ADDRESS.finditer(trace):
-        address = ipaddress.ip_address(match.group(1) or match.group(2))
-        mapped = getattr(address, "ipv4_mapped", None)
-        if not (mapped or address).is_loopback:
-            found.append(str(address))
-    return sorted(set(found))
+def traced_connections(trace: str) -> list[tuple[str, int]]:
+    """The IPv4/IPv6 destinations in an ``strace -e trace=connect`` log, in order."""
+    return [(m.group(2) or m.group(3), int(m.group(1))) for m in _CONNECT.finditer(trace)]
 
 
 def run_agent(command: Sequence[str], env: dict[str, str], cwd: Path, trace: Path) -> AgentRun:
@@ -228,8 +232,8 @@ def run_agent(command: Sequence[str], env: dict[str, str], cwd: Path, trace: Pat
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
     seconds = time.monotonic() - started
-    outside = outside_addresses(trace.read_text(errors="replace")) if strace else None
-    return AgentRun(process.returncode, stdout, stderr, seconds, outside)
+    connections = traced_connections(trace.read_text(errors="replace")) if strace else None
+    return AgentRun(process.returncode, stdout, stderr, seconds, connections)
 
 
 def base_env(home: Path) -> dict[str, str]:
@@ -247,8 +251,11 @@ def base_env(home: Path) -> dict[str, str]:
 def diagnostics(run: AgentRun, gateway: GatewayProcess, fake: FakeUpstream) -> str:
     """What CI logs need to explain a failed run."""
     upstream = [(r.model, r.path) for r in fake.received]
+    to_gateway = [c for c in run.connections or [] if c == ("127.0.0.1", gateway.port)]
+    traced = "not traced (no strace)" if run.connections is None else f"{run.connections}"
     return (
         f"exit {run.returncode} after {run.seconds:.1f} s; upstream calls {upstream}\n"
+        f"connections: {len(to_gateway)} to the gateway; all: {traced}\n"
         f"--- agent stdout\n{run.stdout[-8000:]}\n--- agent stderr\n{run.stderr[-8000:]}\n"
         f"--- gateway log (tail)\n{gateway.output()[-8000:]}"
     )
@@ -265,7 +272,7 @@ def assert_agent_run(
     run: AgentRun, probe: Probe, gateway: GatewayProcess, fake: FakeUpstream
 ) -> None:
     explained = diagnostics(run, gateway, fake)
-    assert run.outside in (None, []), f"connections left 127.0.0.1: {run.outside}\n{explained}"
+    assert not run.outside(), f"connections left 127.0.0.1: {run.outside()}\n{explained}"
     assert run.returncode == 0, explained
     assert_round_trip(fake, probe, explained)
     assert probe.final in run.stdout, explained
@@ -382,7 +389,7 @@ def test_codex_runs_a_shell_command_through_a_fused_panel(
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("api", ["responses", "chat_completions"])
+@pytest.mark.parametrize("api", ["responses", "chat_completions", "alias"])
 async def test_agents_sdk_calls_a_function_tool_through_a_fused_panel(
     gateway: GatewayProcess,
     fake: FakeUpstream,
@@ -390,15 +397,17 @@ async def test_agents_sdk_calls_a_function_tool_through_a_fused_panel(
     api: str,
     stream: bool,
 ) -> None:
-    """Runner.run on fusion/agent (the SDK's default Responses model, or its Chat Completions
-    model): the judge's call runs the @function_tool, its result goes back through the gateway,
-    and the run's final output is the fused answer."""
+    """Runner.run on fusion/agent (the SDK's default Responses model, its Chat Completions model,
+    or the name ``fusion-agent`` through the SDK's own provider): the judge's call runs the
+    @function_tool, its result goes back through the gateway, and the run's final output is the
+    fused answer."""
     version = require_module("agents", "openai-agents")
     # Traces would go to api.openai.com with the gateway's key (agents-wire.md).
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
     from agents import (
         Agent,
         OpenAIChatCompletionsModel,
+        OpenAIProvider,
         OpenAIResponsesModel,
         RunConfig,
         Runner,
@@ -418,14 +427,25 @@ async def test_agents_sdk_calls_a_function_tool_through_a_fused_panel(
         return f"fusion-tool-{token}"
 
     client = AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
-    model_class = OpenAIResponsesModel if api == "responses" else OpenAIChatCompletionsModel
+    model: str | OpenAIResponsesModel | OpenAIChatCompletionsModel
+    config = RunConfig(tracing_disabled=True)
+    if api == "responses":
+        model = OpenAIResponsesModel(model=MODEL, openai_client=client)
+    elif api == "chat_completions":
+        model = OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
+    else:
+        # A plain model name through the SDK's own provider (Responses by default): the slash
+        # form would be read as a provider prefix, so it takes the fusion-<panel> alias.
+        model = f"fusion-{PANEL}"
+        config = RunConfig(
+            model_provider=OpenAIProvider(openai_client=client), tracing_disabled=True
+        )
     agent = Agent(
         name="probe",
         instructions="Use the run_probe tool, then report its output.",
-        model=model_class(model=MODEL, openai_client=client),
+        model=model,
         tools=[run_probe],
     )
-    config = RunConfig(tracing_disabled=True)
     started = time.monotonic()
     try:
         if stream:

@@ -67,6 +67,8 @@ JUDGE = "e2e/agent-judge"
 #: Claude Code's background ("haiku") model: a passthrough id, so a side request it may make never
 #: takes the judge's scripted replies.
 SMALL_MODEL = "e2e/agent-small"
+#: The judge's answer to a conversation that lacks the tool's output.
+NO_OUTPUT = "The judge saw no tool output."
 PROMPT = "Run the probe command with your shell tool and tell me exactly what it printed."
 #: Bounds one agent run; a 404 or a broken stream must fail in well under this.
 AGENT_TIMEOUT_S = float(os.environ.get("AGENTS_E2E_TIMEOUT_S", "180"))
@@ -140,10 +142,16 @@ def new_probe() -> Probe:
 
 def script_panel(fake: FakeUpstream, probe: Probe, tool: str, arguments: dict[str, Any]) -> None:
     """Members answer in plain text; the judge first calls ``tool``, then, once the tool's output
-    is in the conversation, answers ``probe.final``."""
+    is in the conversation, answers ``probe.final`` (without it: ``NO_OUTPUT``)."""
     for member in MEMBERS:
         fake.script(member, Reply(text="Run the probe, then report its output word for word."))
-    fake.script(JUDGE, Reply(tool_calls=[FakeToolCall(tool, json.dumps(arguments))]))
+    # Any later judge call without the output ends the run with a text (not another tool call),
+    # so a lost tool result fails fast instead of looping until the agent's timeout.
+    fake.script(
+        JUDGE,
+        Reply(tool_calls=[FakeToolCall(tool, json.dumps(arguments))]),
+        Reply(text=NO_OUTPUT),
+    )
     fake.script_matching(JUDGE, re.escape(probe.output), Reply(text=probe.final))
     fake.script(SMALL_MODEL, Reply(text="ok"))
 

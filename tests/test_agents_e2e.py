@@ -35,7 +35,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import pytest
 
@@ -82,7 +82,7 @@ def require_opt_in() -> None:
         )
 
 
-def missing(message: str) -> None:
+def missing(message: str) -> NoReturn:
     """A missing prerequisite: a skip, or a failure under CI."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
@@ -97,7 +97,7 @@ def agent_binary(name: str) -> Path:
     found = shutil.which(name)
     if found is None:
         missing(f"{name} is not installed in {AGENT_BIN} nor on PATH (make agents-e2e installs it)")
-    return Path(str(found))
+    return Path(found)
 
 
 def require_module(module: str, package: str) -> str:

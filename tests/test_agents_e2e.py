@@ -326,7 +326,11 @@ def test_claude_code_runs_bash_through_a_fused_panel(
 
 def codex_config(gateway: GatewayProcess) -> str:
     """config.toml: the gateway as a Responses provider; analytics, OpenTelemetry export,
-    feedback, update checks and the plugin/app catalogues (api.github.com, chatgpt.com) off."""
+    feedback, update checks and the plugin/app catalogues (api.github.com, chatgpt.com) off.
+
+    Measured with strace (codex 0.171.0, exec): ``features.plugins = false`` is the switch that
+    matters, without it Codex looks up the plugin catalogue's host; the rest are off for good
+    measure, as interactive use and other auth modes reach more hosts."""
     return f"""\
 model = "{MODEL}"
 model_provider = "fusion"

@@ -22,6 +22,7 @@ under ``CI=true``. Each test prints the agent's version and wall time (``-s`` sh
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import ipaddress
@@ -236,9 +237,10 @@ def run_agent(command: Sequence[str], env: dict[str, str], cwd: Path, trace: Pat
             f"--- stdout\n{stdout}\n--- stderr\n{stderr[-8000:]}"
         )
     finally:
-        if process.poll() is None:
+        # The agent's own session: whatever it left running (a backgrounded shell) goes too.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+        process.wait(5)
     seconds = time.monotonic() - started
     connections = traced_connections(trace.read_text(errors="replace")) if strace else None
     return AgentRun(process.returncode, stdout, stderr, seconds, connections)

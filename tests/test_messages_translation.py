@@ -253,17 +253,21 @@ def test_tool_references_and_images_in_tool_results() -> None:
     validate_messages(body["messages"])
 
 
-def test_an_assistant_turn_of_only_thinking_is_left_out() -> None:
+def test_turns_of_nothing_usable_stay_turns() -> None:
     body = chat_body_of(
         request(
             messages=[
                 {"role": "user", "content": "a"},
                 {"role": "assistant", "content": [{"type": "thinking", "thinking": "x"}]},
-                {"role": "user", "content": "b"},
+                {"role": "user", "content": [{"type": "future_block"}, {"type": ["odd"]}]},
             ]
         )
     )
-    assert [message["role"] for message in body["messages"]] == ["user", "user"]
+    assert body["messages"] == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": ""},
+    ]
 
 
 def test_tools_and_tool_choice_in_chat_form() -> None:

@@ -164,7 +164,8 @@ def _read_block(block: Any, where: str) -> ReadBlock | None:
     ``redacted_thinking``, server-tool blocks, documents, anything newer than this module)."""
     if not isinstance(block, dict):
         raise InvalidRequestError(f"{where} must be a content block object", param=where)
-    struct = _BLOCK_TYPES.get(block.get("type"))  # type: ignore[arg-type]
+    kind = block.get("type")
+    struct = _BLOCK_TYPES.get(kind) if isinstance(kind, str) else None
     if struct is None:
         return None
     read: ReadBlock = _convert(block, struct, where)
@@ -269,9 +270,9 @@ def _assistant_turn(blocks: list[ReadBlock]) -> list[dict[str, Any]]:
         for block in blocks
         if isinstance(block, ToolUseBlockIn)
     ]
-    if not text and not calls:
-        return []  # only thinking: nothing a chat upstream can take
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    # A turn of only thinking still says the assistant spoke (and keeps the conversation from
+    # translating to nothing at all).
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     return [message]
@@ -296,7 +297,8 @@ def _user_turn(blocks: list[ReadBlock]) -> list[dict[str, Any]]:
         elif isinstance(block, ToolReferenceBlockIn):
             parts.append({"type": "text", "text": _tool_reference(block)})
     if not parts:
-        return tool_messages
+        # A turn of nothing usable is still a user turn (never an empty conversation).
+        return tool_messages or [{"role": "user", "content": ""}]
     if all(part["type"] == "text" for part in parts):
         # A plain string: every chat upstream takes it, not all take arrays of parts.
         content: str | list[dict[str, Any]] = "\n\n".join(part["text"] for part in parts)
@@ -391,7 +393,15 @@ def count_tokens(raw: dict[str, Any]) -> int:
     """
     request = read_request(raw)
     tools, _ = _chat_tools(request.tools or [])
-    characters = len(_json(chat_messages_of(request))) + (len(_json(tools)) if tools else 0)
+    return estimate_input_tokens(chat_messages_of(request), tools)
+
+
+def estimate_input_tokens(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> int:
+    """The input tokens of a chat conversation and its tools, estimated from their JSON's
+    length (``count_tokens``'s answer, and ``message_start``'s usage before the real count)."""
+    characters = len(_json(messages)) + (len(_json(tools)) if tools else 0)
     return int(characters / CHARS_PER_TOKEN) + 1
 
 

@@ -369,6 +369,7 @@ def test_fields_the_gateway_does_not_use_are_dropped_not_refused() -> None:
         ({"max_tokens": 5, "messages": [{"role": "user", "content": "a"}]}, "model"),
         (request(messages=[]), "messages"),
         (request(messages="hi"), "messages"),
+        (request(messages=[{"role": "system", "content": "only this"}]), "messages"),
         (request(messages=[{"role": "robot", "content": "a"}]), "messages[0].role"),
         (request(messages=[{"role": "user"}]), "messages[0].content"),
         (request(messages=[{"role": "user", "content": [5]}]), "messages[0].content[0]"),

@@ -209,6 +209,10 @@ def chat_body_of(raw: dict[str, Any]) -> dict[str, Any]:
     request = read_request(raw)
     if request.max_tokens is None:
         raise InvalidRequestError("max_tokens: Field required", param="max_tokens")
+    if all(message.role == "system" for message in request.messages):
+        raise InvalidRequestError(
+            "messages: at least one user or assistant message is required", param="messages"
+        )
     body: dict[str, Any] = {
         "model": request.model,
         "messages": chat_messages_of(request),

@@ -625,7 +625,13 @@ def messages_request_schema(limits: LimitsSpec, *, count_only: bool = False) -> 
         },
         "required": ["model", "messages"] if count_only else ["model", "messages", "max_tokens"],
     }
-    if count_only:
+    if not count_only:
+        # System turns fold into the system prompt: something else must remain.
+        schema["properties"]["messages"]["contains"] = {
+            "type": "object",
+            "properties": {"role": {"enum": ["user", "assistant"]}},
+        }
+    else:
         for unused in ("max_tokens", "stop_sequences", "temperature", "top_p", "stream"):
             del schema["properties"][unused]
     return cast("Schema", schema)

@@ -17,6 +17,18 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from anthropic.types import (
+    InputJSONDelta,
+    Message,
+    MessageParam,
+    RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawMessageDeltaEvent,
+    TextBlock,
+    TextDelta,
+    ToolParam,
+    ToolUseBlock,
+)
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
@@ -41,8 +53,8 @@ PATIENT = ("p/one", "p/two")
 PATIENT_JUDGE = "p/judge"
 PLAIN = "e2e/plain"
 VERDICT = "Paris is the capital of France."
-USER = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER = {
+USER: list[MessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "The weather in a city.",
     "input_schema": {
@@ -99,6 +111,10 @@ def sse(reply: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
+def text_of(message: Message) -> str:
+    return "".join(block.text for block in message.content if isinstance(block, TextBlock))
+
+
 def anthropic_error(reply: httpx.Response, status: int, kind: str) -> str:
     assert reply.status_code == status, reply.text
     body = reply.json()
@@ -122,7 +138,7 @@ def test_fused_message(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
     assert message.id.startswith("msg_")
     assert message.model == "fusion/trio"
     assert [block.type for block in message.content] == ["text"]
-    assert message.content[0].text == VERDICT  # type: ignore[union-attr]
+    assert text_of(message) == VERDICT
     assert message.stop_reason == "end_turn"
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
     extra = message.model_extra or {}
@@ -138,7 +154,7 @@ def test_alias_and_bearer_auth(gateway: GatewayProcess, fake: FakeUpstream) -> N
     with anthropic.Anthropic(base_url=gateway.base_url, auth_token=KEY, max_retries=0) as sdk:
         message = sdk.messages.create(model="fusion-trio", max_tokens=50, messages=USER)
     assert message.model == "fusion-trio"
-    assert message.content[0].text == VERDICT  # type: ignore[union-attr]
+    assert text_of(message) == VERDICT
 
 
 def test_fused_stream_through_create(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
@@ -150,14 +166,15 @@ def test_fused_stream_through_create(client: anthropic.Anthropic, fake: FakeUpst
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     assert kinds.count("content_block_start") == kinds.count("content_block_stop") == 1
     text = "".join(
-        event.delta.text  # type: ignore[union-attr]
+        event.delta.text
         for event in events
-        if event.type == "content_block_delta"
+        if isinstance(event, RawContentBlockDeltaEvent) and isinstance(event.delta, TextDelta)
     )
     assert text == VERDICT
     delta = events[-2]
-    assert delta.delta.stop_reason == "end_turn"  # type: ignore[union-attr]
-    assert delta.usage.output_tokens > 0  # type: ignore[union-attr]
+    assert isinstance(delta, RawMessageDeltaEvent)
+    assert delta.delta.stop_reason == "end_turn"
+    assert delta.usage.output_tokens > 0
     assert (delta.model_extra or {})["fusion"]["panel"] == "trio"
     assert fake.requests_for(JUDGE)[0].body["stream"] is True
 
@@ -168,7 +185,7 @@ def test_fused_stream_helper(client: anthropic.Anthropic, fake: FakeUpstream) ->
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == VERDICT
-    assert final.content[0].text == VERDICT  # type: ignore[union-attr]
+    assert text_of(final) == VERDICT
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens > 0
 
@@ -178,7 +195,7 @@ def test_passthrough_message_and_stream(client: anthropic.Anthropic, fake: FakeU
     message = client.messages.create(
         model=PLAIN, max_tokens=20, messages=USER, extra_body={"temperature": 0.1}
     )
-    assert message.content[0].text == "plain answer"  # type: ignore[union-attr]
+    assert text_of(message) == "plain answer"
     assert message.model == PLAIN
     assert (message.usage.input_tokens, message.usage.output_tokens) == (7, 2)
     assert "fusion" not in (message.model_extra or {})
@@ -204,19 +221,19 @@ def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> Non
         model="fusion/trio",
         max_tokens=200,
         messages=USER,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     assert first.stop_reason == "tool_use"
-    (call,) = [block for block in first.content if block.type == "tool_use"]
+    (call,) = [block for block in first.content if isinstance(block, ToolUseBlock)]
     assert (call.id, call.name, call.input) == ("call_w1", "get_weather", {"city": "Paris"})
     judge_tools = fake.requests_for(JUDGE)[0].body["tools"]
     assert judge_tools[0]["function"]["name"] == "get_weather"
 
     fake.reset()
     script_trio(fake, Reply(text="It is sunny in Paris.", chunk_size=5))
-    history = [
+    history: list[MessageParam] = [
         *USER,
-        {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+        first.to_param(),
         {
             "role": "user",
             "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}],
@@ -226,10 +243,10 @@ def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> Non
         model="fusion/trio",
         max_tokens=200,
         messages=history,
-        tools=[WEATHER],  # type: ignore[arg-type,list-item]
+        tools=[WEATHER],
     ) as stream:
         final = stream.get_final_message()
-    assert final.content[0].text == "It is sunny in Paris."  # type: ignore[union-attr]
+    assert text_of(final) == "It is sunny in Paris."
     assert final.stop_reason == "end_turn"
     sent = fake.requests_for("m/one")[0].body["messages"]
     assert sent[-2]["tool_calls"][0]["id"] == "call_w1"
@@ -244,30 +261,31 @@ def test_streamed_tool_call(client: anthropic.Anthropic, fake: FakeUpstream) -> 
         model="fusion/trio",
         max_tokens=200,
         messages=USER,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     ) as stream:
         events = list(stream)
         final = stream.get_final_message()
     (call,) = final.content
-    assert call.type == "tool_use" and call.input == {"city": "Paris, the capital of France"}
+    assert isinstance(call, ToolUseBlock) and call.input == {"city": "Paris, the capital of France"}
     assert final.stop_reason == "tool_use"
-    starts = [event for event in events if event.type == "content_block_start"]
-    assert starts[0].content_block.input == {}  # type: ignore[union-attr]
+    starts = [event for event in events if isinstance(event, RawContentBlockStartEvent)]
+    assert isinstance(starts[0].content_block, ToolUseBlock)
+    assert starts[0].content_block.input == {}
     pieces = [
         event
         for event in events
-        if event.type == "content_block_delta" and event.delta.type == "input_json_delta"
+        if isinstance(event, RawContentBlockDeltaEvent) and isinstance(event.delta, InputJSONDelta)
     ]
     assert len(pieces) > 1
 
 
 def test_count_tokens(client: anthropic.Anthropic) -> None:
-    small = client.messages.count_tokens(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+    small = client.messages.count_tokens(model="fusion/trio", messages=USER)
     large = client.messages.count_tokens(
         model="fusion/trio",
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         system="x" * 3500,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
     )
     assert 1 <= small.input_tokens < 30
     assert large.input_tokens > small.input_tokens + 1000
@@ -286,7 +304,7 @@ def test_missing_and_wrong_keys_are_401s(gateway: GatewayProcess) -> None:
         anthropic.Anthropic(base_url=gateway.base_url, api_key="wrong", max_retries=0) as sdk,
         pytest.raises(anthropic.AuthenticationError),
     ):
-        sdk.messages.create(model="fusion/trio", max_tokens=5, messages=USER)  # type: ignore[arg-type]
+        sdk.messages.create(model="fusion/trio", max_tokens=5, messages=USER)
 
 
 def test_bad_bodies_are_400s(gateway: GatewayProcess, client: anthropic.Anthropic) -> None:
@@ -304,14 +322,14 @@ def test_bad_bodies_are_400s(gateway: GatewayProcess, client: anthropic.Anthropi
     )
     anthropic_error(reply, 400, "invalid_request_error")
     with pytest.raises(anthropic.BadRequestError):
-        client.messages.create(model="fusion/trio", max_tokens=0, messages=USER)  # type: ignore[arg-type]
+        client.messages.create(model="fusion/trio", max_tokens=0, messages=USER)
 
 
 def test_unknown_panel_is_a_404(gateway: GatewayProcess, client: anthropic.Anthropic) -> None:
     body = {"model": "fusion/nope", "max_tokens": 5, "messages": USER}
     assert "nope" in anthropic_error(post(gateway, body), 404, "not_found_error")
     with pytest.raises(anthropic.NotFoundError):
-        client.messages.create(model="fusion/nope", max_tokens=5, messages=USER)  # type: ignore[arg-type]
+        client.messages.create(model="fusion/nope", max_tokens=5, messages=USER)
 
 
 def test_too_many_messages_is_a_413(gateway: GatewayProcess) -> None:
@@ -321,6 +339,37 @@ def test_too_many_messages_is_a_413(gateway: GatewayProcess) -> None:
         f"{gateway.base_url}/v1/messages/count_tokens", json=body, headers=HEADERS, timeout=30
     )
     anthropic_error(count, 413, "request_too_large")
+
+
+def test_body_over_the_size_limit_is_a_413(gateway: GatewayProcess) -> None:
+    body = {"model": "fusion/trio", "max_tokens": 5, "messages": USER, "system": "x" * 1_100_000}
+    anthropic_error(post(gateway, body), 413, "request_too_large")
+
+
+@pytest.fixture(scope="module")
+def limited_gateway(
+    upstream: FakeInThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """The same gateway with one request a minute per key."""
+    config = tmp_path_factory.mktemp("limited") / "gateway.yaml"
+    config.write_text(
+        (FILES / "gateway.yaml").read_text() + "rate_limit: {requests_per_minute: 1}\n"
+    )
+    env = gateway_env(upstream.fake, KEY, panels=FILES / "panels", config=config)
+    process = GatewayProcess(env)
+    yield process
+    process.stop()
+
+
+def test_over_the_rate_limit_is_a_429(limited_gateway: GatewayProcess, fake: FakeUpstream) -> None:
+    script_trio(fake)
+    body = {"model": "fusion/trio", "max_tokens": 5, "messages": USER}
+    # Three in a row: a minute boundary can fall between two of them, not between all three.
+    replies = [post(limited_gateway, body) for _ in range(3)]
+    limited = [reply for reply in replies if reply.status_code == 429]
+    assert limited, [reply.status_code for reply in replies]
+    anthropic_error(limited[0], 429, "rate_limit_error")
+    assert int(limited[0].headers["retry-after"]) >= 1
 
 
 def test_every_member_rate_limited_is_a_429(
@@ -378,7 +427,7 @@ def test_recorded_claude_code_requests_are_answered(
 def test_one_member_failing_is_reported(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
     script_trio(fake, two=Reply(status=403, error_message="member refused"))
     message = client.messages.create(model="fusion/trio", max_tokens=50, messages=USER)
-    assert message.content[0].text == VERDICT  # type: ignore[union-attr]
+    assert text_of(message) == VERDICT
     members = (message.model_extra or {})["fusion"]["members"]
     assert [member["error"] is not None for member in members] == [False, True, False]
 
@@ -400,7 +449,7 @@ def test_judge_failing_hands_over_to_the_fallback(
     script_trio(fake, Reply(status=403, error_message="judge refused"))
     fake.script(BACKUP, Reply(text="backup verdict"))
     message = client.messages.create(model="fusion/trio", max_tokens=50, messages=USER)
-    assert message.content[0].text == "backup verdict"  # type: ignore[union-attr]
+    assert text_of(message) == "backup verdict"
 
 
 def test_every_judge_failing_streams_a_member_answer_marked_degraded(
@@ -449,7 +498,7 @@ def test_mid_stream_error_is_an_error_event(gateway: GatewayProcess, fake: FakeU
         fake.script(slug, Reply(text="Paris"))
     with (
         anthropic.Anthropic(base_url=gateway.base_url, api_key=KEY, max_retries=0) as sdk,
-        sdk.messages.stream(model="fusion/trio", max_tokens=50, messages=USER) as stream,  # type: ignore[arg-type]
+        sdk.messages.stream(model="fusion/trio", max_tokens=50, messages=USER) as stream,
         pytest.raises(anthropic.APIStatusError),
     ):
         stream.get_final_message()

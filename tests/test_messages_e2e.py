@@ -212,6 +212,47 @@ def test_passthrough_message_and_stream(client: anthropic.Anthropic, fake: FakeU
     assert fake.requests_for(PLAIN)[1].body["stream_options"] == {"include_usage": True}
 
 
+def test_passthrough_tool_calls(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
+    """A provider's tool calls become tool_use blocks; broken arguments become {} and a note,
+    never a failed reply."""
+    calls = [
+        FakeToolCall("get_weather", '{"city": "Rome"}', id="call_ok"),
+        FakeToolCall("get_weather", '{"city": ', id="call_broken"),
+    ]
+    fake.script(PLAIN, Reply(tool_calls=calls))
+    message = client.messages.create(
+        model=PLAIN,
+        max_tokens=50,
+        messages=USER,
+        tools=[WEATHER],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
+    uses = [block for block in message.content if isinstance(block, ToolUseBlock)]
+    assert [(use.id, use.input) for use in uses] == [
+        ("call_ok", {"city": "Rome"}),
+        ("call_broken", {}),
+    ]
+    assert "not a JSON object" in text_of(message)
+    assert message.stop_reason == "tool_use"
+    sent = fake.requests_for(PLAIN)[0].body
+    assert (sent["tool_choice"], sent["parallel_tool_calls"]) == ("required", False)
+    assert sent["tools"][0]["function"]["parameters"] == WEATHER["input_schema"]
+
+
+def test_passthrough_stream_breaking_off_is_an_error_event(
+    gateway: GatewayProcess, fake: FakeUpstream
+) -> None:
+    fake.script(
+        PLAIN, Reply(text="a long plain answer " * 5, chunk_size=4, stream_error_after_chunks=3)
+    )
+    reply = post(gateway, {"model": PLAIN, "max_tokens": 50, "messages": USER, "stream": True})
+    assert reply.status_code == 200
+    events = sse(reply)
+    assert [kind for kind, _ in events][:2] == ["message_start", "content_block_start"]
+    kind, data = events[-1]
+    assert kind == "error" and set(data["error"]) == {"type", "message"}
+
+
 def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
     """The judge proposes a tool call; the client runs it and sends the result; final text."""
     script_trio(

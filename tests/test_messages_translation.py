@@ -394,6 +394,24 @@ def test_fields_the_gateway_does_not_use_are_dropped_not_refused() -> None:
             ),
             "messages[0].content[0].source.type",
         ),
+        (
+            request(
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "a"},
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": "t",
+                                "content": [{"type": "text"}],
+                            },
+                        ],
+                    }
+                ]
+            ),
+            "messages[0].content[1].content[0].text",
+        ),
         (request(tools=[{"description": "nameless"}]), "tools[0].name"),
         (request(tools=[{"name": "w"}], tool_choice={"type": "tool"}), "tool_choice.name"),
         (request(tools=[{"name": "w"}], tool_choice={"type": "sometimes"}), "tool_choice.type"),

@@ -169,6 +169,9 @@ def _read_block(block: Any, where: str) -> ReadBlock | None:
     if struct is None:
         return None
     read: ReadBlock = _convert(block, struct, where)
+    if isinstance(read, ToolResultBlockIn) and isinstance(read.content, list):
+        # Checked here, where the error can name the client's field; read again when used.
+        _blocks(read.content, f"{where}.content")
     return read
 
 

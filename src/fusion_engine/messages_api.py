@@ -267,7 +267,7 @@ def _texts(blocks: list[ReadBlock]) -> list[str]:
 
 
 def _assistant_turn(blocks: list[ReadBlock]) -> list[dict[str, Any]]:
-    text = "".join(block.text for block in blocks if isinstance(block, TextBlockIn))
+    text = "\n\n".join(_texts(blocks))
     calls = [
         {
             "id": block.id,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .helpers import ROOT, FakeInThread, GatewayProcess
 
@@ -127,3 +128,11 @@ def test_eval_quick_start_runs(tmp_path: Path) -> None:
     assert "fusion:budget" in (results / "report.md").read_text()
     assert (results / "chart.png").stat().st_size > 1000
     assert len((results / "records.jsonl").read_text().splitlines()) == 5 * 10
+
+
+def test_printed_panel_is_the_shipped_file() -> None:
+    """The README's panel is the shipped panels/<name>.yaml it names, field for field."""
+    printed = yaml.safe_load(code_block("## Panels", "yaml"))
+    shipped = ROOT / "panels" / f"{printed['name']}.yaml"
+    assert shipped.exists(), f"the README shows a panel that is not shipped: {printed['name']}"
+    assert printed == yaml.safe_load(shipped.read_text())

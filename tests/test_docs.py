@@ -510,3 +510,35 @@ def test_doc_links_resolve() -> None:
             if re.match(r"[a-z]+:", target):
                 continue
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+# --- the repository stands alone ------------------------------------------------------------------
+
+#: Documents of the team's, kept outside the repository, that users do not have. Spelt in pieces
+#: so that this file does not match itself.
+OUTSIDE_DOCUMENTS = [
+    "design" + ".md",
+    "../" + "shared",
+    "shared" + "/",
+    "wire" + ".md",
+    "agents" + "-wire",
+]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_no_tracked_file_points_at_documents_outside_the_repository() -> None:
+    """Comments and docs describe the fields here, never in a design file users do not have."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    tracked = [ROOT / name for name in listed.split("\0") if name]
+    assert len(tracked) > 100, "git ls-files found too few files"
+    offending = []
+    for path in tracked:
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode(errors="replace")
+        offending += [
+            f"{path.relative_to(ROOT)}: {name}" for name in OUTSIDE_DOCUMENTS if name in text
+        ]
+    assert not offending, offending

@@ -146,5 +146,6 @@ def test_printed_panel_is_the_shipped_file() -> None:
 def test_try_it_says_the_fake_answer_is_an_echo() -> None:
     """A newcomer trying the fake upstream is told the "answer" is no answer."""
     section = README[README.index("### Try it without a key") : README.index("## The web page")]
+    section = " ".join(section.split())  # the prose is wrapped at any word
     assert "echo of the judge's prompt" in section
     assert "not a real answer" in section

@@ -8,8 +8,8 @@ Three directions, all here so the server route stays a thin adapter over the one
   assistant ``tool_calls``, ``tool_result`` → ``tool`` messages, tools and ``tool_choice``
   in chat form). What Claude Code sends and the gateway cannot use (``thinking``,
   ``context_management``, ``output_config``, ``safeguards``, ``cache_control``, ``top_k``, server
-  tools, unknown block types and fields) is dropped, never refused: each 400 costs Claude Code up
-  to six degraded retries (agents-wire.md).
+  tools, unknown block types and fields) is dropped, never refused: Claude Code answers a 400 by
+  retrying up to six times with features stripped.
 - ``message_of``: a whole ``ChatAnswer`` → a ``message`` object.
 - ``MessageStreamRenderer``: a streamed answer → the ``event:``/``data:`` lines of Anthropic's
   SSE stream, every content block opened, fed and closed (Claude Code discards text whose block

@@ -74,6 +74,8 @@ def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
         config=FILES / "gateway.yaml",
         FUSION_KEEPALIVE_S="0.3",
         FUSION_RELOAD_INTERVAL_S="0",
+        # Only deterministic requests (temperature 0) are cached: the other tests are not.
+        FUSION_CACHE="memory",
     )
     process = GatewayProcess(env)
     yield process
@@ -188,6 +190,30 @@ def test_fused_stream_helper(client: anthropic.Anthropic, fake: FakeUpstream) ->
     assert text_of(final) == VERDICT
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens > 0
+
+
+def test_cached_answers_come_back_whole(gateway: GatewayProcess, fake: FakeUpstream) -> None:
+    """A deterministic fused request is cached; the cached answer is the same message, and
+    streamed it arrives in one delta."""
+    script_trio(fake)
+    body = {
+        "model": "fusion/trio",
+        "max_tokens": 50,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Cache me: what is the capital of France?"}],
+    }
+    first = post(gateway, body)
+    assert first.headers["x-fusion-cache"] == "miss"
+    fake.reset()
+    again = post(gateway, body)
+    assert again.headers["x-fusion-cache"] == "hit"
+    assert again.json()["content"] == first.json()["content"]
+    streamed = post(gateway, {**body, "stream": True})
+    events = sse(streamed)
+    deltas = [data["delta"]["text"] for kind, data in events if kind == "content_block_delta"]
+    assert deltas == [VERDICT]
+    assert [kind for kind, _ in events][-2:] == ["message_delta", "message_stop"]
+    assert fake.received == []
 
 
 def test_passthrough_message_and_stream(client: anthropic.Anthropic, fake: FakeUpstream) -> None:

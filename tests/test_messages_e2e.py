@@ -605,3 +605,20 @@ def test_disconnect_while_waiting_cancels_every_member(
             timeout=0.5,
         )
     assert wait_until(lambda: cancelled_among(fake, PATIENT) == sorted(PATIENT), timeout_s=5)
+
+
+def test_openapi_documents_the_messages_routes(gateway: GatewayProcess) -> None:
+    """Both routes are in /docs/openapi.json with Anthropic's error shape; only /v1/messages
+    requires max_tokens."""
+    paths = httpx.get(f"{gateway.base_url}/docs/openapi.json", timeout=30).json()["paths"]
+    create, count = paths["/v1/messages"]["post"], paths["/v1/messages/count_tokens"]["post"]
+    for operation in (create, count):
+        error = operation["responses"]["400"]["content"]["application/json"]["schema"]
+        assert error["required"] == ["type", "error"]
+        assert "Retry-After" in operation["responses"]["429"]["headers"]
+    request = create["requestBody"]["content"]["application/json"]["schema"]
+    assert request["required"] == ["model", "messages", "max_tokens"]
+    assert request["properties"]["messages"]["maxItems"] == 20  # this gateway's limit
+    assert set(create["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    counted = count["requestBody"]["content"]["application/json"]["schema"]
+    assert "max_tokens" not in counted["required"]

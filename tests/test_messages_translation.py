@@ -319,6 +319,18 @@ def test_tool_choice(choice: dict[str, Any], expected: dict[str, Any]) -> None:
     assert {key: body[key] for key in expected} == expected
 
 
+def test_an_empty_tool_list_sends_no_tools() -> None:
+    """Claude Code's title request sends ``tools: []`` (and ``output_config.format``)."""
+    body = chat_body_of(
+        request(
+            tools=[],
+            tool_choice={"type": "auto"},
+            output_config={"format": {"type": "json_schema", "schema": {"title": "t"}}},
+        )
+    )
+    assert set(body) == {"model", "messages", "max_tokens", "stream"}
+
+
 def test_web_search_turns_on_fusions_search_for_panels_only() -> None:
     search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
     fused = chat_body_of(request(tools=[search, {"name": "w", "input_schema": {}}]))

@@ -416,7 +416,7 @@ async def test_agents_sdk_calls_a_function_tool_through_a_fused_panel(
     @function_tool, its result goes back through the gateway, and the run's final output is the
     fused answer."""
     version = require_module("agents", "openai-agents")
-    # Traces would go to api.openai.com with the gateway's key (agents-wire.md).
+    # Traces would otherwise go to api.openai.com, carrying the gateway key, whatever base URL.
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
     from agents import (
         Agent,

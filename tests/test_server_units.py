@@ -26,7 +26,7 @@ from fusion_engine.server.passthrough import passthrough_provider
 from fusion_engine.server.request_id import request_id
 from fusion_engine.server.runs import FusionRun, RunItem
 from fusion_engine.server.serving import check_auth_binding, is_loopback
-from fusion_engine.server.streaming import ChunkWriter
+from fusion_engine.server.streaming import AnswerFeed, ChatRenderer
 from fusion_engine.settings import ApiKey, Secret, Settings
 
 from .helpers import E2E_FILES, FakeInThread, gateway_env, make_engine
@@ -58,7 +58,9 @@ def test_any_configured_key_is_accepted() -> None:
 
 def test_tool_call_fragments_carry_id_and_name_once() -> None:
     """Even when the upstream repeats id and name, our fragments carry them only once."""
-    writer = ChunkWriter(completion_id="chatcmpl-1", created=1, model="fusion/p")
+    feed = AnswerFeed(
+        ChatRenderer(completion_id="chatcmpl-1", created=1, model="fusion/p", include_usage=False)
+    )
 
     def fragment(arguments: str) -> ChatCompletionChunk:
         call = ToolCallDelta(
@@ -67,13 +69,20 @@ def test_tool_call_fragments_carry_id_and_name_once() -> None:
         )  # fmt: skip
         return ChatCompletionChunk(choices=[ChunkChoice(delta=Delta(tool_calls=[call]))])
 
-    out = [chunk for part in ('{"q":', '"x"}') for chunk in writer.from_judge(fragment(part))]
-    first, second = (chunk.choices[0].delta.tool_calls or [] for chunk in out)
-    assert (first[0].id, first[0].function.name) == ("call_9", "lookup")
-    assert (second[0].id, second[0].function.name) == (None, None)
-    assert out[0].choices[0].delta.role == "assistant"
-    assert out[1].choices[0].delta.role is None
-    assert {chunk.id for chunk in out} == {"chatcmpl-1"}
+    out = [
+        msgspec.json.decode(feed.chunk(fragment(part), final_parts=False).removeprefix(b"data: "))
+        for part in ('{"q":', '"x"}')
+    ]
+    first, second = (chunk["choices"][0]["delta"]["tool_calls"] for chunk in out)
+    assert (first[0]["id"], first[0]["function"]["name"]) == ("call_9", "lookup")
+    assert "id" not in second[0] and "name" not in second[0]["function"]
+    assert out[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "role" not in out[1]["choices"][0]["delta"]
+    assert {chunk["id"] for chunk in out} == {"chatcmpl-1"}
+    whole = feed.answer().tool_calls
+    assert [(c.id, c.function.name, c.function.arguments) for c in whole] == [
+        ("call_9", "lookup", '{"q":"x"}')
+    ]
 
 
 def test_passthrough_can_be_switched_off() -> None:
@@ -172,14 +181,15 @@ async def test_a_burst_of_judge_chunks_goes_out_in_one_write() -> None:
     run = FusionRun(engine, None, stream_judge=True)  # type: ignore[arg-type]
     await asyncio.sleep(0)  # the run reports everything before the stream reads
     facts = RequestFacts()
-    writer = ChunkWriter(completion_id="chatcmpl-1", created=1, model="fusion/p")
+    feed = AnswerFeed(
+        ChatRenderer(completion_id="chatcmpl-1", created=1, model="fusion/p", include_usage=False)
+    )
     writes = [
         part
         async for part in _events(
-            run, [], writer, 1.0, include_usage=False, detail="none", facts=facts,
-            outcome="miss",
+            run, [], feed, 1.0, detail="none", facts=facts, outcome="miss", on_answer=None
         )
-    ]  # fmt: skip
+    ]
     assert len(writes) == 2 and writes[0] == KEEPALIVE  # nothing was held back
     events = [e for e in writes[1].decode().split("\n\n") if e]
     contents = [msgspec.json.decode(e.removeprefix("data: "))["choices"][0]["delta"].get("content")

@@ -54,6 +54,8 @@ class StreamFailure(msgspec.Struct, frozen=True, kw_only=True):
     #: OpenAI's error ``type`` (``server_error``, ``rate_limit_error``...).
     type: str
     code: str | None = None
+    #: The request field the error is about, when there is one.
+    param: str | None = None
 
 
 class StreamRenderer(Protocol):
@@ -105,4 +107,22 @@ class StreamRenderer(Protocol):
 
     def fail(self, failure: StreamFailure) -> bytes:
         """The events that end a stream that failed after it started."""
+        ...
+
+
+class AnswerApi(Protocol):
+    """How one API shows the gateway's answers: the Responses and Messages translations each
+    give one to the server's single answer pipeline."""
+
+    def renderer(self) -> StreamRenderer:
+        """A renderer for one streamed answer."""
+        ...
+
+    def reply(self, answer: ChatAnswer) -> Any:
+        """The JSON body (msgspec-encodable) of a non-streamed answer."""
+        ...
+
+    async def answered(self, answer: ChatAnswer) -> None:
+        """Called once with a complete successful answer, streamed or not, fused or passed
+        through, before its last bytes go out (the Responses API stores it here)."""
         ...

@@ -30,7 +30,8 @@ def check_bearer(authorization: str | None, keys: Sequence[ApiKey]) -> str:
     scheme, _, presented = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise AuthenticationError(
-            "missing API key: send it as 'Authorization: Bearer <key>'", param=None
+            "missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+            param=None,
         )
     candidate = presented.strip().encode()
     matched: str | None = None
@@ -53,4 +54,9 @@ def authenticate(request: Request[Any, Any, Any]) -> str:
         AuthenticationError: the key is missing or wrong.
     """
     keys = gateway_of(request).settings.server_api_keys
-    return check_bearer(request.headers.get("authorization"), keys)
+    headers = request.headers
+    authorization = headers.get("authorization")
+    if authorization is None and (api_key := headers.get("x-api-key")):
+        # Anthropic's clients send the key as ``x-api-key`` (Claude Code with ANTHROPIC_API_KEY).
+        authorization = f"Bearer {api_key}"
+    return check_bearer(authorization, keys)

@@ -1,4 +1,6 @@
-"""Every error leaves the gateway in OpenAI's shape: ``{"error": {message, type, param, code}}``.
+"""Every error leaves the gateway in OpenAI's shape: ``{"error": {message, type, param, code}}``
+— or, on the Anthropic Messages route (paths under ``/v1/messages``), in Anthropic's
+``{"type": "error", "error": {type, message}}`` with the same status and headers.
 
 Our own ``FusionError``s carry their status; Litestar's ``HTTPException``s (unknown route, wrong
 method, body over the size limit) are translated; anything unexpected is a logged 500 whose body
@@ -21,6 +23,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
 from ..errors import FusionError, JudgeFailedError, PanelFailedError, UpstreamError
+from ..messages_api import error_body as anthropic_error_body
 from .schema import ErrorBody, ErrorDetail
 
 log = structlog.get_logger("fusion_engine.server")
@@ -83,9 +86,15 @@ def client_may_retry(status: int, *, retried_upstream: bool) -> bool:
     return not (retried_upstream and status != 409)
 
 
-def error_response(error: FusionError) -> Response[bytes]:
+def speaks_anthropic(request: Request[Any, Any, Any]) -> bool:
+    """Whether errors to ``request`` take Anthropic's shape (the Messages API's routes)."""
+    return request.url.path.startswith("/v1/messages")
+
+
+def error_response(error: FusionError, *, anthropic: bool = False) -> Response[bytes]:
     """A JSON error response for ``error``, with ``Retry-After`` when one applies and
-    ``x-should-retry: false`` when a client retry would be wasted."""
+    ``x-should-retry: false`` when a client retry would be wasted; in Anthropic's shape when
+    ``anthropic``."""
     headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, int | float):
@@ -98,6 +107,9 @@ def error_response(error: FusionError) -> Response[bytes]:
     ) and not getattr(error, "retry_later", False)
     if not client_may_retry(status, retried_upstream=retried_upstream):
         headers["x-should-retry"] = "false"
+    if anthropic:
+        message = error_payload(error).error.message
+        return json_response(anthropic_error_body(status, message), status, headers)
     return json_response(error_payload(error), status, headers)
 
 
@@ -114,7 +126,7 @@ def handle_fusion_error(request: Request[Any, Any, Any], exc: FusionError) -> Re
     """Exception handler for our own errors."""
     if exc.status_code >= 500:
         log.warning("request_failed", path=request.url.path, error=exc.message, code=exc.code)
-    return error_response(exc)
+    return error_response(exc, anthropic=speaks_anthropic(request))
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -134,12 +146,16 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     headers = dict(exc.headers or {})
     if not client_may_retry(status, retried_upstream=False):
         headers["x-should-retry"] = "false"
+    if speaks_anthropic(request):
+        return json_response(anthropic_error_body(status, message), status, headers)
     return json_response(body, status, headers)
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Exception handler of last resort: log it, tell the client nothing internal."""
     log.exception("unhandled_error", path=request.url.path)
+    if speaks_anthropic(request):
+        return json_response(anthropic_error_body(500, "internal error in the gateway"), 500)
     body = ErrorBody(
         ErrorDetail(
             message="internal error in the gateway", type="server_error", param=None,

@@ -21,14 +21,16 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.response import Stream
 
+from ..chat_stream import AnswerApi, ChatAnswer, TokenUsage
 from ..config import Provider
 from ..errors import FusionError, NotFoundError
+from ..protocol import ChatCompletion
 from ..stream_events import StreamEvent
-from .errors import error_payload
+from .errors import error_payload, json_response
 from .gateway import Gateway
 from .runs import until_disconnect
 from .schema import ChatRequest
-from .streaming import DONE, SSE_HEADERS, sse_data
+from .streaming import DONE, SSE_HEADERS, AnswerFeed, failure_of, sse_data
 
 #: An unfused call has no panel budget; this matches the openai SDK's own default timeout.
 PASSTHROUGH_TIMEOUT_S = 600.0
@@ -85,6 +87,85 @@ async def passthrough(
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
+
+
+async def passthrough_answer(
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    raw: dict[str, Any],
+    chat: ChatRequest,
+    api: AnswerApi,
+) -> Response[Any]:
+    """Relay a request translated from another API (Responses, Messages) to the passthrough
+    provider's chat completions, and its answer back through ``api``: any OpenAI-compatible
+    provider then serves every API."""
+    provider = passthrough_provider(gateway, chat.model)
+    upstream = gateway.engine.upstream
+    if not chat.stream:
+        reply = await until_disconnect(
+            request,
+            upstream.chat(
+                provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+            ),
+        )  # fmt: skip
+        answer = _answer_of(reply.completion)
+        await api.answered(answer)
+        return json_response(api.reply(answer))
+    batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None)
+    try:
+        first = await until_disconnect(request, anext(batches))
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await batches.aclose()
+        raise
+    return Stream(
+        _translated(first, batches, AnswerFeed(api.renderer()), api),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+def _answer_of(completion: ChatCompletion) -> ChatAnswer:
+    """A provider's ``chat.completion`` as an API-neutral answer."""
+    choice = completion.choices[0] if completion.choices else None
+    message = choice.message if choice is not None else None
+    usage = completion.usage
+    return ChatAnswer(
+        text=message.content if message is not None else None,
+        tool_calls=list(message.tool_calls or ()) if message is not None else [],
+        finish_reason=choice.finish_reason if choice is not None else None,
+        usage=None if usage is None else TokenUsage(
+            input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+            cost_usd=usage.cost,
+        ),
+    )  # fmt: skip
+
+
+async def _translated(
+    first: list[StreamEvent] | None,
+    batches: AsyncGenerator[list[StreamEvent], None],
+    feed: AnswerFeed,
+    api: AnswerApi,
+) -> AsyncIterator[bytes]:
+    """The provider's chunks rendered through ``feed``'s renderer."""
+    renderer = feed.renderer
+    async with aclosing(batches):
+        try:
+            pending = renderer.open()
+            if first is not None:
+                pending += b"".join(feed.chunk(event.chunk, final_parts=True) for event in first)
+            if pending:
+                yield pending
+            async for events in batches:
+                if text := b"".join(feed.chunk(event.chunk, final_parts=True) for event in events):
+                    yield text
+        except FusionError as error:
+            yield renderer.fail(failure_of(error))
+            return
+    await api.answered(feed.answer())
+    yield renderer.close()
 
 
 async def passthrough_post(

@@ -232,16 +232,6 @@ class ChunkOut(msgspec.Struct, frozen=True, kw_only=True):
     fusion: FusionDetail | UnsetType = UNSET
 
 
-def usage_of(result: FusionResult) -> UsageOut:
-    """Token and cost totals of a fusion."""
-    return UsageOut(
-        prompt_tokens=result.tokens_in,
-        completion_tokens=result.tokens_out,
-        total_tokens=result.tokens_in + result.tokens_out,
-        cost=result.total_cost,
-    )
-
-
 def fusion_detail(result: FusionResult, detail: Detail) -> FusionDetail:
     """The ``fusion`` field; ``detail="none"`` drops what members and judges wrote."""
     members, judge, attempts = result.panel_responses, result.judge_response, result.judge_attempts
@@ -266,23 +256,6 @@ def fusion_detail(result: FusionResult, detail: Detail) -> FusionDetail:
 
 def _without_text(response: PanelResponse) -> PanelResponse:
     return msgspec.structs.replace(response, content=None, tool_calls=None, reasoning=None)
-
-
-def completion_of(
-    result: FusionResult, *, completion_id: str, created: int, model: str, detail: Detail
-) -> ChatCompletionOut:
-    """A FusionResult as a ``chat.completion`` with the ``fusion`` field."""
-    message = AssistantMessage(
-        content=result.answer, tool_calls=result.tool_calls if result.tool_calls else UNSET
-    )
-    return ChatCompletionOut(
-        id=completion_id,
-        created=created,
-        model=model,
-        choices=[CompletionChoice(message=message, finish_reason=result.finish_reason)],
-        usage=usage_of(result),
-        fusion=fusion_detail(result, detail),
-    )
 
 
 def fused_headers(result: FusionResult | None, outcome: CacheResult) -> dict[str, str]:

@@ -1,14 +1,16 @@
-"""Streamed fused replies: SSE ``chat.completion.chunk``s relayed from the judge as they arrive.
+"""Streamed answers: the judge's deltas (or a provider's chunks) rendered as an API's SSE stream
+as they arrive, through a ``StreamRenderer`` (``ChatRenderer`` here for chat completions; the
+Responses and Messages translations bring their own).
 
-The status line is held back while the panel works, up to one keep-alive interval: a panel that
-fails outright in that time gets a proper 502/504 JSON error. After that, comment lines keep the
-connection alive and a later error is sent in-band as ``data: {"error": ...}``.
+The status line of a fused stream is held back while the panel works, up to one keep-alive
+interval: a panel that fails outright in that time gets a proper error status. After that, the
+renderer's keep-alives keep the connection busy and a later error is sent in-band.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -16,11 +18,13 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from ..cache import CacheResult, CacheTicket
+from ..chat_stream import ChatAnswer, StreamFailure, StreamRenderer, TokenUsage
+from ..errors import FusionError
 from ..plan import FusionPlan
-from ..protocol import ChatCompletionChunk
+from ..protocol import ChatCompletionChunk, FunctionCall, ToolCall
 from ..ratelimit import Lease
 from ..results import FusionResult, JudgeDelta, MemberFinished
-from .errors import error_payload, error_response
+from .errors import error_payload, status_of
 from .gateway import Gateway
 from .observe import RequestFacts, facts_of, record_result
 from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
@@ -29,17 +33,22 @@ from .schema import (
     ChunkOut,
     DeltaOut,
     Detail,
+    ErrorBody,
+    ErrorDetail,
     FunctionDeltaOut,
     ToolCallDeltaOut,
+    UsageOut,
     fused_headers,
     fusion_detail,
-    usage_of,
 )
 
 _encode = msgspec.json.Encoder().encode
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
+#: Called with the whole answer of a successful stream before its closing events go out (so a
+#: stored Responses answer exists by the time the client can name it).
+OnAnswer = Callable[[ChatAnswer], Awaitable[None]]
 
 
 def sse_data(payload: Any) -> bytes:
@@ -47,94 +56,206 @@ def sse_data(payload: Any) -> bytes:
     return b"data: " + _encode(payload) + b"\n\n"
 
 
-class ChunkWriter:
-    """Turns the judge's chunks (or a finished result) into our chunks, one id for the stream.
+def failure_of(error: FusionError) -> StreamFailure:
+    """How a stream that already started reports ``error``."""
+    detail = error_payload(error).error
+    return StreamFailure(
+        status=status_of(error), message=detail.message, type=detail.type, code=detail.code,
+        param=detail.param,
+    )  # fmt: skip
+
+
+def token_usage(result: FusionResult) -> TokenUsage:
+    """Token and cost totals of a fusion."""
+    return TokenUsage(
+        input_tokens=result.tokens_in, output_tokens=result.tokens_out, cost_usd=result.total_cost
+    )
+
+
+def answer_of(result: FusionResult, detail: Detail) -> ChatAnswer:
+    """A fusion's result as an API-neutral answer."""
+    return ChatAnswer(
+        text=result.answer,
+        tool_calls=list(result.tool_calls or ()),
+        finish_reason=result.finish_reason,
+        usage=token_usage(result),
+        fusion=fusion_detail(result, detail),
+    )
+
+
+def usage_out(usage: TokenUsage) -> UsageOut:
+    """Chat completions' ``usage`` object."""
+    return UsageOut(
+        prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens,
+        total_tokens=usage.input_tokens + usage.output_tokens, cost=usage.cost_usd,
+    )  # fmt: skip
+
+
+class ChatRenderer:
+    """``chat.completion.chunk``s, one id for the stream (a ``StreamRenderer``).
 
     The first chunk carries ``role``; a tool call's ``id``, ``type`` and ``name`` go out only in
     its first fragment (openai's stream helpers concatenate repeats).
     """
 
-    def __init__(self, *, completion_id: str, created: int, model: str) -> None:
+    def __init__(
+        self, *, completion_id: str, created: int, model: str, include_usage: bool
+    ) -> None:
         self._id, self._created, self._model = completion_id, created, model
+        self._include_usage = include_usage
         self._role_sent = False
         self._calls_started: set[int] = set()
-        self.relayed_any = False
 
-    def chunk(self, delta: DeltaOut, finish_reason: str | None = None, **extra: Any) -> ChunkOut:
-        """A chunk of this stream."""
+    def _chunk(self, delta: DeltaOut, finish_reason: str | None = None, **extra: Any) -> bytes:
         if not self._role_sent and finish_reason is None:
             delta = msgspec.structs.replace(delta, role="assistant")
             self._role_sent = True
         choice = ChunkChoiceOut(delta=delta, finish_reason=finish_reason)
-        return ChunkOut(
+        chunk = ChunkOut(
             id=self._id, created=self._created, model=self._model, choices=[choice], **extra
         )
+        return sse_data(chunk)
 
-    def from_judge(self, upstream: ChatCompletionChunk) -> Iterator[ChunkOut]:
-        """Our chunks for one judge chunk (finish reasons are held for the final chunk)."""
-        for choice in upstream.choices:
-            delta = choice.delta
-            calls = [self._call_fragment(f.index, f.id, f.function) for f in delta.tool_calls or ()]
-            if delta.content or calls:
-                self.relayed_any = True
-                yield self.chunk(DeltaOut(content=delta.content or None, tool_calls=calls or None))
+    def open(self) -> bytes:
+        return b""
 
-    def _call_fragment(self, index: int, call_id: str | None, function: Any) -> ToolCallDeltaOut:
-        name = function.name if function is not None else None
-        arguments = (function.arguments if function is not None else None) or ""
+    def progress(self, finished: int, total: int) -> bytes:
+        return f": fusion {finished}/{total}\n\n".encode()
+
+    def keepalive(self) -> bytes:
+        return KEEPALIVE
+
+    def text(self, delta: str) -> bytes:
+        return self._chunk(DeltaOut(content=delta))
+
+    def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
         if index in self._calls_started:
-            return ToolCallDeltaOut(index=index, function=FunctionDeltaOut(arguments=arguments))
-        self._calls_started.add(index)
-        return ToolCallDeltaOut(
-            index=index,
-            id=call_id or f"call_{index}",
-            type="function",
-            function=FunctionDeltaOut(arguments=arguments, name=name or ""),
-        )
+            fragment = ToolCallDeltaOut(index=index, function=FunctionDeltaOut(arguments=arguments))
+        else:
+            self._calls_started.add(index)
+            fragment = ToolCallDeltaOut(
+                index=index, id=call_id or f"call_{index}", type="function",
+                function=FunctionDeltaOut(arguments=arguments, name=name or ""),
+            )  # fmt: skip
+        return self._chunk(DeltaOut(tool_calls=[fragment]))
 
-    def whole_answer(self, result: FusionResult) -> Iterator[ChunkOut]:
-        """The answer in one piece, when nothing was relayed (judge skipped or replaced)."""
-        calls = [
-            ToolCallDeltaOut(
-                index=position,
-                id=call.id,
-                type="function",
-                function=FunctionDeltaOut(call.function.arguments, name=call.function.name),
+    def finish(self, finish_reason: str | None, fusion: Any = None) -> bytes:
+        extra = {} if fusion is None else {"fusion": fusion}
+        return self._chunk(DeltaOut(), finish_reason=finish_reason or "stop", **extra)
+
+    def usage(self, usage: TokenUsage) -> bytes:
+        if not self._include_usage:
+            return b""
+        return sse_data(
+            ChunkOut(
+                id=self._id, created=self._created, model=self._model, choices=[],
+                usage=usage_out(usage),
             )
-            for position, call in enumerate(result.tool_calls or ())
-        ]
-        if result.answer or calls:
-            yield self.chunk(DeltaOut(content=result.answer, tool_calls=calls or None))
+        )  # fmt: skip
 
-    def finish(self, result: FusionResult, detail: Detail) -> ChunkOut:
-        """The chunk carrying ``finish_reason`` and the ``fusion`` object."""
-        return self.chunk(
-            DeltaOut(), finish_reason=result.finish_reason, fusion=fusion_detail(result, detail)
+    def close(self) -> bytes:
+        return DONE
+
+    def fail(self, failure: StreamFailure) -> bytes:
+        return sse_data(
+            ErrorBody(ErrorDetail(failure.message, failure.type, failure.param, failure.code))
         )
 
-    def usage(self, result: FusionResult) -> ChunkOut:
-        """The usage-only chunk (empty ``choices``) sent when the client asked for usage."""
-        return ChunkOut(
-            id=self._id, created=self._created, model=self._model, choices=[],
-            usage=usage_of(result),
+
+class AnswerFeed:
+    """Feeds one renderer the parts of an answer and remembers them: whether anything was
+    relayed yet, and the whole answer a stream told (for ``OnAnswer``)."""
+
+    def __init__(self, renderer: StreamRenderer) -> None:
+        self.renderer = renderer
+        self.relayed_any = False
+        self._text: list[str] = []
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...]
+        self._finish_reason: str | None = None
+        self._usage: TokenUsage | None = None
+        self._fusion: Any = None
+
+    def chunk(self, chunk: ChatCompletionChunk, *, final_parts: bool) -> bytes:
+        """A chat chunk's text and tool-call fragments; with ``final_parts`` (a provider's
+        own stream) also its finish reason and usage."""
+        parts: list[bytes] = []
+        renderer = self.renderer
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                parts.append(self.text(delta.content))
+            for fragment in delta.tool_calls or ():
+                function = fragment.function
+                parts.append(
+                    self.tool_call(
+                        fragment.index, fragment.id,
+                        function.name if function is not None else None,
+                        (function.arguments if function is not None else None) or "",
+                    )
+                )  # fmt: skip
+            if final_parts and choice.finish_reason is not None:
+                self._finish_reason = choice.finish_reason
+                parts.append(renderer.finish(choice.finish_reason))
+        if final_parts and chunk.usage is not None:
+            usage = chunk.usage
+            self._usage = TokenUsage(
+                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                cost_usd=usage.cost,
+            )  # fmt: skip
+            parts.append(renderer.usage(self._usage))
+        return b"".join(parts)
+
+    def text(self, delta: str) -> bytes:
+        """A piece of text."""
+        self.relayed_any = True
+        self._text.append(delta)
+        return self.renderer.text(delta)
+
+    def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
+        """A piece of a tool call."""
+        self.relayed_any = True
+        call = self._calls.setdefault(index, [call_id or f"call_{index}", name or ""])
+        call.append(arguments)
+        return self.renderer.tool_call(index, call_id, name, arguments)
+
+    def whole(self, answer: ChatAnswer) -> bytes:
+        """A whole answer's text and tool calls at once (a cache hit, a member standing in)."""
+        parts = [self.text(answer.text)] if answer.text else []
+        for index, call in enumerate(answer.tool_calls):
+            parts.append(
+                self.tool_call(index, call.id, call.function.name, call.function.arguments)
+            )
+        return b"".join(parts)
+
+    def end(self, answer: ChatAnswer) -> bytes:
+        """The finish reason, fusion detail and usage of a fused answer."""
+        self._finish_reason, self._usage, self._fusion = (
+            answer.finish_reason, answer.usage, answer.fusion,
+        )  # fmt: skip
+        parts = [self.renderer.finish(answer.finish_reason, answer.fusion)]
+        if answer.usage is not None:
+            parts.append(self.renderer.usage(answer.usage))
+        return b"".join(parts)
+
+    def answer(self) -> ChatAnswer:
+        """What the stream told, as one answer."""
+        calls = [
+            ToolCall(id=call[0], function=FunctionCall(name=call[1], arguments="".join(call[2:])))
+            for _, call in sorted(self._calls.items())
+        ]
+        return ChatAnswer(
+            text="".join(self._text) if self._text else None, tool_calls=calls,
+            finish_reason=self._finish_reason, usage=self._usage, fusion=self._fusion,
         )  # fmt: skip
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """What a streamed fused reply looks like: one id and model, usage and detail wanted."""
+    """How a streamed fused reply is made: detail wanted, cache policy and scope."""
 
-    completion_id: str
-    created: int
-    model: str
-    include_usage: bool
     detail: Detail
     cache_control: str | None
     #: Whose cache entries these are (``cache.scope_for``).
     cache_scope: str
-
-    def writer(self) -> ChunkWriter:
-        """A chunk writer for this stream."""
-        return ChunkWriter(completion_id=self.completion_id, created=self.created, model=self.model)
 
 
 async def fused_stream(
@@ -144,28 +265,35 @@ async def fused_stream(
     spec: StreamSpec,
     *,
     slot: Lease,
+    renderer: StreamRenderer,
+    on_answer: OnAnswer | None = None,
 ) -> Response[Any]:
-    """Answer with an SSE stream: replayed from the cache, or live from a new fusion (or a
-    JSON error if the fusion fails within the hold interval).
+    """Answer with an SSE stream: replayed from the cache, or live from a new fusion (or an
+    error status if the fusion fails within the hold interval).
 
     ``slot`` (the caller's concurrent-fusion slot) is handed to the live fusion, which gives
     it back when it ends, fails or is cancelled because the client left; it is given back
     here when no fusion runs.
+
+    Raises:
+        FusionError: the fusion failed before the stream started.
     """
     facts = facts_of(request)
     ticket, run = await start_fusion(
         request, gateway, plan, slot=slot, cache_control=spec.cache_control,
         scope=spec.cache_scope,
     )  # fmt: skip
-    writer = spec.writer()
-    include_usage, detail = spec.include_usage, spec.detail
+    feed = AnswerFeed(renderer)
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if run is None:
         assert ticket.result is not None  # start_fusion: no run means a hit
-        replay = b"".join(
-            _render(Finished(ticket.result), writer, include_usage=include_usage, detail=detail)
+        answer = answer_of(ticket.result, spec.detail)
+        replay = renderer.open() + feed.whole(answer) + feed.end(answer)
+        if on_answer is not None:
+            await on_answer(feed.answer())
+        return Stream(
+            _once(replay + renderer.close()), media_type="text/event-stream", headers=headers
         )
-        return Stream(_once(replay), media_type="text/event-stream", headers=headers)
     keepalive_s = gateway.settings.keepalive_s
     try:
         held = await until_disconnect(request, _hold(run, keepalive_s))
@@ -173,13 +301,13 @@ async def fused_stream(
         await run.cancel()
         raise
     if held and isinstance(held[-1], Failed):
-        return error_response(held[-1].error)
+        raise held[-1].error
     finished = next((item for item in held if isinstance(item, Finished)), None)
     if finished is not None:
         headers.update(fused_headers(finished.result, ticket.outcome))
     events = _events(
-        run, held, writer, keepalive_s,
-        include_usage=include_usage, detail=detail, facts=facts, outcome=ticket.outcome,
+        run, held, feed, keepalive_s,
+        detail=spec.detail, facts=facts, outcome=ticket.outcome, on_answer=on_answer,
     )  # fmt: skip
     return Stream(events, media_type="text/event-stream", headers=headers)
 
@@ -239,50 +367,44 @@ async def _hold(run: FusionRun, keepalive_s: float) -> list[RunItem]:
 async def _events(
     run: FusionRun,
     held: list[RunItem],
-    writer: ChunkWriter,
+    feed: AnswerFeed,
     keepalive_s: float,
     *,
-    include_usage: bool,
     detail: Detail,
     facts: RequestFacts,
     outcome: CacheResult,
+    on_answer: OnAnswer | None,
 ) -> AsyncIterator[bytes]:
     """The SSE body; cancelling it (client gone) cancels the fusion."""
+    renderer = feed.renderer
     burst = held
+    pending = renderer.open()
     try:
         while True:
             if not burst:
-                yield KEEPALIVE
-            parts: list[bytes] = []
+                pending += renderer.keepalive()
+            parts: list[bytes] = [pending]
+            pending = b""
             for item in burst:
-                if isinstance(item, Finished):
+                if isinstance(item, MemberFinished):
+                    parts.append(renderer.progress(item.finished, item.total))
+                elif isinstance(item, JudgeDelta):
+                    parts.append(feed.chunk(item.chunk, final_parts=False))
+                elif isinstance(item, Finished):
                     record_result(facts, item.result, outcome)
-                parts.extend(_render(item, writer, include_usage=include_usage, detail=detail))
-            if parts:
-                yield b"".join(parts)
+                    answer = answer_of(item.result, detail)
+                    if not feed.relayed_any:
+                        parts.append(feed.whole(answer))
+                    parts.append(feed.end(answer))
+                    if on_answer is not None:
+                        await on_answer(feed.answer())
+                    parts.append(renderer.close())
+                elif isinstance(item, Failed):
+                    parts.append(renderer.fail(failure_of(item.error)))
+            if text := b"".join(parts):
+                yield text
             if burst and isinstance(burst[-1], Finished | Failed):
                 return
             burst = await run.next_burst(keepalive_s)
     finally:
         await run.cancel()
-
-
-def _render(
-    item: RunItem, writer: ChunkWriter, *, include_usage: bool, detail: Detail
-) -> Iterator[bytes]:
-    if isinstance(item, MemberFinished):
-        yield f": fusion {item.finished}/{item.total}\n\n".encode()
-    elif isinstance(item, JudgeDelta):
-        for chunk in writer.from_judge(item.chunk):
-            yield sse_data(chunk)
-    elif isinstance(item, Finished):
-        result = item.result
-        if not writer.relayed_any:
-            for chunk in writer.whole_answer(result):
-                yield sse_data(chunk)
-        yield sse_data(writer.finish(result, detail))
-        if include_usage:
-            yield sse_data(writer.usage(result))
-        yield DONE
-    elif isinstance(item, Failed):
-        yield sse_data(error_payload(item.error))

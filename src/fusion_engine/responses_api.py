@@ -24,6 +24,7 @@ import msgspec
 
 from .chat_stream import ChatAnswer, StreamFailure, TokenUsage
 from .errors import InvalidRequestError
+from .plan import panel_of_model
 from .protocol import FunctionCall, Message, PositiveInt, ToolCall, split_validation_error
 
 T = TypeVar("T")
@@ -198,11 +199,15 @@ def translate(
         "user": request.user,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
-    fusion = dict(request.fusion or {})
-    if web_search and "web_search" not in fusion:
-        fusion["web_search"] = True
-    if fusion:
-        body["fusion"] = fusion
+    if panel_of_model(request.model) is not None:
+        fusion = dict(request.fusion or {})
+        if web_search and "web_search" not in fusion:
+            fusion["web_search"] = True
+        if fusion:
+            body["fusion"] = fusion
+    elif web_search:
+        # A passed-through model gets what chat completions can say: no hosted web search.
+        ignored.append("web_search")
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -373,12 +378,13 @@ def _tools_of(
             web_search = web_search or tool.get("external_web_access") is not False
         else:
             ignored.append(_type_name(tool))
+    # A call to a flat name must map back to one tool only.
     names = [tool["function"]["name"] for tool in chat]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
+    clashes = sorted({name for name in namespaced if names.count(name) > 1})
+    if clashes:
         raise InvalidRequestError(
-            f"tools: more than one function is named {duplicates[0]!r} (namespaced tools are "
-            f"named <namespace>{NAMESPACE_SEPARATOR}<name> here)",
+            f"tools: the function {clashes[0]!r} clashes with a namespaced tool (namespaced "
+            f"tools are named <namespace>{NAMESPACE_SEPARATOR}<name> here)",
             param="tools",
         )
     return chat, namespaced, ignored, web_search
@@ -659,6 +665,11 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
             fusion=msgspec.UNSET if fusion is None else fusion,
         )
 
+    def item_id(self, prefix: str, output_index: int) -> str:
+        """The id of output item ``output_index`` (``msg_…``, ``fc_…``): derived from the
+        response's, so a streamed answer and the response stored from it agree."""
+        return f"{prefix}_{self.id.removeprefix('resp_')}_{output_index}"
+
     def response_of(self, answer: ChatAnswer) -> ResponseObject:
         """The whole ``response`` object of a non-streamed answer."""
         incomplete = _incomplete_of(answer.finish_reason)
@@ -669,12 +680,15 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
         if answer.text:
             output.append(
                 OutputMessage(
-                    id=new_item_id("msg"),
+                    id=self.item_id("msg", 0),
                     status=item_status,
                     content=[OutputText(text=answer.text)],
                 )
             )
-        output.extend(self.function_call_of(call) for call in answer.tool_calls)
+        output.extend(
+            self.function_call_of(call, item_id=self.item_id("fc", len(output) + position))
+            for position, call in enumerate(answer.tool_calls)
+        )
         return self.response(
             "incomplete" if incomplete else "completed",
             output,
@@ -696,18 +710,13 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
         if name in self.namespaced:
             namespace, name = self.namespaced[name]
         return OutputFunctionCall(
-            id=item_id or new_item_id("fc"),
+            id=item_id or self.item_id("fc", 0),
             call_id=call.id,
             name=name,
             arguments=call.function.arguments,
             status=status,
             namespace=namespace,
         )
-
-
-def new_item_id(prefix: str) -> str:
-    """A fresh output item id (``msg_…``, ``fc_…``)."""
-    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 def assistant_message(answer: ChatAnswer) -> Message:
@@ -897,7 +906,7 @@ class ResponsesStream:
         return self._event("response.failed", response=response)
 
     def _add(self, kind: Literal["message", "function_call"], prefix: str) -> _StreamItem:
-        item = _StreamItem(kind, new_item_id(prefix))
+        item = _StreamItem(kind, self._context.item_id(prefix, len(self._items)))
         self._items.append(item)
         return item
 

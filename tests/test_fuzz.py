@@ -955,6 +955,9 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/fuse"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
 ]
 SCHEMATHESIS = settings(FUZZ, max_examples=50)
 

@@ -609,6 +609,14 @@ class ResponseObject(msgspec.Struct, frozen=True, kw_only=True):
     fusion: Any | msgspec.UnsetType = msgspec.UNSET
 
 
+class DeletedResponse(msgspec.Struct, frozen=True):
+    """The reply of ``DELETE /v1/responses/{id}``."""
+
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool = True
+
+
 def _incomplete_of(finish_reason: str | None) -> IncompleteDetails | None:
     if finish_reason == "length":
         return IncompleteDetails("max_output_tokens")

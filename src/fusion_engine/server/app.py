@@ -26,9 +26,10 @@ from .info import health, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
 from .models import embeddings, list_models, retrieve_model
 from .observe import request_observer
-from .openapi import chat_operation, described, fuse_operation
+from .openapi import chat_operation, described, fuse_operation, responses_operation
 from .reload import watch_definitions
 from .request_id import add_request_id
+from .responses import create_response, delete_response, retrieve_response
 from .runs import ClientGone
 from .ui import ui_router
 
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         route_handlers=[
             described(chat_completions, chat_operation(limits)),
             described(fuse, fuse_operation(limits, engine.config.providers.keys())),
+            described(create_response, responses_operation(limits)),
+            retrieve_response,
+            delete_response,
             list_models,
             retrieve_model,
             embeddings,

@@ -25,7 +25,8 @@ from .helpers import REDIS_URL, require_redis
 
 def stored(text: str = "hi") -> StoredResponse:
     return StoredResponse(
-        response={"id": "resp_x", "object": "response", "output_text_marker": text},
+        # A client's metadata and tools come back as sent, integers past 64 bits included.
+        response={"id": "resp_x", "object": "response", "marker": text, "big": 2**70},
         conversation=[{"role": "user", "content": "q"}, {"role": "assistant", "content": text}],
     )
 

@@ -56,8 +56,10 @@ class ResponseStoreUnavailableError(FusionError):
     code = "response_store_unavailable"
 
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(StoredResponse).decode
+# JSON rather than msgpack: the echoed request fields are the client's JSON, whose integers may
+# be beyond 64 bits.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(StoredResponse).decode
 
 
 class ResponseStore:

@@ -14,15 +14,18 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 from openai import OpenAI
 
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
     E2E_FILES,
+    REDIS_URL,
     FakeInThread,
     GatewayProcess,
     gateway_env,
+    require_redis,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
     wait_until,
 )
@@ -360,6 +363,39 @@ def test_bad_input_is_a_400_naming_the_field(client: OpenAI) -> None:
             input=[{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}],  # type: ignore[list-item]
         )
     assert refused.value.body["param"] == "input[0].content[0].image_url"  # type: ignore[index]
+
+
+def test_with_redis_every_worker_sees_every_stored_response(
+    upstream: FakeInThread, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """Two workers on the shared Redis: a response stored by one is read, continued and
+    deleted through whichever worker takes the next request."""
+    require_redis()
+    env = gateway_env(upstream.fake, f"alice:{ALICE},bob:{BOB}", REDIS_URL=REDIS_URL)
+    process = GatewayProcess(env, workers=2)
+    try:
+        script_trio(fake)
+        api = client_for(process)
+        created = api.responses.create(model="fusion/trio", input="Capital of France?")
+        key = f"fusion:response:v1:alice:{created.id}"
+        with redis.Redis.from_url(REDIS_URL) as direct:
+            assert direct.exists(key) and 0 < direct.ttl(key) <= 2592000
+        for _ in range(6):  # several connections: both workers answer some
+            fresh = client_for(process)
+            assert fresh.responses.retrieve(created.id).output_text == VERDICT
+            fresh.close()
+        with pytest.raises(openai.NotFoundError):
+            client_for(process, BOB).responses.retrieve(created.id)
+        fake.script(JUDGE, Reply(text="Berlin."))
+        api.responses.create(model="fusion/trio", input="Germany?", previous_response_id=created.id)
+        assert [m["content"] for m in member_messages(fake)] == [
+            "Capital of France?", VERDICT, "Germany?",
+        ]  # fmt: skip
+        api.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            client_for(process).responses.retrieve(created.id)
+    finally:
+        process.stop()
 
 
 # --- the recorded agents --------------------------------------------------------------------

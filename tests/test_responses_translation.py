@@ -239,11 +239,16 @@ def test_function_and_namespace_tools_become_chat_functions() -> None:
             "name": "multi_agent_v1__spawn_agent", "parameters": {"type": "object"}}},
     ]  # fmt: skip
     assert body["tool_choice"] == "auto" and body["parallel_tool_calls"] is True
-    assert translation.ignored_tools == ["multi_agent_v1.custom", "file_search", "image_generation"]
+    assert translation.ignored_tools == ["custom", "file_search", "image_generation"]
     assert "fusion" not in body  # external_web_access: false means no web search
     assert translation.context.namespaced == {
         "multi_agent_v1__spawn_agent": ("multi_agent_v1", "spawn_agent")
     }
+
+
+def test_ignored_tool_types_are_named_only_when_fit_for_a_header() -> None:
+    tools = [{"type": "evil\r\nX-Injected: 1"}, {"type": "caf\u00e9"}, {"type": 3}, {}]
+    assert chat_of(input="x", tools=tools).ignored_tools == ["unknown"] * 4
 
 
 def test_a_function_without_parameters_gets_an_empty_object_schema() -> None:
@@ -460,7 +465,7 @@ def test_a_streamed_text_and_tool_call_answer() -> None:
         + stream.usage(TokenUsage(input_tokens=3, output_tokens=4, cost_usd=0.01))
         + stream.close()
     )  # fmt: skip
-    assert b": fusion 1/3\n\n" in raw and b": keepalive\n\n" in raw
+    assert b": fusion 1/3\n\n" in raw and b": keep-alive\n\n" in raw
     events = events_of(raw)
     assert [event["type"] for event in events] == [
         "response.created", "response.in_progress",

@@ -16,6 +16,7 @@ into plain functions named ``<namespace>__<name>``, and given back in the namesp
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any, Literal, TypeVar
@@ -28,6 +29,8 @@ from .plan import panel_of_model
 from .protocol import FunctionCall, Message, PositiveInt, ToolCall, split_validation_error
 
 T = TypeVar("T")
+#: A tool type name fit to be named in a response header.
+_TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 #: Separates a namespace from its tool's name in the flat chat-completions function name.
 NAMESPACE_SEPARATOR = "__"
@@ -365,7 +368,7 @@ def _tools_of(
             inner = tool.get("tools")
             for index, member in enumerate(inner if isinstance(inner, list) else []):
                 if not isinstance(member, dict) or member.get("type") != "function":
-                    ignored.append(f"{namespace}.{_type_name(member)}")
+                    ignored.append(_type_name(member))
                     continue
                 function = _function_tool(member, f"{where}.tools[{index}]")
                 name = function["function"]["name"]
@@ -391,8 +394,10 @@ def _tools_of(
 
 
 def _type_name(tool: object) -> str:
+    """A tool's type as it may appear in a header (the client wrote it: anything else is
+    ``unknown``)."""
     kind = tool.get("type") if isinstance(tool, dict) else None
-    return kind if isinstance(kind, str) else "unknown"
+    return kind if isinstance(kind, str) and _TYPE_NAME.fullmatch(kind) else "unknown"
 
 
 def _function_tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
@@ -790,7 +795,7 @@ class ResponsesStream:
         return f": fusion {finished}/{total}\n\n".encode()
 
     def keepalive(self) -> bytes:
-        return b": keepalive\n\n"
+        return b": keep-alive\n\n"
 
     def text(self, delta: str) -> bytes:
         out = b""

@@ -576,6 +576,14 @@ def responses_request_schema(limits: LimitsSpec) -> Schema:
                 "minItems": 1,
                 "maxItems": limits.max_messages,
                 "items": _input_item_schema(),
+                # Reasoning items alone leave nothing to answer.
+                "contains": {
+                    "not": {
+                        "type": "object",
+                        "properties": {"type": {"const": "reasoning"}},
+                        "required": ["type"],
+                    }
+                },
             },
         ],
         "description": "A user message, or items (at most the gateway's ``limits.max_messages``).",

@@ -350,6 +350,26 @@ def test_store_false_keeps_nothing(client: OpenAI, fake: FakeUpstream) -> None:
         client.responses.create(model="fusion/trio", input="x", previous_response_id=created.id)
 
 
+def test_a_conversation_grown_past_the_message_limit_through_stored_turns_is_a_413(
+    client: OpenAI, fake: FakeUpstream
+) -> None:
+    script_trio(fake)
+    previous = None
+    questions = [{"role": "user", "content": f"question {n}"} for n in range(20)]
+    for _ in range(2):  # 2 x (20 questions + 1 answer) = 42 messages
+        previous = client.responses.create(
+            model="fusion/trio", input=questions,  # type: ignore[arg-type]
+            previous_response_id=previous.id if previous else openai.NOT_GIVEN,
+        )  # fmt: skip
+    assert previous is not None
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.responses.create(
+            model="fusion/trio", input=questions, previous_response_id=previous.id,  # type: ignore[arg-type]
+        )  # fmt: skip
+    assert refused.value.status_code == 413
+    assert refused.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
 def test_an_unknown_previous_response_is_a_404(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as refused:
         client.responses.create(model="fusion/trio", input="x", previous_response_id="resp_nope")

@@ -15,6 +15,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 
 from ..chat_stream import ChatAnswer, StreamRenderer
+from ..errors import PayloadTooLargeError
 from ..response_store import (
     ResponseStore,
     StoredResponse,
@@ -90,6 +91,8 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
             raise previous_not_found(parsed.previous_response_id)
         history = previous.conversation
     translation = translate(parsed, history=history)
+    if history:
+        _check_conversation(translation, gateway.config.gateway.limits.max_messages)
     store = gateway.responses if parsed.store else None
     api = ResponsesAnswers(translation, store, admitted.key_name)
     response = await serve_chat(request, admitted, translation.chat_body, api)
@@ -98,6 +101,18 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
             sorted(set(translation.ignored_tools))
         )
     return response
+
+
+def _check_conversation(translation: Translation, limit: int) -> None:
+    """Refuse a conversation that grew over the message limit through stored turns (admission
+    counted only this request's own ``input``)."""
+    count = len(translation.conversation)
+    if count > limit:
+        raise PayloadTooLargeError(
+            f"the conversation (the stored turns of previous_response_id and this input) has "
+            f"{count} messages, over the limit of {limit}",
+            param="previous_response_id",
+        )
 
 
 @get(

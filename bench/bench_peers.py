@@ -77,6 +77,11 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 SINGLE = {"model": "bench/single", "messages": PROMPT}
 FUSED = {"model": "fusion/bench", "messages": PROMPT}
+#: The same question on the Responses and Messages APIs (translated to and from chat completions).
+RESPONSES_SINGLE = {"model": "bench/single", "input": PROMPT[0]["content"]}
+RESPONSES_FUSED = {**RESPONSES_SINGLE, "model": "fusion/bench"}
+MESSAGES_SINGLE = {"model": "bench/single", "max_tokens": 256, "messages": PROMPT}
+MESSAGES_FUSED = {**MESSAGES_SINGLE, "model": "fusion/bench"}
 DOC_BEGIN, DOC_END = "<!-- bench-peers:begin -->", "<!-- bench-peers:end -->"
 
 
@@ -91,6 +96,8 @@ class Workload:
     cached: bool = False
     #: How many sequential direct calls make this request's floor (0: none, e.g. a cache hit).
     rounds: int = 1
+    #: The API's path under ``/v1/``.
+    path: str = "chat/completions"
 
 
 WORKLOADS = {
@@ -101,6 +108,10 @@ WORKLOADS = {
         Workload("fused", FUSED, rounds=2),
         Workload("fused-stream", {**FUSED, "stream": True}, stream=True, rounds=2),
         Workload("cache-hit", {**FUSED, "seed": 1}, cached=True, rounds=0),  # seeded: cacheable
+        Workload("responses-passthrough", RESPONSES_SINGLE, path="responses"),
+        Workload("responses-fused", RESPONSES_FUSED, rounds=2, path="responses"),
+        Workload("messages-passthrough", MESSAGES_SINGLE, path="messages"),
+        Workload("messages-fused", MESSAGES_FUSED, rounds=2, path="messages"),
     )
 }
 #: Which workloads each server runs (cache-hit only at the first delay: no upstream involved).
@@ -122,6 +133,10 @@ class Server:
     headers: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     cleanup: list[Path] = field(default_factory=list)
+
+    def url(self, workload: Workload) -> str:
+        """Where ``workload``'s requests go on this server."""
+        return self.chat_url.removesuffix("chat/completions") + workload.path
 
     def cpu(self) -> float:
         """CPU seconds of the whole process tree so far."""
@@ -302,7 +317,7 @@ end
 
 
 def run_wrk(
-    server: Server, body: bytes, headers: dict[str, str], concurrency: int, duration: int
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: int
 ) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
@@ -312,7 +327,7 @@ def run_wrk(
         script.write(WRK_DONE)
     try:
         command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "60s"]
-        command += ["-s", script.name, server.chat_url]
+        command += ["-s", script.name, url]
         done = subprocess.run(
             pinned(command, CLIENT_CPU), capture_output=True, text=True, timeout=duration + 90
         )
@@ -337,7 +352,7 @@ def run_wrk(
 
 
 def run_loadgen(
-    server: Server,
+    url: str,
     body: bytes,
     headers: dict[str, str],
     concurrency: int,
@@ -347,7 +362,7 @@ def run_loadgen(
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as file:
         file.write(body)
     try:
-        command = [sys.executable, str(PEERS / "loadgen.py"), "--url", server.chat_url]
+        command = [sys.executable, str(PEERS / "loadgen.py"), "--url", url]
         command += ["--body-file", file.name, "--concurrency", str(concurrency)]
         command += ["--duration", str(duration)]
         command += [
@@ -412,9 +427,11 @@ def measure(
     cpu_before, fake_before = server.cpu(), cpu_seconds(fake_pid)
     busy_before, client_before = busy_cpu_seconds(), children_cpu_seconds()
     if client == "wrk" and not workload.stream:
-        figures = run_wrk(server, body, headers, concurrency, duration)
+        figures = run_wrk(server.url(workload), body, headers, concurrency, duration)
     else:
-        figures = run_loadgen(server, body, headers, concurrency, duration, workload.stream)
+        figures = run_loadgen(
+            server.url(workload), body, headers, concurrency, duration, workload.stream
+        )
     cpu, fake_cpu = server.cpu() - cpu_before, cpu_seconds(fake_pid) - fake_before
     client_cpu = children_cpu_seconds() - client_before
     # Everything else on the machine (other people's tests, say): the noise in this run.

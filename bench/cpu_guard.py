@@ -33,6 +33,16 @@ from typing import Any
 
 #: The guarded workloads (names of ``bench_peers.WORKLOADS``).
 GUARDED = ("passthrough", "fused")
+#: The Responses and Messages APIs' workloads, each held against the chat workload it is
+#: translated to, measured in the same run (so the machine's speed cancels out).
+TRANSLATED = {
+    "responses-passthrough": "passthrough",
+    "responses-fused": "fused",
+    "messages-passthrough": "passthrough",
+    "messages-fused": "fused",
+}
+#: Translating to and from another API may cost at most this much more CPU than chat itself.
+TRANSLATION_MARGIN = 1.25
 DEFAULT_MARGIN = 2.0
 DEFAULT_MIN_REQUESTS = 200
 #: Exit statuses.
@@ -80,6 +90,21 @@ def compare(
     return verdicts
 
 
+def compare_translations(measured: Mapping[str, float]) -> list[Verdict]:
+    """Each translated workload's CPU ms per request against its chat workload's × 1.25.
+
+    Raises:
+        MeasurementFailed: a translated workload or its chat workload was not measured.
+    """
+    missing = [w for pair in TRANSLATED.items() for w in pair if measured.get(w, 0) <= 0]
+    if missing:
+        raise MeasurementFailed(f"not measured: {sorted(set(missing))}")
+    return [
+        Verdict(workload, measured[chat], measured[workload], measured[chat] * TRANSLATION_MARGIN)
+        for workload, chat in TRANSLATED.items()
+    ]
+
+
 def run_problems(workload: str, runs: list[dict[str, Any]], min_requests: int) -> list[str]:
     """Why these runs of ``workload`` cannot be trusted (errors, too few requests), if at all."""
     if not runs:
@@ -106,7 +131,8 @@ def checked_medians(
         MeasurementFailed: a workload has no runs, or a run had errors, too few requests or no
             CPU time.
     """
-    problems = [p for w in GUARDED for p in run_problems(w, runs.get(w, []), min_requests)]
+    workloads = dict.fromkeys([*GUARDED, *runs])
+    problems = [p for w in workloads for p in run_problems(w, runs.get(w, []), min_requests)]
     if problems:
         raise MeasurementFailed("; ".join(problems))
     return {
@@ -134,7 +160,7 @@ def measure_workloads(args: argparse.Namespace) -> dict[str, list[dict[str, Any]
         fake, fake_url = start_fake(0, CLIENT_CPU, stderr=log_file("fake"))
         try:
             with serving("fusion-1w", fake_url, args, None) as server:
-                run_server(server, list(GUARDED), 0, fake.pid, args, results)
+                run_server(server, [*GUARDED, *TRANSLATED], 0, fake.pid, args, results)
         finally:
             stop(fake)
     except (RuntimeError, OSError) as exc:
@@ -146,12 +172,18 @@ def measure_workloads(args: argparse.Namespace) -> dict[str, list[dict[str, Any]
 
 def table(verdicts: list[Verdict], margin: float) -> str:
     rows = [
-        f"{'workload':<12} {'baseline':>9} {'measured':>9} {f'limit ×{margin:g}':>11}  verdict",
+        f"{'workload':<22} {'against':>9} {'measured':>9} {'limit':>9}  verdict",
     ]
     for v in verdicts:
+        against = (
+            f"{TRANSLATED[v.workload]} ×{TRANSLATION_MARGIN:g}"
+            if v.workload in TRANSLATED
+            else f"baseline ×{margin:g}"
+        )
         rows.append(
-            f"{v.workload:<12} {v.baseline_ms:9.3f} {v.measured_ms:9.3f} {v.limit_ms:11.3f}  "
+            f"{v.workload:<22} {v.baseline_ms:9.3f} {v.measured_ms:9.3f} {v.limit_ms:9.3f}  "
             + ("ok" if v.ok else "REGRESSION")
+            + f"  ({against})"
         )
     return "CPU ms per request (gateway process tree, median of runs)\n" + "\n".join(rows)
 
@@ -171,7 +203,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 def write_baseline(path: Path, args: argparse.Namespace, host: dict[str, Any]) -> int:
     from bench_peers import versions
 
-    runs = measure_workloads(args)
+    runs = {w: r for w, r in measure_workloads(args).items() if w in GUARDED}
     figures = checked_medians(runs, args.min_requests)
     baseline = {
         "date": time.strftime("%Y-%m-%d"),
@@ -205,7 +237,9 @@ def guard(
     path: Path, baseline: dict[str, Any], args: argparse.Namespace, host: dict[str, Any]
 ) -> int:
     runs = measure_workloads(args)
-    verdicts = compare(baseline, checked_medians(runs, args.min_requests), args.margin)
+    medians = checked_medians(runs, args.min_requests)
+    verdicts = compare(baseline, {w: medians[w] for w in GUARDED}, args.margin)
+    verdicts += compare_translations(medians)
     print(table(verdicts, args.margin))
     for name, value in settings_of(args).items():
         if baseline.get("settings", {}).get(name, value) != value:

@@ -169,3 +169,35 @@ def test_the_committed_baseline_is_complete(guard: types.ModuleType) -> None:
     assert baseline["date"] and baseline["command"].startswith("python bench/cpu_guard.py")
     assert {"nproc", "cpu_model"} <= set(baseline["machine"])
     assert baseline["settings"]["workers"] == 1 and baseline["settings"]["delay_ms"] == 0
+
+
+CHAT_FIGURES = {"passthrough": 0.6, "fused": 1.4}
+
+
+@pytest.mark.parametrize(
+    ("translated", "ok"),
+    [
+        pytest.param({"responses-fused": 1.75}, True, id="exactly 25% more"),
+        pytest.param({"messages-passthrough": 0.76}, False, id="over 25% more"),
+    ],
+)
+def test_translated_apis_are_held_to_their_chat_workload(
+    guard: types.ModuleType, translated: dict[str, float], ok: bool
+) -> None:
+    """The Responses and Messages workloads may cost at most 25% more CPU than the chat
+    workload they translate to, measured in the same run."""
+    measured = {**CHAT_FIGURES, **{w: CHAT_FIGURES[c] for w, c in guard.TRANSLATED.items()}}
+    measured.update(translated)
+    verdicts = {v.workload: v for v in guard.compare_translations(measured)}
+    assert set(verdicts) == set(guard.TRANSLATED)
+    (name,) = translated
+    assert verdicts[name].ok is ok
+    assert verdicts[name].limit_ms == pytest.approx(CHAT_FIGURES[guard.TRANSLATED[name]] * 1.25)
+
+
+def test_an_unmeasured_translation_is_a_failed_measurement(guard: types.ModuleType) -> None:
+    with pytest.raises(guard.MeasurementFailed, match="responses-fused"):
+        guard.compare_translations(
+            {**CHAT_FIGURES, "responses-passthrough": 0.6, "messages-passthrough": 0.6,
+             "messages-fused": 1.4}
+        )  # fmt: skip

@@ -26,8 +26,8 @@ from fusion_engine.responses_api import (
     translate,
 )
 
-#: Request bodies Codex CLI 0.171.0 and the Agents SDK 0.24.0 sent (copied from
-#: /work/shared/agent-recordings; see agents-wire.md).
+#: Request bodies Codex CLI 0.171.0 and the Agents SDK 0.24.0 sent to a recording server (with
+#: headers masked and long strings trimmed).
 RECORDINGS = Path(__file__).parent / "fixtures" / "agent_recordings"
 RECORDED = sorted(RECORDINGS.glob("*/*POST_v1_responses.json"))
 _events = TypeAdapter(ResponseStreamEvent)

@@ -7,7 +7,8 @@ when streamed) as a ``response`` object (``ResponseContext.response_of``) or as 
 API's SSE events (``ResponsesStream``). Fusion, passthrough, cache, admission and errors stay
 one pipeline whichever API the client speaks.
 
-What real agents send is in ``agents-wire.md``: Codex sends ``developer`` messages with item
+What real agents send (recorded in ``tests/fixtures/agent_recordings``; see
+``docs/compatibility.md``): Codex sends ``developer`` messages with item
 ``id``s, ``reasoning`` items carrying another provider's ``encrypted_content`` (dropped: the
 gateway's models could not read it, and it must not leak to them), ``namespace`` tools (flattened
 into plain functions named ``<namespace>__<name>``, and given back in the namespaced form) and a

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 
+import msgspec
 import pytest
 
 from fusion_engine.errors import FusionError
@@ -26,7 +27,11 @@ from .helpers import REDIS_URL, require_redis
 def stored(text: str = "hi") -> StoredResponse:
     return StoredResponse(
         # A client's metadata and tools come back as sent, integers past 64 bits included.
-        response={"id": "resp_x", "object": "response", "marker": text, "big": 2**70},
+        response=msgspec.Raw(
+            msgspec.json.encode(
+                {"id": "resp_x", "object": "response", "marker": text, "big": 2**70}
+            )
+        ),
         conversation=[{"role": "user", "content": "q"}, {"role": "assistant", "content": text}],
     )
 

@@ -35,10 +35,10 @@ RESPONSE_ID = re.compile(r"resp_[A-Za-z0-9]{1,64}")
 
 
 class StoredResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored response: the ``response`` object (raw JSON, as answered) and the chat
-    conversation that ends with its answer."""
+    """One stored response: the ``response`` object (its JSON, exactly as answered: encoded
+    once for the reply and the store) and the chat conversation that ends with its answer."""
 
-    response: dict[str, Any]
+    response: msgspec.Raw
     conversation: list[Message]
 
 

@@ -37,6 +37,7 @@ from .errors import json_response
 from .gateway import gateway_of
 from .openapi import deleted_response_operation, stored_response_operation
 
+_encode = msgspec.json.Encoder().encode
 #: Where a Responses body keeps the lists admission limits.
 RESPONSES_SHAPE = BodyShape(messages="input")
 #: Names the tools the gateway left out of a request (types it cannot serve).
@@ -51,26 +52,27 @@ class ResponsesAnswers:
         self._translation = translation
         self._store = store
         self._owner = owner
-        self._answered: tuple[ChatAnswer, ResponseObject] | None = None
+        #: The answer ``answered`` saw and its response's JSON (the reply reuses it).
+        self._answered: tuple[ChatAnswer, msgspec.Raw] | None = None
 
     def renderer(self) -> StreamRenderer:
         return ResponsesStream(self._translation.context)
 
-    def reply(self, answer: ChatAnswer) -> ResponseObject:
+    def reply(self, answer: ChatAnswer) -> msgspec.Raw | ResponseObject:
         if self._answered is not None and self._answered[0] is answer:
             return self._answered[1]
         return self._translation.context.response_of(answer)
 
     async def answered(self, answer: ChatAnswer) -> None:
-        response = self._translation.context.response_of(answer)
+        response = msgspec.Raw(_encode(self._translation.context.response_of(answer)))
         self._answered = (answer, response)
         if self._store is None:
             return
         stored = StoredResponse(
-            response=msgspec.to_builtins(response),
+            response=response,
             conversation=[*self._translation.conversation, assistant_message(answer)],
         )
-        await self._store.save(self._owner, response.id, stored)
+        await self._store.save(self._owner, self._translation.context.id, stored)
 
 
 @post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from fusion_engine.timing import Clock, RetryPolicy
 from fusion_engine.upstream import UpstreamClient
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_SOURCES = ROOT / "src" / "fusion_engine" / "server"
 E2E_FILES = ROOT / "tests" / "e2e_files"
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.02)
 #: The shared Redis on 127.0.0.1:6379, in a database of its own; tests never flush anything.
@@ -282,3 +284,10 @@ def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> bool
             return True
         time.sleep(0.01)
     return condition()
+
+
+def server_routes() -> set[str]:
+    """The paths of the route handlers under src/fusion_engine/server/, as their decorators
+    write them (path parameters included, e.g. ``/v1/models/{model_id:path}``)."""
+    decorator = re.compile(r"@(?:get|post|put|patch|delete|route)\(\s*[\"'](/[^\"']*)[\"']")
+    return {m for path in SERVER_SOURCES.glob("*.py") for m in decorator.findall(path.read_text())}

@@ -32,19 +32,46 @@ async def fusion(*args: str, env: dict[str, str]) -> Ran:
     return Ran(process.returncode, stdout.decode(), stderr.decode())
 
 
-async def test_run_verbose_prints_answer_members_and_totals(fake: FakeUpstream) -> None:
-    """`fusion run -p budget -v` prints the fused answer, each member, and a cost table."""
+def script_budget_panel(fake: FakeUpstream) -> None:
+    """The budget panel's three members and judge answer, each with a cost."""
     fake.script("qwen/qwen3.7-plus", Reply(text="Four.", cost=0.01))
     for slug in ("xiaomi/mimo-v2.5", "deepseek/deepseek-v4-flash", "xiaomi/mimo-v2.5-pro"):
         fake.script(slug, Reply(text=f"{slug} says 4", cost=0.001))
+
+
+async def test_run_verbose_prints_answer_members_and_totals(fake: FakeUpstream) -> None:
+    """`fusion run -p budget -v`: the fused answer alone on stdout; each member, the cost table
+    and the progress on stderr."""
+    script_budget_panel(fake)
     ran = await fusion("run", "What is 2+2?", "-p", "budget", "-v", env=env_for(fake))
     assert ran.code == 0, ran.stderr
-    assert "Four." in ran.stdout
-    assert "deepseek/deepseek-v4-flash says 4" in ran.stdout
-    assert "member 3" in ran.stdout and "judge" in ran.stdout
-    assert "$0.013000" in ran.stdout  # total of three members and the judge
+    assert ran.stdout == "Four.\n"
+    assert "deepseek/deepseek-v4-flash says 4" in ran.stderr
+    assert "member 3" in ran.stderr and "judge" in ran.stderr
+    assert "$0.013000" in ran.stderr  # total of three members and the judge
     assert "[3/3]" in ran.stderr  # progress went to stderr
     assert "judging with qwen/qwen3.7-plus" in ran.stderr
+
+
+async def test_verbose_run_redirected_to_a_file_writes_only_the_answer(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The README's `fusion run ... -v > answer.txt`, through a shell and the installed
+    `fusion` script: the file holds the answer, the terminal (stderr) everything else."""
+    script_budget_panel(fake)
+    fusion_script = Path(sys.executable).parent / "fusion"
+    command = f"{fusion_script} run 'Why is the sky blue?' -p budget -v > answer.txt"
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command,
+        env={"PATH": os.environ.get("PATH", ""), **env_for(fake)},
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    assert (tmp_path / "answer.txt").read_text() == "Four.\n"
+    assert "xiaomi/mimo-v2.5-pro says 4" in stderr.decode()
+    assert "$0.013000" in stderr.decode()
 
 
 async def test_run_plain_prints_only_the_answer(fake: FakeUpstream) -> None:

@@ -25,10 +25,9 @@ from fusion_engine.errors import ConfigError
 from fusion_engine.server.serving import check_auth_binding
 from fusion_engine.settings import Settings
 
-from .helpers import ROOT, load_script
+from .helpers import ROOT, load_script, server_routes
 
 DEPLOY = ROOT / "deploy"
-SERVER = ROOT / "src" / "fusion_engine" / "server"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 #: Everything in deploy/ that kubectl applies, or could be asked to (the Secret example).
@@ -175,12 +174,6 @@ def code_variables() -> set[str]:
     for provider in gateway["providers"].values():
         names.update(v for k, v in provider.items() if k.endswith("_env") and v)
     return names
-
-
-def server_routes() -> set[str]:
-    """The paths of the route handlers under src/fusion_engine/server/."""
-    decorator = re.compile(r"@(?:get|post|put|patch|delete|route)\(\s*[\"'](/[^\"']*)[\"']")
-    return {m for path in SERVER.glob("*.py") for m in decorator.findall(path.read_text())}
 
 
 # --- docker-compose -----------------------------------------------------------------------------

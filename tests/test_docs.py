@@ -27,7 +27,7 @@ from fusion_engine.config import (
 from fusion_engine.panels import EstimatedCost, Panel, PanelMember
 from fusion_engine.schema_export import SCHEMA_PATH, main, panel_json_schema, render
 
-from .helpers import ROOT, load_script
+from .helpers import ROOT, load_script, server_routes
 
 DOCS = ROOT / "docs"
 CONFIGURATION = (DOCS / "configuration.md").read_text()
@@ -514,3 +514,95 @@ def test_doc_links_resolve() -> None:
             if re.match(r"[a-z]+:", target):
                 continue
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+# --- the repository stands alone ------------------------------------------------------------------
+
+#: Documents of the team's, kept outside the repository, that users do not have. Spelt in pieces
+#: so that this file does not match itself.
+OUTSIDE_DOCUMENTS = [
+    "design" + ".md",
+    "../" + "shared",
+    "shared" + "/",
+    "wire" + ".md",
+    "agents" + "-wire",
+]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_no_tracked_file_points_at_documents_outside_the_repository() -> None:
+    """Comments and docs describe the fields here, never in a design file users do not have."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    tracked = [ROOT / name for name in listed.split("\0") if name]
+    assert len(tracked) > 100, "git ls-files found too few files"
+    offending = []
+    for path in tracked:
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode(errors="replace")
+        offending += [
+            f"{path.relative_to(ROOT)}: {name}" for name in OUTSIDE_DOCUMENTS if name in text
+        ]
+    assert not offending, offending
+
+
+# --- compatibility: what each API supports, and what is tested ---------------------------------
+
+COMPATIBILITY = (DOCS / "compatibility.md").read_text()
+README = (ROOT / "README.md").read_text()
+
+
+def route_shape(path: str) -> str:
+    """A route path with its parameters blanked: ``/v1/models/{model_id:path}`` → ``/v1/models/{}``."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+def test_compatibility_claims_tests_only_for_routes_the_server_has() -> None:
+    """A status row that does not say "not yet tested" names routes the server really has and
+    test files that really exist."""
+    rows = table_rows(section(COMPATIBILITY, "What is tested here"))
+    served = {route_shape(path) for path in server_routes()}
+    assert "/v1/chat/completions" in served and len(served) > 5
+    claimed = 0
+    for api, routes, status in rows:
+        paths = {route_shape(path) for path in re.findall(r"/v1/[^\s`]*", routes)}
+        assert paths, f"{api}: no route"
+        if "not yet tested" in status:
+            continue
+        claimed += 1
+        assert paths <= served, f"{api}: the server has no {sorted(paths - served)}"
+        named = re.findall(r"tests/test_\w+\.py", status)
+        assert named, f"{api}: says tested without naming a test file"
+    assert claimed >= 3
+
+
+def test_every_test_file_the_compatibility_page_names_exists() -> None:
+    for name in re.findall(r"tests/\w+\.py", COMPATIBILITY):
+        assert (ROOT / name).is_file(), f"docs/compatibility.md names {name}, which does not exist"
+
+
+def test_compatibility_page_covers_every_api_and_client() -> None:
+    headings = [line for line in COMPATIBILITY.splitlines() if line.startswith("## ")]
+    for api in ("Model ids", "Chat Completions", "Responses", "Anthropic Messages", "Embeddings"):
+        assert any(api in heading for heading in headings), f"no section for {api}"
+    clients = " ".join(row[0] for row in table_rows(section(COMPATIBILITY, "## Clients")))
+    for client in ("openai", "anthropic", "Agents SDK", "Claude Code", "Codex CLI", "pydantic-ai",
+                   "LangChain", "LiteLLM"):  # fmt: skip
+        assert client in clients, f"no row for {client}"
+
+
+def test_readme_compatibility_names_the_apis_clients_and_prefix_tips() -> None:
+    """The README's short Compatibility section: APIs, clients, the model-id tips and the link."""
+    text = " ".join(section(README, "Compatibility").split())
+    for route in ("/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/models",
+                  "/v1/embeddings"):  # fmt: skip
+        assert f"`{route}`" in text, route
+    for client in ("`openai` SDKs", "`anthropic` SDK", "OpenAI Agents SDK", "Claude Code",
+                   "Codex CLI", "pydantic-ai", "LangChain", "LiteLLM"):  # fmt: skip
+        assert client in text, client
+    for tip in ("`fusion-<panel>`", "`openai/fusion/<panel>`", "OpenAIResponsesModel(",
+                'MultiProvider(unknown_prefix_mode="model_id")'):  # fmt: skip
+        assert tip in text, tip
+    assert "](docs/compatibility.md)" in text

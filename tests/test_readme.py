@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .helpers import ROOT, FakeInThread, GatewayProcess
 
@@ -65,6 +66,11 @@ def test_curl_examples_work(gateway: GatewayProcess) -> None:
     models, completion, stream, fused, health = outputs
     assert "fusion/budget" in {m["id"] for m in json.loads(models)["data"]}
     assert json.loads(completion)["object"] == "chat.completion"
+    # What the README warns of: the fake's "answer" echoes the judge's prompt, which quotes the
+    # members' echoes of the question; nothing is answered for real.
+    answer = json.loads(completion)["choices"][0]["message"]["content"]
+    assert answer.startswith("qwen/qwen3.7-plus answer: ")
+    assert "xiaomi/mimo-v2.5 answer: Why is the sky blue?" in answer
     assert stream.rstrip().endswith("data: [DONE]")
     assert len(json.loads(fused)["panel_responses"]) == 3
     assert json.loads(health)["status"] == "ok"
@@ -135,6 +141,22 @@ def test_eval_quick_start_runs(tmp_path: Path) -> None:
     assert "fusion:budget" in (results / "report.md").read_text()
     assert (results / "chart.png").stat().st_size > 1000
     assert len((results / "records.jsonl").read_text().splitlines()) == 5 * 10
+
+
+def test_printed_panel_is_the_shipped_file() -> None:
+    """The README's panel is the shipped panels/<name>.yaml it names, field for field."""
+    printed = yaml.safe_load(code_block("## Panels", "yaml"))
+    shipped = ROOT / "panels" / f"{printed['name']}.yaml"
+    assert shipped.exists(), f"the README shows a panel that is not shipped: {printed['name']}"
+    assert printed == yaml.safe_load(shipped.read_text())
+
+
+def test_try_it_says_the_fake_answer_is_an_echo() -> None:
+    """A newcomer trying the fake upstream is told the "answer" is no answer."""
+    section = README[README.index("### Try it without a key") : README.index("## The web page")]
+    section = " ".join(section.split())  # the prose is wrapped at any word
+    assert "echo of the judge's prompt" in section
+    assert "not a real answer" in section
 
 
 # --- "Use it from your agent" -----------------------------------------------------------------
@@ -228,9 +250,8 @@ def keyed_gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
 
 def judge_echo() -> str:
     """How the fused answer of panel budget starts on the fake upstream: its judge echoes."""
-    judge = re.search(r"^judge_model: (\S+)$", (ROOT / "panels" / "budget.yaml").read_text(), re.M)
-    assert judge
-    return f"{judge.group(1)} answer:"
+    judge = yaml.safe_load((ROOT / "panels" / "budget.yaml").read_text())["judge_model"]
+    return f"{judge} answer:"
 
 
 def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:

@@ -127,15 +127,16 @@ def _panels_command(args: argparse.Namespace) -> int:
             f"{panel.judge_model}\n[dim]{panel.judge_template}[/dim]",
             _estimated_cost(panel),
         )
-    _stdout().print(table)
+    _console().print(table)
     return 0
 
 
-def _stdout() -> Console:
-    """Stdout; wide when it is not a terminal, so piped tables keep whole model names."""
-    console = Console(highlight=False, soft_wrap=True)
+def _console(*, stderr: bool = False) -> Console:
+    """Stdout (or stderr); wide when it is not a terminal, so piped or redirected tables keep
+    whole model names."""
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
     if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=True, width=160)
+        console = Console(stderr=stderr, highlight=False, soft_wrap=True, width=160)
     return console
 
 
@@ -173,7 +174,7 @@ async def _run_command(args: argparse.Namespace, err: Console) -> int:
         except PanelFailedError as failure:
             progress.stop()
             if args.verbose:
-                _print_table(Console(stderr=True), failure.responses, None, None)
+                _print_table(_console(stderr=True), failure.responses, None, None)
             raise
         finally:
             progress.stop()
@@ -214,21 +215,22 @@ class _Progress:
 
 
 def _print_result(result: FusionResult, *, as_json: bool, verbose: bool) -> None:
-    out = _stdout()
+    """The answer alone on stdout (so `fusion run ... > answer.txt` keeps just the answer); with
+    ``verbose``, the members' answers and the cost table around it on stderr."""
     if as_json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(result)).decode() + "\n")
         return
+    err = _console(stderr=True)
     if verbose:
         for member in result.panel_responses:
-            out.rule(f"[bold]{escape(member.model)}[/bold] (member {member.index + 1})")
-            out.print(escape(member.content or _tool_calls_text(member) or f"[{member.error}]"))
-        out.rule("[bold]fused answer[/bold]")
+            err.rule(f"[bold]{escape(member.model)}[/bold] (member {member.index + 1})")
+            err.print(escape(member.content or _tool_calls_text(member) or f"[{member.error}]"))
+        err.rule("[bold]fused answer[/bold]")
     if result.degraded:
-        Console(stderr=True).print(f"note: {result.degraded}: a member answer stands in")
-    out.print(escape(result.answer or "") or _tool_calls_text(result) or "")
+        err.print(f"note: {result.degraded}: a member answer stands in")
+    _console().print(escape(result.answer or "") or _tool_calls_text(result) or "")
     if verbose:
-        judge = result.judge_response
-        _print_table(out, result.panel_responses, judge, result)
+        _print_table(err, result.panel_responses, result.judge_response, result)
 
 
 def _tool_calls_text(item: PanelResponse | FusionResult) -> str:

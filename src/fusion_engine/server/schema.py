@@ -1,8 +1,9 @@
 """The gateway's request and response bodies, as msgspec structs.
 
 Requests are decoded twice from one parse: into a raw ``dict`` (every field the client sent, to be
-forwarded) and into a typed struct (what the gateway itself reads). Responses follow the OpenAI
-shapes of ``../shared/wire.md``; ``UNSET`` fields are left out of the JSON.
+forwarded) and into a typed struct (what the gateway itself reads). Responses follow OpenAI's
+Chat Completions shapes, plus the ``fusion`` object described in the README; ``UNSET`` fields are
+left out of the JSON.
 """
 
 from __future__ import annotations

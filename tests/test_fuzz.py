@@ -45,6 +45,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 PANELS = ("trio", "quick", "patient")
 TEMPLATES = ("default", "creative", "code_review", "deep_research", "tool_synthesis")
 ROUTES = ("/v1/chat/completions", "/fuse")
+MESSAGES_ROUTES = ("/v1/messages", "/v1/messages/count_tokens")
 #: Upstream statuses the fake answers with in the failure property (retried ones included).
 FAILURE_STATUSES = (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -95,7 +96,7 @@ def check_reply(reply: httpx.Response, *, allow_upstream_failure: bool = False) 
     )
     if reply.status_code >= 300:
         try:
-            assert_openai_error(reply.json())
+            assert_error_shape(reply.request.url.path, reply.json())
         except (AssertionError, ValueError) as error:
             raise AssertionError(
                 f"{reply.status_code} {reply.text[:500]!r} for {sent!r}"
@@ -116,6 +117,24 @@ def assert_openai_error(body: Any) -> None:
     assert isinstance(error["type"], str) and error["type"], body
     assert error["param"] is None or isinstance(error["param"], str), body
     assert error["code"] is None or isinstance(error["code"], str), body
+
+
+def assert_anthropic_error(body: Any) -> None:
+    """Exactly ``{"type": "error", "error": {"type": str, "message": str}}``."""
+    assert isinstance(body, dict) and set(body) == {"type", "error"}, body
+    assert body["type"] == "error", body
+    error = body["error"]
+    assert isinstance(error, dict) and set(error) == {"type", "message"}, body
+    assert isinstance(error["message"], str) and error["message"], body
+    assert isinstance(error["type"], str) and error["type"], body
+
+
+def assert_error_shape(path: str, body: Any) -> None:
+    """Anthropic's error shape on the Messages API's paths, OpenAI's everywhere else."""
+    if path.startswith("/v1/messages"):
+        assert_anthropic_error(body)
+    else:
+        assert_openai_error(body)
 
 
 def sse_events(text: str) -> list[str]:
@@ -504,6 +523,15 @@ def test_arbitrary_json_is_refused_cleanly(client: TestClient[Any], route: str, 
 
 
 @FUZZ
+@given(route=st.sampled_from(MESSAGES_ROUTES), value=JSON_VALUES)
+def test_arbitrary_json_to_the_messages_api_is_refused_cleanly(
+    client: TestClient[Any], route: str, value: Any
+) -> None:
+    """Any JSON value at all as a Messages body: never a 5xx, errors in Anthropic's shape."""
+    check_reply(post(client, route, encode(value)))
+
+
+@FUZZ
 @given(body=near_chat_requests())
 def test_near_valid_chat_requests(client: TestClient[Any], body: dict[str, Any]) -> None:
     """Chat requests with wrong types, junk and odd values anywhere: no 5xx, OpenAI errors."""
@@ -595,6 +623,15 @@ def raw_bodies(draw: st.DrawFn) -> bytes:
 @given(route=st.sampled_from(ROUTES), content=raw_bodies())
 def test_raw_bytes_are_refused_cleanly(client: TestClient[Any], route: str, content: bytes) -> None:
     """Raw bytes (invalid UTF-8, truncated JSON, deep nesting, NaN): no 5xx, OpenAI errors."""
+    check_reply(post(client, route, content))
+
+
+@FUZZ
+@given(route=st.sampled_from(MESSAGES_ROUTES), content=raw_bodies())
+def test_raw_bytes_to_the_messages_api_are_refused_cleanly(
+    client: TestClient[Any], route: str, content: bytes
+) -> None:
+    """Raw bytes as a Messages body: never a 5xx, errors in Anthropic's shape."""
     check_reply(post(client, route, content))
 
 
@@ -955,6 +992,8 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/fuse"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
 ]
 SCHEMATHESIS = settings(FUZZ, max_examples=50)
 
@@ -989,7 +1028,7 @@ def test_schemathesis_no_server_errors(api_schema: Any, method: str, path: str) 
         response = case.call(headers=AUTH)
         case.validate_response(response, checks=[schemathesis.checks.not_a_server_error])
         if response.status_code >= 300:
-            assert_openai_error(response.json())
+            assert_error_shape(path, response.json())
         assert all(secret not in response.text for secret in SECRETS)
 
     run()

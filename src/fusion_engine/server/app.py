@@ -24,9 +24,16 @@ from .fuse import fuse
 from .gateway import Gateway
 from .info import health, list_panels, metrics_route, ready, show_panel
 from .logs import configure_logging
+from .messages import count_message_tokens, create_message
 from .models import embeddings, list_models, retrieve_model
 from .observe import request_observer
-from .openapi import chat_operation, described, fuse_operation
+from .openapi import (
+    chat_operation,
+    count_tokens_operation,
+    described,
+    fuse_operation,
+    messages_operation,
+)
 from .reload import watch_definitions
 from .request_id import add_request_id
 from .runs import ClientGone
@@ -78,6 +85,8 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         route_handlers=[
             described(chat_completions, chat_operation(limits)),
             described(fuse, fuse_operation(limits, engine.config.providers.keys())),
+            described(create_message, messages_operation(limits)),
+            described(count_message_tokens, count_tokens_operation(limits)),
             list_models,
             retrieve_model,
             embeddings,

@@ -437,6 +437,262 @@ def embeddings_operation() -> type[Operation]:
     )
 
 
+# --- the Anthropic Messages API (``messages_api``) ----------------------------------------------
+
+#: Content block types the gateway reads; any other type is dropped, whatever its fields.
+_READ_BLOCKS = ["text", "image", "tool_use", "tool_result", "tool_reference"]
+
+
+def _anthropic_error_schema() -> Schema:
+    error = {
+        "type": "object",
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        "required": ["type", "message"],
+    }
+    return cast(
+        "Schema",
+        {
+            "type": "object",
+            "properties": {"type": {"const": "error"}, "error": error},
+            "required": ["type", "error"],
+        },
+    )
+
+
+def anthropic_error_replies(*statuses: int) -> dict[str, OpenAPIResponse]:
+    """These error statuses, each with Anthropic's error body (and ``Retry-After`` on a 429)."""
+    return {
+        str(status): json_reply(
+            _ERROR_MEANINGS[status],
+            _anthropic_error_schema(),
+            headers={"Retry-After": _retry_after()} if status == 429 else None,
+        )
+        for status in statuses
+    }
+
+
+def _block(kind: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"type": {"const": kind}, **properties},
+        "required": ["type", *required],
+    }
+
+
+def _content_block_schema(*, nested: bool = False) -> dict[str, Any]:
+    """A content block as ``messages_api`` reads it (``nested``: inside a tool result)."""
+    string = {"type": "string"}
+    image_source = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"const": "base64"},
+                    "media_type": {"anyOf": [string, {"type": "null"}]},
+                    "data": {"anyOf": [string, {"type": "null"}]},
+                },
+                "required": ["type"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"const": "url"},
+                    "url": {"anyOf": [string, {"type": "null"}]},
+                },
+                "required": ["type"],
+            },
+        ]
+    }
+    blocks = [
+        _block("text", {"text": string}, ["text"]),
+        _block("image", {"source": image_source}, ["source"]),
+        _block("tool_use", {"id": string, "name": string, "input": {}}, ["id", "name"]),
+        _block("tool_reference", {"tool_name": string}, ["tool_name"]),
+        {
+            "type": "object",
+            "description": "Any other block type (``thinking``, ``document``…): dropped.",
+            "properties": {"type": {"not": {"enum": _READ_BLOCKS}}},
+        },
+    ]
+    if not nested:
+        content = {
+            "anyOf": [
+                string,
+                {"type": "array", "items": _content_block_schema(nested=True)},
+                {"type": "null"},
+            ]
+        }
+        blocks.insert(
+            3,
+            _block(
+                "tool_result",
+                {"tool_use_id": string, "content": content, "is_error": {"type": "boolean"}},
+                ["tool_use_id"],
+            ),
+        )
+    return {"anyOf": blocks}
+
+
+def messages_request_schema(limits: LimitsSpec, *, count_only: bool = False) -> Schema:
+    """A Messages request as ``messages_api`` reads it (``count_only``: ``count_tokens``'s,
+    which has no ``max_tokens``); other fields are accepted and dropped."""
+    string = {"type": "string"}
+    content = {"anyOf": [string, {"type": "array", "items": _content_block_schema()}]}
+    message = {
+        "type": "object",
+        "properties": {"role": {"enum": ["user", "assistant", "system"]}, "content": content},
+        "required": ["role", "content"],
+    }
+    nullable_string = {"anyOf": [string, {"type": "null"}]}
+    custom_tool = {
+        "type": "object",
+        "properties": {
+            "type": {"anyOf": [{"const": "custom"}, {"type": "null"}]},
+            "name": {"type": "string", "minLength": 1},
+            "description": nullable_string,
+            "input_schema": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        },
+        "required": ["name"],
+    }
+    server_tool = {
+        "type": "object",
+        "description": "A server tool: ``web_search_*`` turns on fusion's web search; others "
+        "are dropped.",
+        "properties": {
+            "type": {"type": "string", "not": {"const": "custom"}},
+            "name": nullable_string,
+            "description": nullable_string,
+            "input_schema": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        },
+        "required": ["type"],
+    }
+    tool_choice = {
+        "type": "object",
+        "properties": {
+            "type": {"enum": ["auto", "any", "tool", "none"]},
+            "name": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
+            "disable_parallel_tool_use": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+        },
+        "required": ["type"],
+        "anyOf": [
+            {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+            {"required": ["name"], "properties": {"name": {"type": "string"}}},
+        ],
+    }
+    number = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "``fusion/<panel>`` fuses that panel; any other id is passed "
+                "through to the passthrough provider's chat completions.",
+            },
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits.max_messages,
+                "items": message,
+                "description": "The conversation (at most the gateway's ``limits.max_messages``)"
+                "; ``role: system`` turns are folded into the system prompt.",
+            },
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": _INT_MAX},
+            "system": {
+                "anyOf": [
+                    string,
+                    {"type": "array", "items": _content_block_schema(nested=True)},
+                    {"type": "null"},
+                ]
+            },
+            "tools": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "maxItems": limits.max_tools,
+                        "items": {"anyOf": [custom_tool, server_tool]},
+                    },
+                    {"type": "null"},
+                ],
+                "description": "Client tools (``defer_loading`` ones too) and server tools "
+                "(at most the gateway's ``limits.max_tools``).",
+            },
+            "tool_choice": {"anyOf": [tool_choice, {"type": "null"}]},
+            "stop_sequences": {"anyOf": [{"type": "array", "items": string}, {"type": "null"}]},
+            "temperature": number,
+            "top_p": number,
+            "stream": {"type": "boolean"},
+        },
+        "required": ["model", "messages"] if count_only else ["model", "messages", "max_tokens"],
+    }
+    if not count_only:
+        # System turns fold into the system prompt: something else must remain.
+        schema["properties"]["messages"]["contains"] = {
+            "type": "object",
+            "properties": {"role": {"enum": ["user", "assistant"]}},
+        }
+    else:
+        for unused in ("max_tokens", "stop_sequences", "temperature", "top_p", "stream"):
+            del schema["properties"][unused]
+    return cast("Schema", schema)
+
+
+def messages_operation(limits: LimitsSpec) -> type[Operation]:
+    """``POST /v1/messages``: the request, the reply (JSON or SSE) and its errors."""
+    reply = json_reply(
+        "A ``message`` (with ``fusion`` on fused replies); with ``stream: true``, Anthropic's "
+        "SSE events.",
+        cast("Schema", {"type": "object", "description": "Anthropic's message object."}),
+        headers=_fused_headers(),
+    )
+    reply.content = {
+        **(reply.content or {}),
+        "text/event-stream": event_stream(
+            "``message_start``, per block ``content_block_start``/``content_block_delta``/"
+            "``content_block_stop``, ``message_delta`` (stop reason, usage, ``fusion``), "
+            "``message_stop``; ``ping`` while the panel works; ``error`` for a late error."
+        ),
+    }
+    passthrough_error = json_reply(
+        "A passed-through provider's error status, in Anthropic's shape.",
+        _anthropic_error_schema(),
+    )
+    return documented(
+        {
+            "200": reply,
+            **anthropic_error_replies(*_FUSION_ERRORS),
+            "default": passthrough_error,
+        },
+        request=json_request(
+            messages_request_schema(limits),
+            "Anthropic's Messages request. Fields the gateway does not use (``thinking``, "
+            "``metadata``, ``context_management``…) are accepted and dropped.",
+        ),
+    )
+
+
+def count_tokens_operation(limits: LimitsSpec) -> type[Operation]:
+    """``POST /v1/messages/count_tokens``: an estimate of the request's input tokens."""
+    reply = json_reply(
+        "The estimate (the conversation's and tools' characters over 3.5).",
+        cast(
+            "Schema",
+            {
+                "type": "object",
+                "properties": {"input_tokens": {"type": "integer", "minimum": 1}},
+                "required": ["input_tokens"],
+            },
+        ),
+    )
+    return documented(
+        {"200": reply, **anthropic_error_replies(400, 401, 413, 415, 421, 429)},
+        request=json_request(
+            messages_request_schema(limits, count_only=True),
+            "A Messages request without ``max_tokens``.",
+        ),
+    )
+
+
 def described(handler: HTTPRouteHandler, operation: type[Operation]) -> HTTPRouteHandler:
     """A copy of a route handler documented by ``operation``.
 

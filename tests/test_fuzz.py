@@ -992,6 +992,9 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/fuse"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
     ("POST", "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"),
 ]

@@ -152,6 +152,8 @@ def test_broken_config_names_file_and_field(tmp_path: Path, text: str, field: st
         ("FUSION_CACHE_TTL_S", "0"),
         ("FUSION_CACHE_MAX_MB", "-1"),
         ("FUSION_CACHE_MAX_MB", "0"),
+        ("FUSION_RESPONSES_TTL_S", "0"),
+        ("FUSION_RESPONSES_TTL_S", "soon"),
         ("FUSION_LOG_LEVEL", "loud"),
         ("FUSION_LOG_FORMAT", "xml"),
         ("FUSION_CACHE", "disk"),

@@ -113,6 +113,13 @@ class MemoryCache:
             oldest = next(iter(self._entries))
             self._drop(oldest)
 
+    async def delete(self, key: str) -> bool:
+        """Forget ``key``; whether it held a live entry."""
+        present = await self.get(key) is not None
+        if present:
+            self._drop(key)
+        return present
+
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
         self._size -= len(value)

@@ -116,6 +116,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_backend: CacheBackend = "memory"
     cache_ttl_s: int = 86400
     cache_max_mb: int = 64
+    #: ``FUSION_RESPONSES_TTL_S``: how long a stored Responses API response lives (30 days).
+    responses_ttl_s: int = 2592000
     panels_dir: Path = Path("panels")
     judges_dir: Path = Path("judges")
     config_path: Path = Path("config/gateway.yaml")
@@ -159,6 +161,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cache_backend=cache,  # type: ignore[arg-type]  # checked just above
             cache_ttl_s=_int(env, "FUSION_CACHE_TTL_S", 86400, minimum=1),
             cache_max_mb=_int(env, "FUSION_CACHE_MAX_MB", 64, minimum=1),
+            responses_ttl_s=_int(env, "FUSION_RESPONSES_TTL_S", 2592000, minimum=1),
             panels_dir=Path(env.get("FUSION_PANELS_DIR") or "panels"),
             judges_dir=Path(env.get("FUSION_JUDGES_DIR") or "judges"),
             config_path=Path(env.get("FUSION_CONFIG") or "config/gateway.yaml"),

@@ -69,8 +69,12 @@ class Admitted:
         return await self._limiter.fusion_slot(self.key_name)
 
 
-async def admit(request: Request[Any, Any, Any], shape: BodyShape = CHAT_SHAPE) -> Admitted:
-    """Let a request that spends money in, or refuse it with the right error.
+async def admit(
+    request: Request[Any, Any, Any], shape: BodyShape = CHAT_SHAPE, *, read_body: bool = True
+) -> Admitted:
+    """Let a request that spends money (or reads a caller's data) in, or refuse it with the
+    right error. ``read_body=False`` for a route without a body (``GET``/``DELETE
+    /v1/responses/{id}``): auth and the request rate limit only.
 
     Raises:
         AuthenticationError: the key is missing or wrong (401).
@@ -81,6 +85,8 @@ async def admit(request: Request[Any, Any, Any], shape: BodyShape = CHAT_SHAPE) 
     gateway = gateway_of(request)
     key_name = authenticate(request)
     await gateway.limiter.check_request(key_name)
+    if not read_body:
+        return Admitted(gateway.limiter, key_name, {})
     body = decode_object(await request.body())
     check_lists(body, shape, gateway.config.gateway.limits)
     return Admitted(gateway.limiter, key_name, body)

@@ -33,9 +33,11 @@ from .openapi import (
     described,
     fuse_operation,
     messages_operation,
+    responses_operation,
 )
 from .reload import watch_definitions
 from .request_id import add_request_id
+from .responses import create_response, delete_response, retrieve_response
 from .runs import ClientGone
 from .ui import ui_router
 
@@ -85,6 +87,9 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         route_handlers=[
             described(chat_completions, chat_operation(limits)),
             described(fuse, fuse_operation(limits, engine.config.providers.keys())),
+            described(create_response, responses_operation(limits)),
+            retrieve_response,
+            delete_response,
             described(create_message, messages_operation(limits)),
             described(count_message_tokens, count_tokens_operation(limits)),
             list_models,

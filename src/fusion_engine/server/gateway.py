@@ -17,6 +17,7 @@ from ..panels import Panel
 from ..plan import FusionPlan
 from ..ratelimit import LimitStore, MemoryLimitStore, RateLimiter, RedisLimitStore
 from ..redis_client import SharedRedis
+from ..response_store import ResponseStore
 from ..results import PanelResponse
 from ..settings import Settings
 from .metrics import Metrics
@@ -41,6 +42,8 @@ class Gateway:
         #: The worker's one Redis client (``start`` connects it, in the app's lifespan).
         self.redis: SharedRedis | None = None
         self.cache, self.limiter = self._stores(None)
+        #: Stored Responses API responses (on the shared Redis once ``start`` connects it).
+        self.responses = self._response_store(None)
         self.prices = PriceBook()
         self.started_at = int(time.time())
         #: The passthrough provider's models, fetched when first listed and kept 10 minutes.
@@ -66,12 +69,19 @@ class Gateway:
         store: LimitStore = RedisLimitStore(redis) if redis is not None else MemoryLimitStore()
         return cache, RateLimiter(spec, store, fail_open=spec.fail_open)
 
+    def _response_store(self, redis: SharedRedis | None) -> ResponseStore:
+        settings = self.settings
+        return ResponseStore(
+            redis, ttl_s=settings.responses_ttl_s, max_bytes=settings.cache_max_mb * 1024 * 1024
+        )
+
     def start(self) -> None:
         """Connect the worker's one Redis client, shared by the cache, the rate limits and the
         learnt prices. Called in the lifespan: after the fork, on the loop that serves."""
         if self.settings.redis_url and self.redis is None:
             self.redis = SharedRedis.connect(self.settings.redis_url)
             self.cache, self.limiter = self._stores(self.redis)
+            self.responses = self._response_store(self.redis)
 
     @property
     def config(self) -> ResolvedConfig:
@@ -130,6 +140,7 @@ class Gateway:
         """Stop serving: close the cache, the Redis client and the upstream session."""
         self.draining = True
         await self.cache.aclose()
+        await self.responses.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.aclose()

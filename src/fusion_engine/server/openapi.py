@@ -28,6 +28,7 @@ from litestar.openapi.spec import (
 
 from ..config import LimitsSpec
 from ..panels import PanelMember
+from ..responses_api import DeletedResponse, ResponseObject, ResponsesRequest
 from ..results import FusionResult
 from .schema import ChatCompletionSchema, ChatRequest, ErrorBody, FuseRequest, JudgeSkipped
 
@@ -36,14 +37,14 @@ _ERROR_MEANINGS = {
     400: "Invalid request (``param`` names the field).",
     401: "Missing or wrong API key.",
     402: "Over the key's budget or the cost ceiling.",
-    404: "Unknown panel, model or judge template.",
+    404: "Unknown panel, model or judge template; no stored response by that id.",
     413: "Request body, message list or tool list too large.",
     415: "Without API keys: the body is not ``application/json`` (no cross-site form posts).",
     421: "Without API keys: the Host header is not a loopback name or address (DNS rebinding).",
     422: "Every member rejected the request with this status (the upstream's type and code).",
     429: "Rate limited, or every member was rate limited; see ``Retry-After``.",
     502: "Every member failed, at least one other than by timeout.",
-    503: "The provider key is not configured.",
+    503: "The provider key is not configured (or stored responses cannot be reached).",
     504: "No answer because of timeouts.",
 }
 
@@ -703,3 +704,266 @@ def described(handler: HTTPRouteHandler, operation: type[Operation]) -> HTTPRout
     copied = copy(handler)
     copied.operation_class = operation
     return copied
+
+
+# --- the Responses API --------------------------------------------------------------------------
+
+
+def _text_parts(*kinds: str) -> dict[str, Any]:
+    """Content parts of these types, as ``responses_api`` reads them."""
+    shapes = {
+        "input_text": {"text": {"type": "string"}},
+        "output_text": {"text": {"type": "string"}},
+        "refusal": {"refusal": {"type": "string"}},
+        "input_image": {"image_url": {"type": "string"}, "detail": {"type": "string"}},
+    }
+    variants = []
+    for kind in kinds:
+        fields = shapes[kind]
+        required = ["type", next(iter(fields))]
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"type": {"const": kind}, **fields},
+                "required": required,
+            }
+        )
+    return {"type": "array", "items": {"anyOf": variants}}
+
+
+def _input_item_schema() -> dict[str, Any]:
+    """One ``input`` item: a message, a function call or its output, or a reasoning item
+    (accepted and dropped)."""
+    text_only = _text_parts("input_text", "output_text", "refusal")
+    with_images = _text_parts("input_text", "output_text", "refusal", "input_image")
+    message_type = {"const": "message"}
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "description": "A user message (``type`` may be left out); images by URL.",
+                "properties": {
+                    "type": message_type,
+                    "role": {"const": "user"},
+                    "content": {"anyOf": [{"type": "string"}, with_images]},
+                },
+                "required": ["role", "content"],
+            },
+            {
+                "type": "object",
+                "description": "A system, developer or assistant message (text only).",
+                "properties": {
+                    "type": message_type,
+                    "role": {"enum": ["system", "developer", "assistant"]},
+                    "content": {"anyOf": [{"type": "string"}, text_only]},
+                },
+                "required": ["role", "content"],
+            },
+            {
+                "type": "object",
+                "description": "A function call of an earlier answer.",
+                "properties": {
+                    "type": {"const": "function_call"},
+                    "call_id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "arguments": {"type": "string"},
+                    "namespace": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                },
+                "required": ["type", "call_id", "name"],
+            },
+            {
+                "type": "object",
+                "description": "A function's result.",
+                "properties": {
+                    "type": {"const": "function_call_output"},
+                    "call_id": {"type": "string"},
+                    "output": {"anyOf": [{"type": "string"}, with_images]},
+                },
+                "required": ["type", "call_id", "output"],
+            },
+            {
+                "type": "object",
+                "description": "Reasoning of an earlier answer: accepted and dropped (its "
+                "``encrypted_content`` is never forwarded).",
+                "properties": {"type": {"const": "reasoning"}},
+                "required": ["type"],
+            },
+        ]
+    }
+
+
+def _function_tool_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "type": {"const": "function"},
+            "name": {"type": "string", "minLength": 1},
+            "description": {"type": "string"},
+            "parameters": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+            "strict": {"type": "boolean"},
+        },
+        "required": ["type", "name"],
+    }
+
+
+def _other_tool_schema(*served: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Any other tool type: left out, named in ``X-Fusion-Warning``.",
+        "properties": {"type": {"not": {"enum": list(served)}}},
+    }
+
+
+def responses_request_schema(limits: LimitsSpec) -> Schema:
+    """ResponsesRequest's schema with what the translation checks written in."""
+    schema = cast("dict[str, Any]", schema_of(ResponsesRequest))
+    properties = schema["properties"]
+    properties["model"] = {
+        "type": "string",
+        "minLength": 1,
+        "description": "``fusion/<panel>`` (or ``fusion-<panel>``) fuses that panel; any other "
+        "id is passed through to the passthrough provider's chat completions.",
+    }
+    properties["input"] = {
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits.max_messages,
+                "items": _input_item_schema(),
+                # Reasoning items alone leave nothing to answer.
+                "contains": {
+                    "not": {
+                        "type": "object",
+                        "properties": {"type": {"const": "reasoning"}},
+                        "required": ["type"],
+                    }
+                },
+            },
+        ],
+        "description": "A user message, or items (at most the gateway's ``limits.max_messages``).",
+    }
+    namespace = {
+        "type": "object",
+        "description": "Tools under a namespace: each function is served as "
+        "``<namespace>__<name>`` and its calls come back with ``namespace``.",
+        "properties": {
+            "type": {"const": "namespace"},
+            "name": {"type": "string", "minLength": 1},
+            "tools": {
+                "type": "array",
+                "items": {"anyOf": [_function_tool_schema(), _other_tool_schema("function")]},
+            },
+        },
+        "required": ["type", "name"],
+    }
+    properties["tools"] = {
+        "anyOf": [
+            {
+                "type": "array",
+                "maxItems": limits.max_tools,
+                "items": {
+                    "anyOf": [
+                        _function_tool_schema(),
+                        namespace,
+                        _other_tool_schema("function", "namespace"),
+                    ]
+                },
+            },
+            {"type": "null"},
+        ],
+        "description": "``function`` and ``namespace`` tools; ``web_search`` turns the fusion "
+        "web search on unless ``external_web_access: false``; other types are left out.",
+    }
+    properties["tool_choice"] = {
+        "anyOf": [{"enum": ["auto", "none", "required"]}, {"type": "null"}],
+        "description": "Also ``{type: function, name}`` naming one of the function tools.",
+    }
+    properties["text"] = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "format": {
+                        "anyOf": [
+                            {"type": "null"},
+                            {
+                                "type": "object",
+                                "properties": {"type": {"enum": ["text", "json_object"]}},
+                            },
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "type": {"const": "json_schema"},
+                                    "name": {"type": "string", "minLength": 1},
+                                    "schema": {"type": "object"},
+                                },
+                                "required": ["type", "name", "schema"],
+                            },
+                        ]
+                    }
+                },
+            },
+            {"type": "null"},
+        ]
+    }
+    chat = cast("dict[str, Any]", chat_request_schema(limits))
+    properties["fusion"] = chat["properties"]["fusion"]
+    return cast("Schema", schema)
+
+
+def _response_schema() -> Schema:
+    return schema_of(ResponseObject)
+
+
+def responses_operation(limits: LimitsSpec) -> type[Operation]:
+    """``POST /v1/responses``: the request, the ``response`` (JSON or SSE) and its errors."""
+    headers = {
+        **_fused_headers(),
+        "X-Fusion-Warning": OpenAPIHeader(
+            description="The tool types the gateway left out of the request.", schema=_string()
+        ),
+    }
+    reply = json_reply("A ``response`` object.", _response_schema(), headers=headers)
+    reply.content = {
+        **(reply.content or {}),
+        "text/event-stream": event_stream(
+            "``event:`` and ``data:`` lines: response.created, response.in_progress, per item "
+            "response.output_item.added, deltas, their .done events and "
+            "response.output_item.done, then response.completed (or response.incomplete / "
+            "response.failed)."
+        ),
+    }
+    passthrough_error = json_reply(
+        "A passed-through provider's error status, in OpenAI's shape (its type, code, param).",
+        schema_of(ErrorBody),
+    )
+    return documented(
+        {"200": reply, **error_replies(*_FUSION_ERRORS), "default": passthrough_error},
+        request=json_request(
+            responses_request_schema(limits),
+            "OpenAI's Responses request. ``store`` (default true) keeps the response for "
+            "``previous_response_id``, GET and DELETE, for the caller's key only.",
+        ),
+    )
+
+
+def stored_response_operation() -> type[Operation]:
+    """``GET /v1/responses/{id}``: a stored response or a 404."""
+    return documented(
+        {
+            "200": json_reply("The stored ``response`` object.", _response_schema()),
+            **error_replies(401, 404, 421, 429, 503),
+        }
+    )
+
+
+def deleted_response_operation() -> type[Operation]:
+    """``DELETE /v1/responses/{id}``: the deletion or a 404."""
+    return documented(
+        {
+            "200": json_reply("The deletion.", schema_of(DeletedResponse)),
+            **error_replies(401, 404, 421, 429, 503),
+        }
+    )

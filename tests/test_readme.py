@@ -227,10 +227,6 @@ def test_codex_snippet_settings() -> None:
     assert "`codex exec " in README[README.index("**Codex CLI**") :]
 
 
-#: Until /v1/responses lands on this branch (feat/responses).
-ROUTE_NOT_MERGED = pytest.mark.xfail(reason="route not merged yet", strict=False)
-
-
 @pytest.fixture(scope="module")
 def keyed_gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
     """A gateway that demands SNIPPET_KEY, on a fake upstream, with the repo's panels."""
@@ -286,7 +282,6 @@ def test_claude_code_settings_reach_messages(
     assert message["content"][0]["text"].startswith(judge_echo())
 
 
-@ROUTE_NOT_MERGED
 def test_codex_settings_reach_responses(
     keyed_gateway: tuple[GatewayProcess, FakeInThread],
 ) -> None:
@@ -317,14 +312,7 @@ def agent_curl(route: str) -> str:
     return commands[AGENT_CURLS.index(route)]
 
 
-@pytest.mark.parametrize(
-    "route",
-    [
-        "chat/completions",
-        pytest.param("responses", marks=ROUTE_NOT_MERGED),
-        "messages",
-    ],
-)
+@pytest.mark.parametrize("route", AGENT_CURLS)
 def test_agent_curl_examples_work(
     keyed_gateway: tuple[GatewayProcess, FakeInThread], route: str
 ) -> None:

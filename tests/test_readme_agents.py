@@ -66,8 +66,6 @@ SNIPPETS = {
     "langchain": Snippet("**LangChain**", "langchain_openai", 1),
     "litellm": Snippet("**LiteLLM SDK**", "litellm", 1),
 }
-#: Until /v1/responses lands on this branch (feat/responses): both snippets use it.
-RESPONSES_NOT_MERGED = pytest.mark.xfail(reason="/v1/responses not merged yet", strict=False)
 
 
 def require_opt_in() -> None:
@@ -130,8 +128,8 @@ def gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("agents-sdk", marks=RESPONSES_NOT_MERGED),
-        pytest.param("pydantic-ai", marks=RESPONSES_NOT_MERGED),
+        "agents-sdk",
+        "pydantic-ai",
         "langchain",
         "litellm",
     ],
@@ -186,7 +184,6 @@ def test_claude_code_block_prints_the_fused_answer(
     assert upstream.fake.requests_for(JUDGE)
 
 
-@RESPONSES_NOT_MERGED
 def test_codex_config_and_command_print_the_fused_answer(
     gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
 ) -> None:

@@ -465,6 +465,10 @@ RUN_ELSEWHERE = {
         "tests/test_readme.py (test_eval_quick_start_runs)"
     ),
     "-d '{": "the curl command it continues (tests/test_readme.py)",
+    # README "Use it from your agent": the Claude Code block, run as printed (opt-in).
+    "export ANTHROPIC_": "tests/test_readme_agents.py (test_claude_code_block_...)",
+    "export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1": "tests/test_readme_agents.py",
+    "claude -p": "tests/test_readme_agents.py (test_claude_code_block_prints_the_fused_answer)",
 }
 NOT_RUN = "<!-- not run by the tests:"
 

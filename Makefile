@@ -68,13 +68,13 @@ e2e: $(STAMP) ## a real model behind the gateway: llama.cpp's server + SmolLM2-1
 AGENTS_BIN := $(CURDIR)/.agents/npm/node_modules/.bin
 
 .PHONY: agents-e2e
-agents-e2e: $(STAMP) ## real agents through the gateway: Claude Code and Codex (npm, into .agents/), the OpenAI Agents SDK
+agents-e2e: $(STAMP) ## real agents through the gateway: Claude Code and Codex (npm, into .agents/), the OpenAI Agents SDK, and the README's client snippets
 	scripts/install-agents.sh
-	@$(BIN)/python -c 'import agents, anthropic' 2>/dev/null || { \
-	  echo "agents-e2e: installing the agents extra (openai-agents, anthropic)"; \
-	  $(BIN)/python -m pip install --quiet -e '.[agents]'; }
-	AGENTS_E2E=1 CLAUDE_CODE_BIN=$(AGENTS_BIN)/claude CODEX_BIN=$(AGENTS_BIN)/codex \
-	  $(BIN)/pytest -s tests/test_agents_e2e.py tests/test_messages_claude_code.py tests/test_responses_codex.py
+	@$(BIN)/python -c 'import agents, anthropic, pydantic_ai, langchain_openai, litellm' 2>/dev/null || { \
+	  echo "agents-e2e: installing the agents and clients extras (openai-agents, anthropic, pydantic-ai, langchain-openai, litellm)"; \
+	  $(BIN)/python -m pip install --quiet -e '.[agents,clients]'; }
+	AGENTS_E2E=1 CLAUDE_CODE_BIN=$(AGENTS_BIN)/claude CODEX_BIN=$(AGENTS_BIN)/codex AGENTS_BIN_DIR=$(AGENTS_BIN) \
+	  $(BIN)/pytest -s tests/test_agents_e2e.py tests/test_messages_claude_code.py tests/test_responses_codex.py tests/test_readme_agents.py
 
 CPU_BASELINE := bench/peers/cpu-baseline.json
 

@@ -24,7 +24,7 @@ from .admission import Admitted
 from .errors import json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
-from .passthrough import passthrough, passthrough_answer
+from .passthrough import passthrough
 from .request_id import new_id
 from .runs import until_disconnect
 from .schema import (
@@ -86,9 +86,7 @@ async def serve_chat(
     chat = parse_chat_request(body)
     named = panel_of_model(chat.model)
     if named is None:
-        if api is None:
-            return await passthrough(request, gateway, body, chat)
-        return await passthrough_answer(request, gateway, body, chat, api)
+        return await passthrough(request, gateway, body, chat, api)
     check_fused_request(chat)
     options = chat.fusion or FusionOptions()
     plan = gateway.within_budget(plan_fusion(gateway, chat, options, extra=_extra_fields(body)))

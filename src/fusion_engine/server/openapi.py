@@ -340,27 +340,38 @@ def _one_of(first: list[str], second: list[str]) -> dict[str, Any]:
     }
 
 
-def chat_operation(limits: LimitsSpec) -> type[Operation]:
-    """``POST /v1/chat/completions``: the request, the reply (JSON or SSE) and its errors."""
-    reply = json_reply(
-        "A chat.completion; with ``stream: true``, chat.completion.chunk events ending in "
-        "``data: [DONE]``.",
-        completion_schema(),
-        headers=_fused_headers(),
-    )
-    reply.content = {
-        **(reply.content or {}),
-        "text/event-stream": event_stream(
-            "``data:`` lines, each a chat.completion.chunk (the finishing one carries "
-            "``fusion``), then ``data: [DONE]``; a late error comes in-band as ``data: {error}``."
-        ),
-    }
+def _answer_operation(
+    *,
+    reply: OpenAPIResponse,
+    stream: str,
+    request: RequestBody,
+    anthropic: bool = False,
+) -> type[Operation]:
+    """An answering route (chat, Responses, Messages): its JSON ``reply`` or SSE ``stream``, the
+    gateway's errors and a passed-through provider's, in the route's error shape."""
+    reply.content = {**(reply.content or {}), "text/event-stream": event_stream(stream)}
+    errors = anthropic_error_replies if anthropic else error_replies
     passthrough_error = json_reply(
-        "A passed-through provider's error status, in OpenAI's shape (its type, code, param).",
-        schema_of(ErrorBody),
+        "A passed-through provider's error status, in "
+        + ("Anthropic's shape." if anthropic else "OpenAI's shape (its type, code, param)."),
+        _anthropic_error_schema() if anthropic else schema_of(ErrorBody),
     )
     return documented(
-        {"200": reply, **error_replies(*_FUSION_ERRORS), "default": passthrough_error},
+        {"200": reply, **errors(*_FUSION_ERRORS), "default": passthrough_error}, request=request
+    )
+
+
+def chat_operation(limits: LimitsSpec) -> type[Operation]:
+    """``POST /v1/chat/completions``: the request, the reply (JSON or SSE) and its errors."""
+    return _answer_operation(
+        reply=json_reply(
+            "A chat.completion; with ``stream: true``, chat.completion.chunk events ending in "
+            "``data: [DONE]``.",
+            completion_schema(),
+            headers=_fused_headers(),
+        ),
+        stream="``data:`` lines, each a chat.completion.chunk (the finishing one carries "
+        "``fusion``), then ``data: [DONE]``; a late error comes in-band as ``data: {error}``.",
         request=json_request(
             chat_request_schema(limits),
             "OpenAI's chat request. ``fusion/<panel>`` (or ``fusion-<panel>``) fuses a panel; any "
@@ -640,35 +651,22 @@ def messages_request_schema(limits: LimitsSpec, *, count_only: bool = False) -> 
 
 def messages_operation(limits: LimitsSpec) -> type[Operation]:
     """``POST /v1/messages``: the request, the reply (JSON or SSE) and its errors."""
-    reply = json_reply(
-        "A ``message`` (with ``fusion`` on fused replies); with ``stream: true``, Anthropic's "
-        "SSE events.",
-        cast("Schema", {"type": "object", "description": "Anthropic's message object."}),
-        headers=_fused_headers(),
-    )
-    reply.content = {
-        **(reply.content or {}),
-        "text/event-stream": event_stream(
-            "``message_start``, per block ``content_block_start``/``content_block_delta``/"
-            "``content_block_stop``, ``message_delta`` (stop reason, usage, ``fusion``), "
-            "``message_stop``; ``ping`` while the panel works; ``error`` for a late error."
+    return _answer_operation(
+        reply=json_reply(
+            "A ``message`` (with ``fusion`` on fused replies); with ``stream: true``, "
+            "Anthropic's SSE events.",
+            cast("Schema", {"type": "object", "description": "Anthropic's message object."}),
+            headers=_fused_headers(),
         ),
-    }
-    passthrough_error = json_reply(
-        "A passed-through provider's error status, in Anthropic's shape.",
-        _anthropic_error_schema(),
-    )
-    return documented(
-        {
-            "200": reply,
-            **anthropic_error_replies(*_FUSION_ERRORS),
-            "default": passthrough_error,
-        },
+        stream="``message_start``, per block ``content_block_start``/``content_block_delta``/"
+        "``content_block_stop``, ``message_delta`` (stop reason, usage, ``fusion``), "
+        "``message_stop``; ``ping`` while the panel works; ``error`` for a late error.",
         request=json_request(
             messages_request_schema(limits),
             "Anthropic's Messages request. Fields the gateway does not use (``thinking``, "
             "``metadata``, ``context_management``…) are accepted and dropped.",
         ),
+        anthropic=True,
     )
 
 
@@ -925,22 +923,11 @@ def responses_operation(limits: LimitsSpec) -> type[Operation]:
             description="The tool types the gateway left out of the request.", schema=_string()
         ),
     }
-    reply = json_reply("A ``response`` object.", _response_schema(), headers=headers)
-    reply.content = {
-        **(reply.content or {}),
-        "text/event-stream": event_stream(
-            "``event:`` and ``data:`` lines: response.created, response.in_progress, per item "
-            "response.output_item.added, deltas, their .done events and "
-            "response.output_item.done, then response.completed (or response.incomplete / "
-            "response.failed)."
-        ),
-    }
-    passthrough_error = json_reply(
-        "A passed-through provider's error status, in OpenAI's shape (its type, code, param).",
-        schema_of(ErrorBody),
-    )
-    return documented(
-        {"200": reply, **error_replies(*_FUSION_ERRORS), "default": passthrough_error},
+    return _answer_operation(
+        reply=json_reply("A ``response`` object.", _response_schema(), headers=headers),
+        stream="``event:`` and ``data:`` lines: response.created, response.in_progress, per item "
+        "response.output_item.added, deltas, their .done events and response.output_item.done, "
+        "then response.completed (or response.incomplete / response.failed).",
         request=json_request(
             responses_request_schema(limits),
             "OpenAI's Responses request. ``store`` (default true) keeps the response for "

@@ -57,9 +57,15 @@ def passthrough_provider(gateway: Gateway, model: str) -> Provider:
 
 
 async def passthrough(
-    request: Request[Any, Any, Any], gateway: Gateway, raw: dict[str, Any], chat: ChatRequest
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    raw: dict[str, Any],
+    chat: ChatRequest,
+    api: AnswerApi | None = None,
 ) -> Response[Any]:
-    """Relay the request to the passthrough provider and its answer back."""
+    """Relay the request to the passthrough provider's chat completions and its answer back:
+    as the provider sent it, or, for a request translated from another API (Responses,
+    Messages), rendered through ``api`` — so any OpenAI-compatible provider serves every API."""
     provider = passthrough_provider(gateway, chat.model)
     upstream = gateway.engine.upstream
     if not chat.stream:
@@ -70,8 +76,11 @@ async def passthrough(
                 max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
             ),
         )  # fmt: skip
-        return Response(content=reply.raw, media_type=MediaType.JSON)
-    include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        if api is None:
+            return Response(content=reply.raw, media_type=MediaType.JSON)
+        answer = _answer_of(reply.completion)
+        await api.answered(answer)
+        return json_response(api.reply(answer))
     batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None)
     # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
@@ -82,49 +91,12 @@ async def passthrough(
     except BaseException:
         await batches.aclose()
         raise
-    return Stream(
-        _relay(first, batches, include_usage=include_usage),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
-
-
-async def passthrough_answer(
-    request: Request[Any, Any, Any],
-    gateway: Gateway,
-    raw: dict[str, Any],
-    chat: ChatRequest,
-    api: AnswerApi,
-) -> Response[Any]:
-    """Relay a request translated from another API (Responses, Messages) to the passthrough
-    provider's chat completions, and its answer back through ``api``: any OpenAI-compatible
-    provider then serves every API."""
-    provider = passthrough_provider(gateway, chat.model)
-    upstream = gateway.engine.upstream
-    if not chat.stream:
-        reply = await until_disconnect(
-            request,
-            upstream.chat(
-                provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
-                max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
-            ),
-        )  # fmt: skip
-        answer = _answer_of(reply.completion)
-        await api.answered(answer)
-        return json_response(api.reply(answer))
-    batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None)
-    try:
-        first = await until_disconnect(request, anext(batches))
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await batches.aclose()
-        raise
-    return Stream(
-        _translated(first, batches, AnswerFeed(api.renderer()), api),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    if api is None:
+        include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        events = _relay(first, batches, include_usage=include_usage)
+    else:
+        events = _translated(first, batches, AnswerFeed(api.renderer()), api)
+    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _answer_of(completion: ChatCompletion) -> ChatAnswer:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -34,6 +34,12 @@ E2E_FILES = ROOT / "tests" / "e2e_files"
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.02)
 #: The shared Redis on 127.0.0.1:6379, in a database of its own; tests never flush anything.
 REDIS_URL = "redis://127.0.0.1:6379/15"
+#: The variable that opts in the tests driving real agents and client libraries (`make agents-e2e`).
+AGENTS_OPT_IN = "AGENTS_E2E"
+#: Where `make agents-e2e` (scripts/install-agents.sh) puts the npm CLIs; PATH is the fallback.
+AGENT_BIN = Path(
+    os.environ.get("AGENTS_BIN_DIR", ROOT / ".agents" / "npm" / "node_modules" / ".bin")
+)
 
 
 def env_for(fake: FakeUpstream, **extra: str) -> dict[str, str]:
@@ -291,3 +297,38 @@ def server_routes() -> set[str]:
     write them (path parameters included, e.g. ``/v1/models/{model_id:path}``)."""
     decorator = re.compile(r"@(?:get|post|put|patch|delete|route)\(\s*[\"'](/[^\"']*)[\"']")
     return {m for path in SERVER_SOURCES.glob("*.py") for m in decorator.findall(path.read_text())}
+
+
+def require_agents_opt_in() -> None:
+    """Skip unless ``AGENTS_E2E=1``: the agent CLIs come from npm and the libraries are extras."""
+    if os.environ.get(AGENTS_OPT_IN) != "1":
+        pytest.skip(
+            f"real agents and clients are opt-in: `make agents-e2e` runs them ({AGENTS_OPT_IN}=1, "
+            "after installing Claude Code and Codex into .agents/ and the `agents` and `clients` "
+            "extras)"
+        )
+
+
+def missing_prerequisite(message: str) -> NoReturn:
+    """An opted-in test's missing agent or library: a skip, or a failure under ``CI=true``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def agent_cli(name: str) -> Path:
+    """The agent CLI ``name`` from AGENT_BIN, else PATH (opt-in)."""
+    require_agents_opt_in()
+    found = shutil.which(name, path=f"{AGENT_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        missing_prerequisite(f"{name} is not installed: make agents-e2e puts it in {AGENT_BIN}")
+    return Path(found)
+
+
+def require_agent_library(module: str) -> None:
+    """Skip unless opted in; then ``module`` missing is a skip, or a failure under CI."""
+    require_agents_opt_in()
+    if importlib.util.find_spec(module) is None:
+        missing_prerequisite(
+            f"{module} is not importable: pip install -e '.[agents,clients]' (make agents-e2e does)"
+        )

@@ -24,7 +24,7 @@ import pytest
 
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.settings import Settings
-from fusion_engine.testing import FakeUpstream
+from fusion_engine.testing import FakeUpstream, Reply
 from fusion_engine.timing import Clock, RetryPolicy
 from fusion_engine.upstream import UpstreamClient
 
@@ -81,6 +81,43 @@ def gateway_env(
         "FUSION_CACHE": "off",
         **extra,
     }
+
+
+def fault_matrix_env(
+    fake: FakeUpstream, api_keys: str, folder: Path, **extra: str
+) -> dict[str, str]:
+    """``gateway_env`` for a fault matrix (tests/test_faults.py, tests/test_messages_e2e.py):
+    panels and config from ``folder`` (``panels/``, ``gateway.yaml``), a keep-alive every 0.3 s
+    (tests wait for one while the panel works) and no panel reloads; ``extra`` added last."""
+    env = gateway_env(
+        fake,
+        api_keys,
+        panels=folder / "panels",
+        config=folder / "gateway.yaml",
+        FUSION_KEEPALIVE_S="0.3",
+        FUSION_RELOAD_INTERVAL_S="0",
+    )
+    return {**env, **extra}
+
+
+def script_fused_panel(
+    fake: FakeUpstream,
+    members: Mapping[str, Reply],
+    judge: str,
+    verdict: Reply,
+    **replacing: Reply,
+) -> None:
+    """Script a fused panel: each member slug of ``members`` with its reply, and ``judge`` with
+    ``verdict``. ``replacing`` swaps a member's reply, named by its slug's last part (``two=``
+    for ``f/two``)."""
+    for slug, reply in members.items():
+        fake.script(slug, replacing.get(slug.rsplit("/", 1)[-1], reply))
+    fake.script(judge, verdict)
+
+
+def cancelled_among(fake: FakeUpstream, slugs: Sequence[str]) -> list[str]:
+    """The abandoned calls for ``slugs`` (late cancellations of other tests' calls ignored)."""
+    return sorted(slug for slug in fake.cancelled if slug in slugs)
 
 
 def make_engine(
@@ -214,6 +251,12 @@ class GatewayProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"gateway did not become ready:\n{self.output()}")
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

@@ -36,8 +36,11 @@ from .helpers import (
     E2E_FILES,
     FakeInThread,
     GatewayProcess,
+    cancelled_among,
+    fault_matrix_env,
     gateway_env,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    script_fused_panel,
     wait_until,
 )
 
@@ -67,19 +70,10 @@ WEATHER: ToolParam = {
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    env = gateway_env(
-        upstream.fake,
-        KEY,
-        panels=FILES / "panels",
-        config=FILES / "gateway.yaml",
-        FUSION_KEEPALIVE_S="0.3",
-        FUSION_RELOAD_INTERVAL_S="0",
-        # Only deterministic requests (temperature 0) are cached: the other tests are not.
-        FUSION_CACHE="memory",
-    )
-    process = GatewayProcess(env)
-    yield process
-    process.stop()
+    # Only deterministic requests (temperature 0) are cached: the other tests are not.
+    env = fault_matrix_env(upstream.fake, KEY, FILES, FUSION_CACHE="memory")
+    with GatewayProcess(env) as process:
+        yield process
 
 
 @pytest.fixture
@@ -89,9 +83,10 @@ def client(gateway: GatewayProcess) -> Iterator[anthropic.Anthropic]:
 
 
 def script_trio(fake: FakeUpstream, judge: Reply | None = None, **members: Reply) -> None:
-    for slug in TRIO:
-        fake.script(slug, members.get(slug.removeprefix("m/"), Reply(text=f"{slug} says Paris")))
-    fake.script(JUDGE, judge or Reply(text=VERDICT, chunk_size=6))
+    """Each member says Paris in its own words, the judge gives VERDICT; ``two=`` etc. replace a
+    member's reply."""
+    answers = {slug: Reply(text=f"{slug} says Paris") for slug in TRIO}
+    script_fused_panel(fake, answers, JUDGE, judge or Reply(text=VERDICT, chunk_size=6), **members)
 
 
 def post(gateway: GatewayProcess, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -569,10 +564,6 @@ def test_mid_stream_error_is_an_error_event(gateway: GatewayProcess, fake: FakeU
         pytest.raises(anthropic.APIStatusError),
     ):
         stream.get_final_message()
-
-
-def cancelled_among(fake: FakeUpstream, slugs: tuple[str, ...]) -> list[str]:
-    return sorted(slug for slug in fake.cancelled if slug in slugs)
 
 
 def test_disconnect_during_a_streamed_panel_cancels_every_member(

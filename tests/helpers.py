@@ -83,6 +83,21 @@ def gateway_env(
     }
 
 
+def config_variant(
+    folder: Path, source: Path, *, replace: tuple[str, str] | None = None, append: str = ""
+) -> Path:
+    """A copy of the gateway config ``source`` in ``folder`` (a fresh temp folder), with one
+    line replaced (``(old, new)``; ``old`` must be there) and ``append`` added at the end."""
+    text = source.read_text()
+    if replace is not None:
+        old, new = replace
+        assert old in text, f"{old!r} is not in {source}"
+        text = text.replace(old, new)
+    config = folder / "gateway.yaml"
+    config.write_text(text + append)
+    return config
+
+
 def fault_matrix_env(
     fake: FakeUpstream, api_keys: str, folder: Path, **extra: str
 ) -> dict[str, str]:

@@ -17,10 +17,12 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from anthropic.lib.streaming import ParsedMessageStreamEvent
 from anthropic.types import (
     InputJSONDelta,
     Message,
     MessageParam,
+    ParsedMessage,
     RawContentBlockDeltaEvent,
     RawContentBlockStartEvent,
     RawMessageDeltaEvent,
@@ -37,6 +39,7 @@ from .helpers import (
     FakeInThread,
     GatewayProcess,
     cancelled_among,
+    config_variant,
     fault_matrix_env,
     gateway_env,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
@@ -274,6 +277,17 @@ def test_passthrough_stream_breaking_off_is_an_error_event(
     assert kind == "error" and set(data["error"]) == {"type", "message"}
 
 
+def stream_with_weather(
+    client: anthropic.Anthropic, messages: list[MessageParam]
+) -> tuple[list[ParsedMessageStreamEvent[None]], ParsedMessage[None]]:
+    """A streamed request to the trio offering WEATHER: the SDK's events and its final message."""
+    with client.messages.stream(
+        model="fusion/trio", max_tokens=200, messages=messages, tools=[WEATHER]
+    ) as stream:
+        events = list(stream)
+        return events, stream.get_final_message()
+
+
 def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
     """The judge proposes a tool call; the client runs it and sends the result; final text."""
     script_trio(
@@ -301,13 +315,7 @@ def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> Non
             "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}],
         },
     ]
-    with client.messages.stream(
-        model="fusion/trio",
-        max_tokens=200,
-        messages=history,
-        tools=[WEATHER],
-    ) as stream:
-        final = stream.get_final_message()
+    _, final = stream_with_weather(client, history)
     assert text_of(final) == "It is sunny in Paris."
     assert final.stop_reason == "end_turn"
     sent = fake.requests_for("m/one")[0].body["messages"]
@@ -319,14 +327,7 @@ def test_streamed_tool_call(client: anthropic.Anthropic, fake: FakeUpstream) -> 
     """Tool input arrives as input_json_delta chunks the SDK assembles into the object."""
     arguments = '{"city": "Paris, the capital of France"}'
     script_trio(fake, Reply(tool_calls=[FakeToolCall("get_weather", arguments)], chunk_size=5))
-    with client.messages.stream(
-        model="fusion/trio",
-        max_tokens=200,
-        messages=USER,
-        tools=[WEATHER],
-    ) as stream:
-        events = list(stream)
-        final = stream.get_final_message()
+    events, final = stream_with_weather(client, USER)
     (call,) = final.content
     assert isinstance(call, ToolUseBlock) and call.input == {"city": "Paris, the capital of France"}
     assert final.stop_reason == "tool_use"
@@ -413,14 +414,14 @@ def limited_gateway(
     upstream: FakeInThread, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """The same gateway with one request a minute per key."""
-    config = tmp_path_factory.mktemp("limited") / "gateway.yaml"
-    config.write_text(
-        (FILES / "gateway.yaml").read_text() + "rate_limit: {requests_per_minute: 1}\n"
+    config = config_variant(
+        tmp_path_factory.mktemp("limited"),
+        FILES / "gateway.yaml",
+        append="rate_limit: {requests_per_minute: 1}\n",
     )
     env = gateway_env(upstream.fake, KEY, panels=FILES / "panels", config=config)
-    process = GatewayProcess(env)
-    yield process
-    process.stop()
+    with GatewayProcess(env) as process:
+        yield process
 
 
 def test_over_the_rate_limit_is_a_429(limited_gateway: GatewayProcess, fake: FakeUpstream) -> None:

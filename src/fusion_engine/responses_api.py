@@ -585,9 +585,10 @@ def _echo_of(request: ResponsesRequest) -> ResponseEcho:
 Status = Literal["in_progress", "completed", "incomplete", "failed"]
 
 
-class ResponseObject(msgspec.Struct, frozen=True, kw_only=True):
+class ResponseObject(ResponseEcho, frozen=True, kw_only=True):
     """A ``response`` object, as ``POST``/``GET /v1/responses`` answer and the stream's
-    ``response.*`` events carry. ``fusion`` only on fused replies."""
+    ``response.*`` events carry: the echoed request fields (ResponseEcho's, first on the wire)
+    and the response's own. ``fusion`` only on fused replies."""
 
     id: str
     object: Literal["response"] = "response"
@@ -598,18 +599,6 @@ class ResponseObject(msgspec.Struct, frozen=True, kw_only=True):
     output: list[OutputItem] = msgspec.field(default_factory=list)
     error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None
-    instructions: str | None = None
-    tools: list[Any] = msgspec.field(default_factory=list)
-    tool_choice: Any = "auto"
-    parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    previous_response_id: str | None = None
-    store: bool = True
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    text: dict[str, Any] = msgspec.field(default_factory=dict)
-    reasoning: dict[str, Any] | None = None
     truncation: Literal["disabled"] = "disabled"
     usage: ResponseUsage | None = None
     fusion: Any | msgspec.UnsetType = msgspec.UNSET
@@ -653,8 +642,8 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
         fusion: Any = None,
     ) -> ResponseObject:
         """The ``response`` object in state ``status``."""
-        echo = self.echo
         return ResponseObject(
+            **msgspec.structs.asdict(self.echo),
             id=self.id,
             created_at=self.created_at,
             status=status,
@@ -663,18 +652,6 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
             output=output,
             error=error,
             incomplete_details=incomplete,
-            instructions=echo.instructions,
-            tools=echo.tools,
-            tool_choice=echo.tool_choice,
-            parallel_tool_calls=echo.parallel_tool_calls,
-            temperature=echo.temperature,
-            top_p=echo.top_p,
-            max_output_tokens=echo.max_output_tokens,
-            previous_response_id=echo.previous_response_id,
-            store=echo.store,
-            metadata=echo.metadata,
-            text=echo.text,
-            reasoning=echo.reasoning,
             usage=ResponseUsage.of(usage) if usage is not None else None,
             fusion=msgspec.UNSET if fusion is None else fusion,
         )

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .chat_stream import ChatAnswer, StreamFailure, TokenUsage
+from .chat_stream import ChatAnswer, HoldsTheEnd, StreamFailure, TokenUsage
 from .errors import InvalidRequestError
 from .plan import panel_of_model
 from .protocol import FunctionCall, Message, PositiveInt, ToolCall, split_validation_error
@@ -737,7 +737,7 @@ class _StreamItem:
         self.arguments: list[str] = []
 
 
-class ResponsesStream:
+class ResponsesStream(HoldsTheEnd):
     """A ``StreamRenderer`` for the Responses API's SSE events (``event:`` and ``data:``
     lines, every event with its ``sequence_number``).
 
@@ -829,16 +829,6 @@ class ResponsesStream:
             output_index=self._items.index(item),
             delta=arguments,
         )
-
-    def finish(self, finish_reason: str | None, fusion: Any = None) -> bytes:
-        self._finish_reason = finish_reason
-        if fusion is not None:
-            self._fusion = fusion
-        return b""
-
-    def usage(self, usage: TokenUsage) -> bytes:
-        self._usage = usage
-        return b""
 
     def close(self) -> bytes:
         incomplete = _incomplete_of(self._finish_reason)

@@ -34,6 +34,12 @@ E2E_FILES = ROOT / "tests" / "e2e_files"
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.02)
 #: The shared Redis on 127.0.0.1:6379, in a database of its own; tests never flush anything.
 REDIS_URL = "redis://127.0.0.1:6379/15"
+#: The JSON schema of the ``get_weather`` tool the tool-call tests offer (``{"city": ...}``).
+CITY_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
 #: The variable that opts in the tests driving real agents and client libraries (`make agents-e2e`).
 AGENTS_OPT_IN = "AGENTS_E2E"
 #: Where `make agents-e2e` (scripts/install-agents.sh) puts the npm CLIs; PATH is the fallback.

@@ -24,6 +24,7 @@ import pytest
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
+    CITY_PARAMETERS,
     E2E_FILES,
     FakeInThread,
     GatewayProcess,
@@ -51,14 +52,7 @@ MEMBER_TIMEOUT_S = 1.5  # tests/e2e_files/faults/panels/trio.yaml
 MARGIN_S = 1.0  # the judge call, process scheduling, a loaded CI machine
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
+    "function": {"name": "get_weather", "parameters": CITY_PARAMETERS},
 }
 
 

@@ -16,6 +16,7 @@ from openai import AsyncOpenAI, OpenAI
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
+    CITY_PARAMETERS,
     FakeInThread,
     GatewayProcess,
     gateway_env,
@@ -31,11 +32,7 @@ WEATHER_TOOL: dict[str, Any] = {
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
+        "parameters": CITY_PARAMETERS,
     },
 }
 USER = [{"role": "user", "content": "What is the capital of France?"}]

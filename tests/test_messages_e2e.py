@@ -35,6 +35,7 @@ from anthropic.types import (
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
+    CITY_PARAMETERS,
     E2E_FILES,
     FakeInThread,
     GatewayProcess,
@@ -63,11 +64,7 @@ USER: list[MessageParam] = [{"role": "user", "content": "What is the capital of 
 WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "The weather in a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
+    "input_schema": CITY_PARAMETERS,
 }
 
 

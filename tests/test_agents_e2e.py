@@ -7,7 +7,9 @@ answer with a final text quoting it. The agent must then really run the tool (a 
 for the CLIs, a Python ``@function_tool`` for the SDK), send its result back through the gateway
 (the fake upstream must see it) and print the fused answer. The command prints
 ``fusion-tool-<token>`` while its own text (``printf 'fusion-tool-%s\\n' <token>``) does not
-contain that string, so the judge's rule can only match the tool's real output.
+contain that string, so the judge's rule can only match the tool's real output. Claude Code and
+Codex also run once on a provider's model id, which the gateway passes through (Claude Code then
+sends its key in ``x-api-key`` rather than as a Bearer token).
 
 Everything stays on 127.0.0.1: each agent gets a fresh HOME / CODEX_HOME, an environment built from
 scratch (no inherited keys) and the switches that turn off its telemetry, update checks and plugin

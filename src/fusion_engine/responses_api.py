@@ -215,13 +215,12 @@ def translate(
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    context = ResponseContext(
-        id=response_id or new_response_id(),
-        created_at=created_at if created_at is not None else int(time.time()),
-        model=request.model,
-        namespaced=namespaced,
-        echo=_echo_of(request),
+    started = _started_response(
+        request,
+        response_id or new_response_id(),
+        created_at if created_at is not None else int(time.time()),
     )
+    context = ResponseContext(started=started, namespaced=namespaced)
     return Translation(
         chat_body=body, conversation=conversation, ignored_tools=ignored, context=context
     )
@@ -543,9 +542,22 @@ class ResponseError(msgspec.Struct, frozen=True, kw_only=True):
     type: str | None = None
 
 
-class ResponseEcho(msgspec.Struct, frozen=True, kw_only=True):
-    """The request fields a ``response`` object repeats (the SDKs read them back)."""
+Status = Literal["in_progress", "completed", "incomplete", "failed"]
 
+
+class ResponseObject(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``response`` object, as ``POST``/``GET /v1/responses`` answer and the stream's
+    ``response.*`` events carry. ``fusion`` only on fused replies."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Status
+    completed_at: int | None = None
+    model: str
+    output: list[OutputItem] = msgspec.field(default_factory=list)
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
     instructions: str | None = None
     tools: list[Any] = msgspec.field(default_factory=list)
     tool_choice: Any = "auto"
@@ -556,15 +568,26 @@ class ResponseEcho(msgspec.Struct, frozen=True, kw_only=True):
     previous_response_id: str | None = None
     store: bool = True
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    text: dict[str, Any] = msgspec.field(default_factory=lambda: {"format": {"type": "text"}})
+    text: dict[str, Any] = msgspec.field(default_factory=dict)
     reasoning: dict[str, Any] | None = None
+    truncation: Literal["disabled"] = "disabled"
+    usage: ResponseUsage | None = None
+    fusion: Any | msgspec.UnsetType = msgspec.UNSET
 
 
-def _echo_of(request: ResponsesRequest) -> ResponseEcho:
+def _started_response(
+    request: ResponsesRequest, response_id: str, created_at: int
+) -> ResponseObject:
+    """The ``response`` object as it starts (in progress, no output yet), repeating the request
+    fields a response echoes (the SDKs read them back); every later state is a copy of it."""
     text = msgspec.to_builtins(request.text) if request.text is not None else None
     if not text or "format" not in text:
         text = {**(text or {}), "format": {"type": "text"}}
-    return ResponseEcho(
+    return ResponseObject(
+        id=response_id,
+        created_at=created_at,
+        status="in_progress",
+        model=request.model,
         instructions=request.instructions,
         tools=list(request.tools or []),
         tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
@@ -580,28 +603,6 @@ def _echo_of(request: ResponsesRequest) -> ResponseEcho:
         text=text,
         reasoning=request.reasoning,
     )
-
-
-Status = Literal["in_progress", "completed", "incomplete", "failed"]
-
-
-class ResponseObject(ResponseEcho, frozen=True, kw_only=True):
-    """A ``response`` object, as ``POST``/``GET /v1/responses`` answer and the stream's
-    ``response.*`` events carry: the echoed request fields (ResponseEcho's, first on the wire)
-    and the response's own. ``fusion`` only on fused replies."""
-
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    status: Status
-    completed_at: int | None = None
-    model: str
-    output: list[OutputItem] = msgspec.field(default_factory=list)
-    error: ResponseError | None = None
-    incomplete_details: IncompleteDetails | None = None
-    truncation: Literal["disabled"] = "disabled"
-    usage: ResponseUsage | None = None
-    fusion: Any | msgspec.UnsetType = msgspec.UNSET
 
 
 class DeletedResponse(msgspec.Struct, frozen=True):
@@ -621,15 +622,17 @@ def _incomplete_of(finish_reason: str | None) -> IncompleteDetails | None:
 
 
 class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
-    """What every rendering of one response shares: its id, when it was created, the model as
-    the client wrote it, how flattened tool names map back, and the echoed request fields."""
+    """What every rendering of one response shares: the response as it started (its id, when
+    it was created, the model as the client wrote it, the echoed request fields) and how
+    flattened tool names map back."""
 
-    id: str
-    created_at: int
-    model: str
+    started: ResponseObject
     #: flat chat function name -> (namespace, tool name).
     namespaced: dict[str, tuple[str, str]] = msgspec.field(default_factory=dict)
-    echo: ResponseEcho = ResponseEcho()
+
+    @property
+    def id(self) -> str:
+        return self.started.id
 
     def response(
         self,
@@ -642,13 +645,10 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
         fusion: Any = None,
     ) -> ResponseObject:
         """The ``response`` object in state ``status``."""
-        return ResponseObject(
-            **msgspec.structs.asdict(self.echo),
-            id=self.id,
-            created_at=self.created_at,
+        return msgspec.structs.replace(
+            self.started,
             status=status,
             completed_at=int(time.time()) if status == "completed" else None,
-            model=self.model,
             output=output,
             error=error,
             incomplete_details=incomplete,

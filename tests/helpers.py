@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from fusion_engine import FusionEngine, Panel, PanelMember
 from fusion_engine.settings import Settings
-from fusion_engine.testing import FakeUpstream
+from fusion_engine.testing import FakeUpstream, Reply
 from fusion_engine.timing import Clock, RetryPolicy
 from fusion_engine.upstream import UpstreamClient
 
@@ -34,6 +34,18 @@ E2E_FILES = ROOT / "tests" / "e2e_files"
 FAST_RETRY = RetryPolicy(base_s=0.01, cap_s=0.02)
 #: The shared Redis on 127.0.0.1:6379, in a database of its own; tests never flush anything.
 REDIS_URL = "redis://127.0.0.1:6379/15"
+#: The JSON schema of the ``get_weather`` tool the tool-call tests offer (``{"city": ...}``).
+CITY_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+#: The variable that opts in the tests driving real agents and client libraries (`make agents-e2e`).
+AGENTS_OPT_IN = "AGENTS_E2E"
+#: Where `make agents-e2e` (scripts/install-agents.sh) puts the npm CLIs; PATH is the fallback.
+AGENT_BIN = Path(
+    os.environ.get("AGENTS_BIN_DIR", ROOT / ".agents" / "npm" / "node_modules" / ".bin")
+)
 
 
 def env_for(fake: FakeUpstream, **extra: str) -> dict[str, str]:
@@ -75,6 +87,58 @@ def gateway_env(
         "FUSION_CACHE": "off",
         **extra,
     }
+
+
+def config_variant(
+    folder: Path, source: Path, *, replace: tuple[str, str] | None = None, append: str = ""
+) -> Path:
+    """A copy of the gateway config ``source`` in ``folder`` (a fresh temp folder), with one
+    line replaced (``(old, new)``; ``old`` must be there) and ``append`` added at the end."""
+    text = source.read_text()
+    if replace is not None:
+        old, new = replace
+        assert old in text, f"{old!r} is not in {source}"
+        text = text.replace(old, new)
+    config = folder / "gateway.yaml"
+    config.write_text(text + append)
+    return config
+
+
+def fault_matrix_env(
+    fake: FakeUpstream, api_keys: str, folder: Path, **extra: str
+) -> dict[str, str]:
+    """``gateway_env`` for a fault matrix (tests/test_faults.py, tests/test_messages_e2e.py):
+    panels and config from ``folder`` (``panels/``, ``gateway.yaml``), a keep-alive every 0.3 s
+    (tests wait for one while the panel works) and no panel reloads; ``extra`` added last."""
+    env = gateway_env(
+        fake,
+        api_keys,
+        panels=folder / "panels",
+        config=folder / "gateway.yaml",
+        FUSION_KEEPALIVE_S="0.3",
+        FUSION_RELOAD_INTERVAL_S="0",
+    )
+    return {**env, **extra}
+
+
+def script_fused_panel(
+    fake: FakeUpstream,
+    members: Mapping[str, Reply],
+    judge: str,
+    verdict: Reply,
+    **replacing: Reply,
+) -> None:
+    """Script a fused panel: each member slug of ``members`` with its reply, and ``judge`` with
+    ``verdict``. ``replacing`` swaps a member's reply, named by its slug's last part (``two=``
+    for ``f/two``)."""
+    for slug, reply in members.items():
+        fake.script(slug, replacing.get(slug.rsplit("/", 1)[-1], reply))
+    fake.script(judge, verdict)
+
+
+def cancelled_among(fake: FakeUpstream, slugs: Sequence[str]) -> list[str]:
+    """The abandoned calls for ``slugs`` (late cancellations of other tests' calls ignored)."""
+    return sorted(slug for slug in fake.cancelled if slug in slugs)
 
 
 def make_engine(
@@ -209,6 +273,12 @@ class GatewayProcess:
                 time.sleep(0.1)
         raise RuntimeError(f"gateway did not become ready:\n{self.output()}")
 
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
@@ -291,3 +361,38 @@ def server_routes() -> set[str]:
     write them (path parameters included, e.g. ``/v1/models/{model_id:path}``)."""
     decorator = re.compile(r"@(?:get|post|put|patch|delete|route)\(\s*[\"'](/[^\"']*)[\"']")
     return {m for path in SERVER_SOURCES.glob("*.py") for m in decorator.findall(path.read_text())}
+
+
+def require_agents_opt_in() -> None:
+    """Skip unless ``AGENTS_E2E=1``: the agent CLIs come from npm and the libraries are extras."""
+    if os.environ.get(AGENTS_OPT_IN) != "1":
+        pytest.skip(
+            f"real agents and clients are opt-in: `make agents-e2e` runs them ({AGENTS_OPT_IN}=1, "
+            "after installing Claude Code and Codex into .agents/ and the `agents` and `clients` "
+            "extras)"
+        )
+
+
+def missing_prerequisite(message: str) -> NoReturn:
+    """An opted-in test's missing agent or library: a skip, or a failure under ``CI=true``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def agent_cli(name: str) -> Path:
+    """The agent CLI ``name`` from AGENT_BIN, else PATH (opt-in)."""
+    require_agents_opt_in()
+    found = shutil.which(name, path=f"{AGENT_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        missing_prerequisite(f"{name} is not installed: make agents-e2e puts it in {AGENT_BIN}")
+    return Path(found)
+
+
+def require_agent_library(module: str) -> None:
+    """Skip unless opted in; then ``module`` missing is a skip, or a failure under CI."""
+    require_agents_opt_in()
+    if importlib.util.find_spec(module) is None:
+        missing_prerequisite(
+            f"{module} is not importable: pip install -e '.[agents,clients]' (make agents-e2e does)"
+        )

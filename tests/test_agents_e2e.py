@@ -7,7 +7,9 @@ answer with a final text quoting it. The agent must then really run the tool (a 
 for the CLIs, a Python ``@function_tool`` for the SDK), send its result back through the gateway
 (the fake upstream must see it) and print the fused answer. The command prints
 ``fusion-tool-<token>`` while its own text (``printf 'fusion-tool-%s\\n' <token>``) does not
-contain that string, so the judge's rule can only match the tool's real output.
+contain that string, so the judge's rule can only match the tool's real output. Claude Code and
+Codex also run once on a provider's model id, which the gateway passes through (Claude Code then
+sends its key in ``x-api-key`` rather than as a Bearer token).
 
 Everything stays on 127.0.0.1: each agent gets a fresh HOME / CODEX_HOME, an environment built from
 scratch (no inherited keys) and the switches that turn off its telemetry, update checks and plugin
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import ipaddress
 import json
 import os
@@ -36,7 +37,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -45,21 +46,18 @@ from fusion_engine.testing.script import conversation_text
 
 from .helpers import (
     E2E_FILES,
-    ROOT,
     FakeInThread,
     GatewayProcess,
+    agent_cli,
     gateway_env,
+    require_agent_library,
+    require_agents_opt_in,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
 )
 
 pytestmark = pytest.mark.agents
 
-OPT_IN = "AGENTS_E2E"
 AGENT_FILES = E2E_FILES / "agents"
-#: Where `make agents-e2e` (scripts/install-agents.sh) puts the npm CLIs; PATH is the fallback.
-AGENT_BIN = Path(
-    os.environ.get("AGENTS_BIN_DIR", ROOT / ".agents" / "npm" / "node_modules" / ".bin")
-)
 KEY = "agents-e2e-key"
 PANEL = "agent"
 MODEL = f"fusion/{PANEL}"
@@ -68,6 +66,9 @@ JUDGE = "e2e/agent-judge"
 #: Claude Code's background ("haiku") model: a passthrough id, so a side request it may make never
 #: takes the judge's scripted replies.
 SMALL_MODEL = "e2e/agent-small"
+#: A provider's model id (no fusion/ prefix): the gateway passes requests for it through.
+PLAIN = "e2e/agent-plain"
+PLAIN_ANSWER = "Hello from the provider, passed through."
 #: The judge's answer to a conversation that lacks the tool's output.
 NO_OUTPUT = "The judge saw no tool output."
 PROMPT = "Run the probe command with your shell tool and tell me exactly what it printed."
@@ -75,43 +76,15 @@ PROMPT = "Run the probe command with your shell tool and tell me exactly what it
 AGENT_TIMEOUT_S = float(os.environ.get("AGENTS_E2E_TIMEOUT_S", "180"))
 
 
-def require_opt_in() -> None:
-    if os.environ.get(OPT_IN) != "1":
-        pytest.skip(
-            f"agent e2e is opt-in: `make agents-e2e` runs it ({OPT_IN}=1, after installing "
-            "Claude Code and Codex into .agents/ and the `agents` extra)"
-        )
-
-
-def missing(message: str) -> NoReturn:
-    """A missing prerequisite: a skip, or a failure under CI."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def agent_binary(name: str) -> Path:
-    require_opt_in()
-    local = AGENT_BIN / name
-    if local.exists():
-        return local
-    found = shutil.which(name)
-    if found is None:
-        missing(f"{name} is not installed in {AGENT_BIN} nor on PATH (make agents-e2e installs it)")
-    return Path(found)
-
-
 def require_module(module: str, package: str) -> str:
     """The installed version of ``package``, whose import name is ``module``."""
-    require_opt_in()
-    if importlib.util.find_spec(module) is None:
-        missing(f"{package} is not importable: pip install -e '.[agents]' (make agents-e2e does)")
+    require_agent_library(module)
     return importlib.metadata.version(package)
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    require_opt_in()
+    require_agents_opt_in()
     env = gateway_env(
         upstream.fake, KEY, panels=AGENT_FILES / "panels", config=AGENT_FILES / "gateway.yaml"
     )
@@ -271,6 +244,14 @@ def diagnostics(run: AgentRun, gateway: GatewayProcess, fake: FakeUpstream) -> s
     )
 
 
+def agent_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh HOME and working folder for one agent run."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    return home, work
+
+
 def version_of(binary: Path, env: dict[str, str]) -> str:
     reply = subprocess.run(
         [str(binary), "--version"], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -278,34 +259,49 @@ def version_of(binary: Path, env: dict[str, str]) -> str:
     return reply.stdout.strip() or reply.stderr.strip()
 
 
-def assert_agent_run(
-    run: AgentRun, probe: Probe, gateway: GatewayProcess, fake: FakeUpstream
-) -> None:
+def assert_clean_exit(run: AgentRun, gateway: GatewayProcess, fake: FakeUpstream) -> str:
+    """The agent exited 0 without leaving 127.0.0.1; the diagnostics for further asserts."""
     explained = diagnostics(run, gateway, fake)
     assert not run.outside(), f"connections left 127.0.0.1: {run.outside()}\n{explained}"
     assert run.returncode == 0, explained
+    return explained
+
+
+def assert_agent_run(
+    run: AgentRun, probe: Probe, gateway: GatewayProcess, fake: FakeUpstream
+) -> None:
+    explained = assert_clean_exit(run, gateway, fake)
     assert_round_trip(fake, probe, explained)
     assert probe.final in run.stdout, explained
+
+
+def assert_passthrough_run(run: AgentRun, gateway: GatewayProcess, fake: FakeUpstream) -> None:
+    """The agent printed the provider's answer, asked for under the model id it was given."""
+    explained = assert_clean_exit(run, gateway, fake)
+    assert fake.requests_for(PLAIN), f"the provider's model was never asked\n{explained}"
+    assert not fake.requests_for(JUDGE), explained
+    assert PLAIN_ANSWER in run.stdout, explained
 
 
 # --- Claude Code (POST /v1/messages) ------------------------------------------------------------
 
 
-def test_claude_code_runs_bash_through_a_fused_panel(
-    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path
-) -> None:
-    """`claude -p` on fusion/agent: the judge's Bash call runs, its result goes back through
-    /v1/messages, and the fused answer is printed."""
-    claude = agent_binary("claude")
-    probe = new_probe()
-    script_panel(fake, probe, "Bash", {"command": probe.command, "description": "Print the probe"})
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
+def claude_run(
+    gateway: GatewayProcess,
+    fake: FakeUpstream,
+    tmp_path: Path,
+    model: str,
+    key_variable: str = "ANTHROPIC_AUTH_TOKEN",
+) -> AgentRun:
+    """`claude -p PROMPT` on ``model``, allowed to run Bash, in a fresh HOME; the run's line is
+    reported. ``key_variable`` carries the gateway key: ``ANTHROPIC_AUTH_TOKEN`` sends it as a
+    Bearer token, ``ANTHROPIC_API_KEY`` in ``x-api-key``."""
+    claude = agent_cli("claude")
+    home, work = agent_folders(tmp_path)
     env = {
         **base_env(home),
         "ANTHROPIC_BASE_URL": gateway.base_url,
-        "ANTHROPIC_AUTH_TOKEN": KEY,
+        key_variable: KEY,
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": SMALL_MODEL,
         "ANTHROPIC_SMALL_FAST_MODEL": SMALL_MODEL,
         # No telemetry, error reports, update checks or bootstrap calls to api.anthropic.com.
@@ -317,16 +313,40 @@ def test_claude_code_runs_bash_through_a_fused_panel(
         "CLAUDE_CODE_MAX_RETRIES": "1",
     }
     version = version_of(claude, env)
-    command = [str(claude), "-p", PROMPT, "--model", MODEL, "--allowedTools", "Bash"]
+    command = [str(claude), "-p", PROMPT, "--model", model, "--allowedTools", "Bash"]
     run = run_agent(command, env, work, tmp_path / "claude.strace")
-    report("claude-code", version, run.seconds, fake)
+    report(f"claude-code ({model})", version, run.seconds, fake)
+    return run
+
+
+def test_claude_code_runs_bash_through_a_fused_panel(
+    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """`claude -p` on fusion/agent: the judge's Bash call runs, its result goes back through
+    /v1/messages, and the fused answer is printed."""
+    probe = new_probe()
+    script_panel(fake, probe, "Bash", {"command": probe.command, "description": "Print the probe"})
+    run = claude_run(gateway, fake, tmp_path, MODEL)
     assert_agent_run(run, probe, gateway, fake)
+    first = fake.requests_for(JUDGE)[0]
+    assert len(first.body["tools"]) >= 10  # Claude Code's tools, deferred ones included
+
+
+def test_claude_code_through_a_passed_through_model(
+    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """`claude -p` on a provider's model id, its key in ``x-api-key``: /v1/messages passes it
+    through and the provider's streamed answer is printed."""
+    fake.script(PLAIN, Reply(text=PLAIN_ANSWER, chunk_size=3))
+    fake.script(SMALL_MODEL, Reply(text="ok"))
+    run = claude_run(gateway, fake, tmp_path, PLAIN, key_variable="ANTHROPIC_API_KEY")
+    assert_passthrough_run(run, gateway, fake)
 
 
 # --- Codex CLI (POST /v1/responses) -------------------------------------------------------------
 
 
-def codex_config(gateway: GatewayProcess) -> str:
+def codex_config(gateway: GatewayProcess, model: str) -> str:
     """config.toml: the gateway as a Responses provider; analytics, OpenTelemetry export,
     feedback, update checks and the plugin/app catalogues (api.github.com, chatgpt.com) off.
 
@@ -334,7 +354,7 @@ def codex_config(gateway: GatewayProcess) -> str:
     matters, without it Codex looks up the plugin catalogue's host; the rest are off for good
     measure, as interactive use and other auth modes reach more hosts."""
     return f"""\
-model = "{MODEL}"
+model = "{model}"
 model_provider = "fusion"
 check_for_update_on_startup = false
 
@@ -365,18 +385,16 @@ apps = false
 """
 
 
-def test_codex_runs_a_shell_command_through_a_fused_panel(
-    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path
-) -> None:
-    """`codex exec` on fusion/agent: the judge's exec_command runs, its output goes back through
-    /v1/responses, and the fused answer is printed."""
-    codex = agent_binary("codex")
-    probe = new_probe()
-    script_panel(fake, probe, "exec_command", {"cmd": probe.command})
-    home, work, codex_home = tmp_path / "home", tmp_path / "work", tmp_path / "codex-home"
-    for folder in (home, work, codex_home):
-        folder.mkdir()
-    (codex_home / "config.toml").write_text(codex_config(gateway))
+def codex_run(
+    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path, model: str
+) -> tuple[AgentRun, str]:
+    """`codex exec PROMPT` on ``model`` in a fresh HOME and CODEX_HOME, its sandbox off; the run
+    and the last message it wrote (``-o``). The run's line is reported."""
+    codex = agent_cli("codex")
+    home, work = agent_folders(tmp_path)
+    codex_home = tmp_path / "codex-home"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text(codex_config(gateway, model))
     env = {**base_env(home), "CODEX_HOME": str(codex_home), "FUSION_API_KEY": KEY}
     version = version_of(codex, env)
     last_message = tmp_path / "last-message.txt"
@@ -394,9 +412,40 @@ def test_codex_runs_a_shell_command_through_a_fused_panel(
         PROMPT,
     ]
     run = run_agent(command, env, work, tmp_path / "codex.strace")
-    report("codex", version, run.seconds, fake)
+    report(f"codex ({model})", version, run.seconds, fake)
+    return run, last_message.read_text() if last_message.exists() else ""
+
+
+def test_codex_runs_a_shell_command_through_a_fused_panel(
+    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """`codex exec` on fusion/agent: the judge's exec_command runs, its output goes back through
+    /v1/responses, and the fused answer is printed."""
+    probe = new_probe()
+    script_panel(fake, probe, "exec_command", {"cmd": probe.command})
+    run, last_message = codex_run(gateway, fake, tmp_path, MODEL)
     assert_agent_run(run, probe, gateway, fake)
-    assert probe.final in last_message.read_text()
+    assert probe.final in last_message
+    first = fake.requests_for(JUDGE)[0]
+    assert first.body["stream"] is True
+    names = [tool["function"]["name"] for tool in first.body["tools"]]
+    assert "exec_command" in names and any("__" in name for name in names)  # namespaces flat
+    # Codex's reasoning items carry encrypted_content for OpenAI only; none reaches a provider.
+    assert all("encrypted_content" not in str(request.body) for request in fake.received)
+
+
+def test_codex_through_a_passed_through_model(
+    gateway: GatewayProcess, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """`codex exec` on a provider's model id: /v1/responses passes it through (streamed, with
+    usage asked for) and the provider's answer is printed."""
+    fake.script(PLAIN, Reply(text=PLAIN_ANSWER, chunk_size=5))
+    run, last_message = codex_run(gateway, fake, tmp_path, PLAIN)
+    assert_passthrough_run(run, gateway, fake)
+    assert PLAIN_ANSWER in last_message
+    [request] = fake.requests_for(PLAIN)
+    assert request.body["stream"] is True
+    assert request.body["stream_options"] == {"include_usage": True}
 
 
 # --- OpenAI Agents SDK (POST /v1/responses, POST /v1/chat/completions) --------------------------

@@ -380,16 +380,16 @@ def test_ci_run_guards_cpu_per_request_after_the_tests() -> None:
 
 
 def test_ci_run_drives_real_agents_after_the_tests() -> None:
-    """`make agents-e2e` runs in CI, after the suite, opts tests/test_agents_e2e.py in and gives
-    the Claude Code and Codex it installed to the tests that skip without them."""
+    """`make agents-e2e` runs in CI, after the suite, and opts in the tests that drive the agents
+    it installed (tests/test_agents_e2e.py) and the README's agent snippets."""
     commands = [line.split("#")[0].strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     steps = [command for command in commands if command.startswith("make ")]
     assert steps.index("make test") < steps.index("make agents-e2e")
     target = re.search(r"^agents-e2e:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
     assert target and "scripts/install-agents.sh" in target.group(1)
-    for needed in ("AGENTS_E2E=1", "CLAUDE_CODE_BIN=", "CODEX_BIN=", "tests/test_agents_e2e.py"):
+    for needed in ("AGENTS_E2E=1", "AGENTS_BIN_DIR=", "tests/test_agents_e2e.py"):
         assert needed in target.group(1)
-    assert "tests/test_messages_claude_code.py tests/test_responses_codex.py" in target.group(1)
+    assert "tests/test_readme_agents.py" in target.group(1)
 
 
 def test_pre_commit_hooks_are_local_and_make_lint_runs_them() -> None:

@@ -24,11 +24,14 @@ import pytest
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
+    CITY_PARAMETERS,
     E2E_FILES,
     FakeInThread,
     GatewayProcess,
-    gateway_env,
+    cancelled_among,
+    fault_matrix_env,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    script_fused_panel,
     wait_until,
 )
 
@@ -49,30 +52,14 @@ MEMBER_TIMEOUT_S = 1.5  # tests/e2e_files/faults/panels/trio.yaml
 MARGIN_S = 1.0  # the judge call, process scheduling, a loaded CI machine
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
+    "function": {"name": "get_weather", "parameters": CITY_PARAMETERS},
 }
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    env = gateway_env(
-        upstream.fake,
-        KEY,
-        panels=FILES / "panels",
-        config=FILES / "gateway.yaml",
-        FUSION_KEEPALIVE_S="0.3",
-        FUSION_RELOAD_INTERVAL_S="0",
-    )
-    process = GatewayProcess(env)
-    yield process
-    process.stop()
+    with GatewayProcess(fault_matrix_env(upstream.fake, KEY, FILES)) as process:
+        yield process
 
 
 @pytest.fixture
@@ -83,11 +70,9 @@ def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
 
 def script_panel(fake: FakeUpstream, judge: Reply | None = None, **faults: Reply) -> None:
     """Healthy members and a verdict for the judge; ``two=`` etc. replace a member's reply."""
-    replies = {ONE: Reply(text=HEALTHY[ONE]), TWO: Reply(text="HEALTHY-TWO Paris")}
-    replies[THREE] = Reply(text=HEALTHY[THREE])
-    for slug, reply in replies.items():
-        fake.script(slug, faults.get(slug.removeprefix("f/"), reply))
-    fake.script(JUDGE, judge or Reply(text=VERDICT, chunk_size=6))
+    healthy = {ONE: Reply(text=HEALTHY[ONE]), TWO: Reply(text="HEALTHY-TWO Paris")}
+    healthy[THREE] = Reply(text=HEALTHY[THREE])
+    script_fused_panel(fake, healthy, JUDGE, judge or Reply(text=VERDICT, chunk_size=6), **faults)
 
 
 def chat(http: httpx.Client, panel: str = "trio", **extra: Any) -> tuple[httpx.Response, float]:
@@ -460,11 +445,6 @@ def test_judge_breaking_off_before_any_visible_token_falls_back(
 def patient_body(**extra: Any) -> dict[str, Any]:
     """A fused request to the patient panel (60 s member budget: only a disconnect ends it)."""
     return {"model": "fusion/patient", "messages": USER, **extra}
-
-
-def cancelled_among(fake: FakeUpstream, slugs: tuple[str, ...]) -> list[str]:
-    """The abandoned calls for ``slugs`` (late cancellations of other tests' calls ignored)."""
-    return sorted(slug for slug in fake.cancelled if slug in slugs)
 
 
 def test_disconnect_before_the_fan_out_completes_cancels_the_rest(

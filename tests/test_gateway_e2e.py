@@ -16,10 +16,12 @@ from openai import AsyncOpenAI, OpenAI
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
+    CITY_PARAMETERS,
     FakeInThread,
     GatewayProcess,
     gateway_env,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    script_fused_panel,
     wait_until,
 )
 
@@ -31,11 +33,7 @@ WEATHER_TOOL: dict[str, Any] = {
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
+        "parameters": CITY_PARAMETERS,
     },
 }
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -67,9 +65,8 @@ def script_trio(fake: FakeUpstream, judge: Reply | None = None, **members: Reply
         BETA: Reply(text="The capital of France is Paris.", cost=0.002),
         GAMMA: Reply(text="It is Paris.", cost=0.003),
     }
-    for slug, reply in defaults.items():
-        fake.script(slug, members.get(slug.removeprefix("e2e/"), reply))
-    fake.script(JUDGE, judge or Reply(text="Paris is the capital of France.", cost=0.01))
+    verdict = judge or Reply(text="Paris is the capital of France.", cost=0.01)
+    script_fused_panel(fake, defaults, JUDGE, verdict, **members)
 
 
 # --- models, panels, health ------------------------------------------------------------------

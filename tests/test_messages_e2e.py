@@ -17,10 +17,12 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from anthropic.lib.streaming import ParsedMessageStreamEvent
 from anthropic.types import (
     InputJSONDelta,
     Message,
     MessageParam,
+    ParsedMessage,
     RawContentBlockDeltaEvent,
     RawContentBlockStartEvent,
     RawMessageDeltaEvent,
@@ -33,11 +35,16 @@ from anthropic.types import (
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
+    CITY_PARAMETERS,
     E2E_FILES,
     FakeInThread,
     GatewayProcess,
+    cancelled_among,
+    config_variant,
+    fault_matrix_env,
     gateway_env,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    script_fused_panel,
     wait_until,
 )
 
@@ -57,29 +64,16 @@ USER: list[MessageParam] = [{"role": "user", "content": "What is the capital of 
 WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "The weather in a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
+    "input_schema": CITY_PARAMETERS,
 }
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeInThread) -> Iterator[GatewayProcess]:
-    env = gateway_env(
-        upstream.fake,
-        KEY,
-        panels=FILES / "panels",
-        config=FILES / "gateway.yaml",
-        FUSION_KEEPALIVE_S="0.3",
-        FUSION_RELOAD_INTERVAL_S="0",
-        # Only deterministic requests (temperature 0) are cached: the other tests are not.
-        FUSION_CACHE="memory",
-    )
-    process = GatewayProcess(env)
-    yield process
-    process.stop()
+    # Only deterministic requests (temperature 0) are cached: the other tests are not.
+    env = fault_matrix_env(upstream.fake, KEY, FILES, FUSION_CACHE="memory")
+    with GatewayProcess(env) as process:
+        yield process
 
 
 @pytest.fixture
@@ -89,9 +83,10 @@ def client(gateway: GatewayProcess) -> Iterator[anthropic.Anthropic]:
 
 
 def script_trio(fake: FakeUpstream, judge: Reply | None = None, **members: Reply) -> None:
-    for slug in TRIO:
-        fake.script(slug, members.get(slug.removeprefix("m/"), Reply(text=f"{slug} says Paris")))
-    fake.script(JUDGE, judge or Reply(text=VERDICT, chunk_size=6))
+    """Each member says Paris in its own words, the judge gives VERDICT; ``two=`` etc. replace a
+    member's reply."""
+    answers = {slug: Reply(text=f"{slug} says Paris") for slug in TRIO}
+    script_fused_panel(fake, answers, JUDGE, judge or Reply(text=VERDICT, chunk_size=6), **members)
 
 
 def post(gateway: GatewayProcess, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -279,6 +274,17 @@ def test_passthrough_stream_breaking_off_is_an_error_event(
     assert kind == "error" and set(data["error"]) == {"type", "message"}
 
 
+def stream_with_weather(
+    client: anthropic.Anthropic, messages: list[MessageParam]
+) -> tuple[list[ParsedMessageStreamEvent[None]], ParsedMessage[None]]:
+    """A streamed request to the trio offering WEATHER: the SDK's events and its final message."""
+    with client.messages.stream(
+        model="fusion/trio", max_tokens=200, messages=messages, tools=[WEATHER]
+    ) as stream:
+        events = list(stream)
+        return events, stream.get_final_message()
+
+
 def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
     """The judge proposes a tool call; the client runs it and sends the result; final text."""
     script_trio(
@@ -306,13 +312,7 @@ def test_tool_round_trip(client: anthropic.Anthropic, fake: FakeUpstream) -> Non
             "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}],
         },
     ]
-    with client.messages.stream(
-        model="fusion/trio",
-        max_tokens=200,
-        messages=history,
-        tools=[WEATHER],
-    ) as stream:
-        final = stream.get_final_message()
+    _, final = stream_with_weather(client, history)
     assert text_of(final) == "It is sunny in Paris."
     assert final.stop_reason == "end_turn"
     sent = fake.requests_for("m/one")[0].body["messages"]
@@ -324,14 +324,7 @@ def test_streamed_tool_call(client: anthropic.Anthropic, fake: FakeUpstream) -> 
     """Tool input arrives as input_json_delta chunks the SDK assembles into the object."""
     arguments = '{"city": "Paris, the capital of France"}'
     script_trio(fake, Reply(tool_calls=[FakeToolCall("get_weather", arguments)], chunk_size=5))
-    with client.messages.stream(
-        model="fusion/trio",
-        max_tokens=200,
-        messages=USER,
-        tools=[WEATHER],
-    ) as stream:
-        events = list(stream)
-        final = stream.get_final_message()
+    events, final = stream_with_weather(client, USER)
     (call,) = final.content
     assert isinstance(call, ToolUseBlock) and call.input == {"city": "Paris, the capital of France"}
     assert final.stop_reason == "tool_use"
@@ -418,14 +411,14 @@ def limited_gateway(
     upstream: FakeInThread, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """The same gateway with one request a minute per key."""
-    config = tmp_path_factory.mktemp("limited") / "gateway.yaml"
-    config.write_text(
-        (FILES / "gateway.yaml").read_text() + "rate_limit: {requests_per_minute: 1}\n"
+    config = config_variant(
+        tmp_path_factory.mktemp("limited"),
+        FILES / "gateway.yaml",
+        append="rate_limit: {requests_per_minute: 1}\n",
     )
     env = gateway_env(upstream.fake, KEY, panels=FILES / "panels", config=config)
-    process = GatewayProcess(env)
-    yield process
-    process.stop()
+    with GatewayProcess(env) as process:
+        yield process
 
 
 def test_over_the_rate_limit_is_a_429(limited_gateway: GatewayProcess, fake: FakeUpstream) -> None:
@@ -569,10 +562,6 @@ def test_mid_stream_error_is_an_error_event(gateway: GatewayProcess, fake: FakeU
         pytest.raises(anthropic.APIStatusError),
     ):
         stream.get_final_message()
-
-
-def cancelled_among(fake: FakeUpstream, slugs: tuple[str, ...]) -> list[str]:
-    return sorted(slug for slug in fake.cancelled if slug in slugs)
 
 
 def test_disconnect_during_a_streamed_panel_cancels_every_member(

@@ -227,9 +227,10 @@ def test_codex_snippet_settings() -> None:
     assert "`codex exec " in README[README.index("**Codex CLI**") :]
 
 
-@pytest.fixture(scope="module")
-def keyed_gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
-    """A gateway that demands SNIPPET_KEY, on a fake upstream, with the repo's panels."""
+@pytest.fixture(name="keyed_gateway", scope="module")
+def start_keyed_gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
+    """``keyed_gateway``: a gateway that demands SNIPPET_KEY, on a fake upstream, with the repo's
+    panels (tests/test_readme_agents.py imports it too)."""
     upstream = FakeInThread()
     process = GatewayProcess(
         {

@@ -17,37 +17,31 @@ a skip, or a failure under ``CI=true``. The CLIs are looked up in ``AGENTS_BIN_D
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from .helpers import ROOT, FakeInThread, GatewayProcess
+from .helpers import FakeInThread, GatewayProcess, agent_cli, require_agent_library
 from .test_readme import (
     AGENTS_HEADING,
     KEY_VARIABLE,
     PRINTED_BASE,
     README,
+    SNIPPET_KEY,
     agent_snippet,
     claude_code_block,
     codex_config,
     judge_echo,
+    start_keyed_gateway,  # noqa: F401 - the `keyed_gateway` fixture: a gateway demanding SNIPPET_KEY
 )
 
 pytestmark = pytest.mark.agents
 
-OPT_IN = "AGENTS_E2E"
-AGENT_BIN = Path(
-    os.environ.get("AGENTS_BIN_DIR", ROOT / ".agents" / "npm" / "node_modules" / ".bin")
-)
-KEY = "readme-clients-key"
 JUDGE = "qwen/qwen3.7-plus"
 
 
@@ -68,61 +62,13 @@ SNIPPETS = {
 }
 
 
-def require_opt_in() -> None:
-    if os.environ.get(OPT_IN) != "1":
-        pytest.skip(
-            f"README agent snippets are opt-in: {OPT_IN}=1 after installing the `clients` and "
-            "`agents` extras (and the agent CLIs: make agents-e2e)"
-        )
-
-
-def missing(message: str) -> None:
-    """A missing client: a skip, or a failure under CI."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require(module: str) -> None:
-    """Skip unless opted in; then a missing library is a skip, or a failure under CI."""
-    require_opt_in()
-    if importlib.util.find_spec(module) is None:
-        missing(f"{module} is not installed: pip install -e '.[clients,agents]'")
-
-
-def agent_cli(name: str) -> Path:
-    """The agent CLI ``name`` from AGENT_BIN, else PATH (opt-in, like the libraries)."""
-    require_opt_in()
-    found = shutil.which(name, path=f"{AGENT_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        missing(f"{name} is not installed: make agents-e2e puts it in {AGENT_BIN}")
-    assert found is not None
-    return Path(found)
-
-
 def cli_env(cli: Path, home: Path) -> dict[str, str]:
     """What a user's shell would hold: the CLI (and node) on PATH, a HOME, the gateway key."""
     return {
         "PATH": f"{cli.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(home),
-        KEY_VARIABLE: KEY,
+        KEY_VARIABLE: SNIPPET_KEY,
     }
-
-
-@pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
-    upstream = FakeInThread()
-    process = GatewayProcess(
-        {
-            "OPENROUTER_BASE_URL": upstream.fake.base_url,
-            "OPENROUTER_API_KEY": "x",
-            "FUSION_SERVER_API_KEYS": KEY,
-            "FUSION_CACHE": "off",
-        }
-    )
-    yield process, upstream
-    process.stop()
-    upstream.close()
 
 
 @pytest.mark.parametrize(
@@ -135,17 +81,17 @@ def gateway() -> Iterator[tuple[GatewayProcess, FakeInThread]]:
     ],
 )
 def test_client_snippet_prints_the_fused_answer(
-    gateway: tuple[GatewayProcess, FakeInThread], name: str, tmp_path: Path
+    keyed_gateway: tuple[GatewayProcess, FakeInThread], name: str, tmp_path: Path
 ) -> None:
     snippet = SNIPPETS[name]
-    require(snippet.module)
-    process, upstream = gateway
+    require_agent_library(snippet.module)
+    process, upstream = keyed_gateway
     upstream.fake.reset()
     code = agent_snippet("python", snippet.marker).replace(PRINTED_BASE, process.base_url)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
-        KEY_VARIABLE: KEY,
+        KEY_VARIABLE: SNIPPET_KEY,
         # LiteLLM fetches its price list from GitHub on import unless told not to (offline here,
         # that is three failed attempts and ~8 s); it never carries the key.
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -163,11 +109,11 @@ def test_client_snippet_prints_the_fused_answer(
 
 
 def test_claude_code_block_prints_the_fused_answer(
-    gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
+    keyed_gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
 ) -> None:
     """README's Claude Code block, run in bash as printed: `claude -p` answers with the panel."""
     claude = agent_cli("claude")
-    process, upstream = gateway
+    process, upstream = keyed_gateway
     upstream.fake.reset()
     project = tmp_path / "project"
     project.mkdir()
@@ -185,12 +131,12 @@ def test_claude_code_block_prints_the_fused_answer(
 
 
 def test_codex_config_and_command_print_the_fused_answer(
-    gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
+    keyed_gateway: tuple[GatewayProcess, FakeInThread], tmp_path: Path
 ) -> None:
     """README's config.toml in ~/.codex and its `codex exec` line, run as printed in a git
     repository: Codex answers with the panel over /v1/responses."""
     codex = agent_cli("codex")
-    process, upstream = gateway
+    process, upstream = keyed_gateway
     upstream.fake.reset()
     (tmp_path / ".codex").mkdir()
     (tmp_path / ".codex" / "config.toml").write_text(codex_config(process.base_url))

@@ -24,6 +24,7 @@ from .helpers import (
     REDIS_URL,
     FakeInThread,
     GatewayProcess,
+    config_variant,
     gateway_env,
     require_redis,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
@@ -52,18 +53,17 @@ def gateway(
     upstream: FakeInThread, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     # The e2e config's small limits, raised so Codex's 40 KB, 12-tool requests fit.
-    config = tmp_path_factory.mktemp("responses") / "gateway.yaml"
-    config.write_text(
-        (E2E_FILES / "gateway.yaml").read_text().replace(
+    config = config_variant(
+        tmp_path_factory.mktemp("responses"),
+        E2E_FILES / "gateway.yaml",
+        replace=(
             "limits: {max_body_bytes: 65536, max_messages: 20, max_tools: 4, max_members: 16}",
             "limits: {max_body_bytes: 1048576, max_messages: 50, max_tools: 20, max_members: 16}",
-        )
-    )  # fmt: skip
-    assert "1048576" in config.read_text()
+        ),
+    )
     env = gateway_env(upstream.fake, f"alice:{ALICE},bob:{BOB}", config=config)
-    process = GatewayProcess(env)
-    yield process
-    process.stop()
+    with GatewayProcess(env) as process:
+        yield process
 
 
 def client_for(gateway: GatewayProcess, key: str = ALICE) -> OpenAI:

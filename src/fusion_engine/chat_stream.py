@@ -110,6 +110,27 @@ class StreamRenderer(Protocol):
         ...
 
 
+class HoldsTheEnd:
+    """``finish`` and ``usage`` of a ``StreamRenderer`` whose API sends the stop reason, the
+    usage and the fusion detail only in its closing events (Anthropic's ``message_delta``, the
+    Responses API's ``response.completed``): they are kept for ``close``. The renderer's
+    ``__init__`` sets the three fields to ``None``."""
+
+    _finish_reason: str | None
+    _fusion: Any
+    _usage: TokenUsage | None
+
+    def finish(self, finish_reason: str | None, fusion: Any = None) -> bytes:
+        self._finish_reason = finish_reason
+        if fusion is not None:
+            self._fusion = fusion
+        return b""
+
+    def usage(self, usage: TokenUsage) -> bytes:
+        self._usage = usage
+        return b""
+
+
 class AnswerApi(Protocol):
     """How one API shows the gateway's answers: the Responses and Messages translations each
     give one to the server's single answer pipeline."""

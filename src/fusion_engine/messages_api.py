@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .chat_stream import ChatAnswer, StreamFailure, TokenUsage
+from .chat_stream import ChatAnswer, HoldsTheEnd, StreamFailure, TokenUsage
 from .costs import CHARS_PER_TOKEN
 from .errors import InvalidRequestError
 from .plan import panel_of_model
@@ -611,7 +611,7 @@ def _event(name: str, event: StreamEvent | dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _encode(event) + b"\n\n"
 
 
-class MessageStreamRenderer:
+class MessageStreamRenderer(HoldsTheEnd):
     """One streamed answer as Anthropic's SSE events (a ``chat_stream.StreamRenderer``).
 
     Blocks are opened as their first piece arrives and closed when another block begins or
@@ -673,15 +673,6 @@ class MessageStreamRenderer:
             delta_event = ContentBlockDeltaEvent(index=self._tool_blocks[index], delta=fragment)
             out += _event("content_block_delta", delta_event)
         return out
-
-    def finish(self, finish_reason: str | None, fusion: Any = None) -> bytes:
-        self._finish_reason = finish_reason
-        self._fusion = fusion
-        return b""
-
-    def usage(self, usage: TokenUsage) -> bytes:
-        self._usage = usage
-        return b""
 
     def close(self) -> bytes:
         stop_reason = stop_reason_of(self._finish_reason, bool(self._tool_blocks))

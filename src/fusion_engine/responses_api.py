@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .chat_stream import ChatAnswer, StreamFailure, TokenUsage
+from .chat_stream import ChatAnswer, HoldsTheEnd, StreamFailure, TokenUsage
 from .errors import InvalidRequestError
 from .plan import panel_of_model
 from .protocol import FunctionCall, Message, PositiveInt, ToolCall, split_validation_error
@@ -215,13 +215,12 @@ def translate(
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    context = ResponseContext(
-        id=response_id or new_response_id(),
-        created_at=created_at if created_at is not None else int(time.time()),
-        model=request.model,
-        namespaced=namespaced,
-        echo=_echo_of(request),
+    started = _started_response(
+        request,
+        response_id or new_response_id(),
+        created_at if created_at is not None else int(time.time()),
     )
+    context = ResponseContext(started=started, namespaced=namespaced)
     return Translation(
         chat_body=body, conversation=conversation, ignored_tools=ignored, context=context
     )
@@ -543,45 +542,6 @@ class ResponseError(msgspec.Struct, frozen=True, kw_only=True):
     type: str | None = None
 
 
-class ResponseEcho(msgspec.Struct, frozen=True, kw_only=True):
-    """The request fields a ``response`` object repeats (the SDKs read them back)."""
-
-    instructions: str | None = None
-    tools: list[Any] = msgspec.field(default_factory=list)
-    tool_choice: Any = "auto"
-    parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    previous_response_id: str | None = None
-    store: bool = True
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    text: dict[str, Any] = msgspec.field(default_factory=lambda: {"format": {"type": "text"}})
-    reasoning: dict[str, Any] | None = None
-
-
-def _echo_of(request: ResponsesRequest) -> ResponseEcho:
-    text = msgspec.to_builtins(request.text) if request.text is not None else None
-    if not text or "format" not in text:
-        text = {**(text or {}), "format": {"type": "text"}}
-    return ResponseEcho(
-        instructions=request.instructions,
-        tools=list(request.tools or []),
-        tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
-        parallel_tool_calls=(
-            request.parallel_tool_calls if request.parallel_tool_calls is not None else True
-        ),
-        temperature=request.temperature,
-        top_p=request.top_p,
-        max_output_tokens=request.max_output_tokens,
-        previous_response_id=request.previous_response_id,
-        store=request.store,
-        metadata=dict(request.metadata or {}),
-        text=text,
-        reasoning=request.reasoning,
-    )
-
-
 Status = Literal["in_progress", "completed", "incomplete", "failed"]
 
 
@@ -615,6 +575,36 @@ class ResponseObject(msgspec.Struct, frozen=True, kw_only=True):
     fusion: Any | msgspec.UnsetType = msgspec.UNSET
 
 
+def _started_response(
+    request: ResponsesRequest, response_id: str, created_at: int
+) -> ResponseObject:
+    """The ``response`` object as it starts (in progress, no output yet), repeating the request
+    fields a response echoes (the SDKs read them back); every later state is a copy of it."""
+    text = msgspec.to_builtins(request.text) if request.text is not None else None
+    if not text or "format" not in text:
+        text = {**(text or {}), "format": {"type": "text"}}
+    return ResponseObject(
+        id=response_id,
+        created_at=created_at,
+        status="in_progress",
+        model=request.model,
+        instructions=request.instructions,
+        tools=list(request.tools or []),
+        tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
+        parallel_tool_calls=(
+            request.parallel_tool_calls if request.parallel_tool_calls is not None else True
+        ),
+        temperature=request.temperature,
+        top_p=request.top_p,
+        max_output_tokens=request.max_output_tokens,
+        previous_response_id=request.previous_response_id,
+        store=request.store,
+        metadata=dict(request.metadata or {}),
+        text=text,
+        reasoning=request.reasoning,
+    )
+
+
 class DeletedResponse(msgspec.Struct, frozen=True):
     """The reply of ``DELETE /v1/responses/{id}``."""
 
@@ -632,15 +622,17 @@ def _incomplete_of(finish_reason: str | None) -> IncompleteDetails | None:
 
 
 class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
-    """What every rendering of one response shares: its id, when it was created, the model as
-    the client wrote it, how flattened tool names map back, and the echoed request fields."""
+    """What every rendering of one response shares: the response as it started (its id, when
+    it was created, the model as the client wrote it, the echoed request fields) and how
+    flattened tool names map back."""
 
-    id: str
-    created_at: int
-    model: str
+    started: ResponseObject
     #: flat chat function name -> (namespace, tool name).
     namespaced: dict[str, tuple[str, str]] = msgspec.field(default_factory=dict)
-    echo: ResponseEcho = ResponseEcho()
+
+    @property
+    def id(self) -> str:
+        return self.started.id
 
     def response(
         self,
@@ -653,28 +645,13 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
         fusion: Any = None,
     ) -> ResponseObject:
         """The ``response`` object in state ``status``."""
-        echo = self.echo
-        return ResponseObject(
-            id=self.id,
-            created_at=self.created_at,
+        return msgspec.structs.replace(
+            self.started,
             status=status,
             completed_at=int(time.time()) if status == "completed" else None,
-            model=self.model,
             output=output,
             error=error,
             incomplete_details=incomplete,
-            instructions=echo.instructions,
-            tools=echo.tools,
-            tool_choice=echo.tool_choice,
-            parallel_tool_calls=echo.parallel_tool_calls,
-            temperature=echo.temperature,
-            top_p=echo.top_p,
-            max_output_tokens=echo.max_output_tokens,
-            previous_response_id=echo.previous_response_id,
-            store=echo.store,
-            metadata=echo.metadata,
-            text=echo.text,
-            reasoning=echo.reasoning,
             usage=ResponseUsage.of(usage) if usage is not None else None,
             fusion=msgspec.UNSET if fusion is None else fusion,
         )
@@ -760,7 +737,7 @@ class _StreamItem:
         self.arguments: list[str] = []
 
 
-class ResponsesStream:
+class ResponsesStream(HoldsTheEnd):
     """A ``StreamRenderer`` for the Responses API's SSE events (``event:`` and ``data:``
     lines, every event with its ``sequence_number``).
 
@@ -852,16 +829,6 @@ class ResponsesStream:
             output_index=self._items.index(item),
             delta=arguments,
         )
-
-    def finish(self, finish_reason: str | None, fusion: Any = None) -> bytes:
-        self._finish_reason = finish_reason
-        if fusion is not None:
-            self._fusion = fusion
-        return b""
-
-    def usage(self, usage: TokenUsage) -> bytes:
-        self._usage = usage
-        return b""
 
     def close(self) -> bytes:
         incomplete = _incomplete_of(self._finish_reason)

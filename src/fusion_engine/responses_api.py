@@ -699,8 +699,11 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
                     content=[OutputText(text=answer.text)],
                 )
             )
+        # Numbered from where the calls start (``len(output)`` grows while a generator fills
+        # it), as the stream numbers them.
+        first_call = len(output)
         output.extend(
-            self.function_call_of(call, item_id=self.item_id("fc", len(output) + position))
+            self.function_call_of(call, item_id=self.item_id("fc", first_call + position))
             for position, call in enumerate(answer.tool_calls)
         )
         return self.response(

@@ -8,7 +8,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from anthropic.types import ToolParam
+from anthropic.types import ToolParam, ToolUseBlock
 from openai import OpenAI
 from openai.types.responses import ResponseFunctionToolCall
 
@@ -90,3 +90,48 @@ def test_streamed_and_stored_responses_name_their_items_alike(
     # Item ids are their output positions, as in the stream.
     calls = [item for item in stored.output if isinstance(item, ResponseFunctionToolCall)]
     assert [call.id.rsplit("_", 1)[1] for call in calls] == ["1", "2"]
+
+
+@pytest.mark.parametrize("arguments", ["not json", "[1, 2]", '{"city": "Par'])
+def test_streamed_tool_input_that_is_no_json_object_is_an_empty_input(
+    anthropic_client: anthropic.Anthropic, fake: FakeUpstream, arguments: str
+) -> None:
+    """Found in review: a judge's tool call whose arguments were not a JSON object went out as
+    ``input_json_delta`` fragments as they were, so the anthropic SDK's stream helper raised
+    ``ValueError`` (and ``[1, 2]`` became a list ``input``), while the same answer as JSON
+    became ``input: {}``."""
+    call = FakeToolCall(name="get_weather", arguments=arguments, id="call_z")
+    script_panel(fake, Reply(tool_calls=[call], chunk_size=3))
+    with anthropic_client.messages.stream(
+        model="fusion/budget",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER],
+    ) as stream:
+        streamed = stream.get_final_message()
+    uses = [block for block in streamed.content if isinstance(block, ToolUseBlock)]
+    assert [(use.name, use.input) for use in uses] == [("get_weather", {})]
+    assert streamed.stop_reason == "tool_use"
+
+
+def test_streamed_tool_input_still_arrives_as_input_json_delta(
+    anthropic_client: anthropic.Anthropic, fake: FakeUpstream
+) -> None:
+    """Input that begins a JSON object still streams in pieces as it comes."""
+    script_panel(fake, Reply(text="Checking.", tool_calls=CALLS, chunk_size=3))
+    with anthropic_client.messages.stream(
+        model="fusion/budget",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "Weather and time in Paris?"}],
+        tools=[WEATHER, {"name": "get_time", "input_schema": {"type": "object"}}],
+    ) as stream:
+        deltas = [
+            event.delta.partial_json
+            for event in stream
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta"
+        ]
+        streamed = stream.get_final_message()
+    assert "".join(deltas) == '{"city":"Paris"}{"tz":"CET"}'
+    assert len(deltas) > 2
+    uses = [block for block in streamed.content if isinstance(block, ToolUseBlock)]
+    assert [use.input for use in uses] == [{"city": "Paris"}, {"tz": "CET"}]

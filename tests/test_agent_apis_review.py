@@ -135,3 +135,43 @@ def test_streamed_tool_input_still_arrives_as_input_json_delta(
     assert len(deltas) > 2
     uses = [block for block in streamed.content if isinstance(block, ToolUseBlock)]
     assert [use.input for use in uses] == [{"city": "Paris"}, {"tz": "CET"}]
+
+
+def test_function_call_output_images_follow_the_tool_messages(
+    openai_client: OpenAI, fake: FakeUpstream
+) -> None:
+    """Found in review: a ``function_call_output`` with an ``input_image`` became a ``tool``
+    message with an ``image_url`` part, which chat completions refuse (tool messages take text
+    only: OpenAI answers 400). As on the Messages API, the tool message now says an image
+    follows and the images go in one user message after the turn's tool messages."""
+    fake.script(PLAIN, Reply(text="A red square."))
+    image = "data:image/png;base64,iVBORw0KGgo="
+    openai_client.responses.create(
+        model=PLAIN,
+        input=[
+            {"role": "user", "content": "Take two screenshots."},
+            {"type": "function_call", "call_id": "c1", "name": "shot", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "shot", "arguments": "{}"},
+            {
+                "type": "function_call_output",
+                "call_id": "c1",
+                "output": [
+                    {"type": "input_text", "text": "first"},
+                    {"type": "input_image", "image_url": image},
+                ],
+            },
+            {
+                "type": "function_call_output",
+                "call_id": "c2",
+                "output": [{"type": "input_text", "text": "second"}],
+            },
+        ],
+        tools=[{"type": "function", "name": "shot", "parameters": {"type": "object"}}],
+    )
+    sent = fake.requests_for(PLAIN)[-1].body["messages"]
+    assert [message["role"] for message in sent] == ["user", "assistant", "tool", "tool", "user"]
+    first, second = sent[2], sent[3]
+    assert first["tool_call_id"] == "c1" and isinstance(first["content"], str)
+    assert first["content"].startswith("first") and "image 1" in first["content"]
+    assert second == {"role": "tool", "tool_call_id": "c2", "content": "second"}
+    assert sent[4]["content"] == [{"type": "image_url", "image_url": {"url": image}}]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from anthropic.types import ToolParam, ToolUseBlock
 from openai import OpenAI
@@ -175,3 +176,34 @@ def test_function_call_output_images_follow_the_tool_messages(
     assert first["content"].startswith("first") and "image 1" in first["content"]
     assert second == {"role": "tool", "tool_call_id": "c2", "content": "second"}
     assert sent[4]["content"] == [{"type": "image_url", "image_url": {"url": image}}]
+
+
+@pytest.mark.parametrize(
+    ("escaped", "received"),
+    [
+        (rb"cut \ud83d", "cut \ufffd"),  # a high surrogate alone (an emoji cut in half)
+        (rb"\ude00 tail", "\ufffd tail"),  # a low surrogate alone
+        (rb"\ud83d\ude00 \\ud800", "\U0001f600 \\ud800"),  # a pair, and an escaped backslash
+    ],
+)
+def test_a_lone_surrogate_escape_is_no_400(
+    gateway: GatewayProcess, fake: FakeUpstream, escaped: bytes, received: str
+) -> None:
+    """Found in review: ``"\\ud83d"`` alone is valid JSON, and what JavaScript's
+    ``JSON.stringify`` writes for a string cut in the middle of an emoji (Claude Code and Codex
+    truncate long tool output by UTF-16 units), but msgspec refuses it: the request was a 400
+    ("Input data was truncated"), which Claude Code retries six times and then gives up on. A
+    lone surrogate now reads as U+FFFD."""
+    fake.script(PLAIN, Reply(text="Noted."))
+    body = (
+        b'{"model": "' + PLAIN.encode() + b'", "max_tokens": 50, "messages": '
+        b'[{"role": "user", "content": "' + escaped + b'"}]}'
+    )
+    reply = httpx.post(
+        f"{gateway.base_url}/v1/messages",
+        content=body,
+        headers={"x-api-key": KEY, "content-type": "application/json"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    assert fake.requests_for(PLAIN)[-1].body["messages"][-1]["content"] == received

@@ -8,11 +8,15 @@ from typing import Any
 
 import anthropic
 import httpx
+import msgspec
 import pytest
 from anthropic.types import ToolParam, ToolUseBlock
 from openai import OpenAI
 from openai.types.responses import ResponseFunctionToolCall
 
+from fusion_engine.protocol import ChatCompletionChunk
+from fusion_engine.responses_api import ResponsesStream, parse_request, translate
+from fusion_engine.server.streaming import AnswerFeed
 from fusion_engine.testing import FakeToolCall, FakeUpstream, Reply
 
 from .helpers import (
@@ -207,3 +211,32 @@ def test_a_lone_surrogate_escape_is_no_400(
     )
     assert reply.status_code == 200, reply.text
     assert fake.requests_for(PLAIN)[-1].body["messages"][-1]["content"] == received
+
+
+def test_a_streamed_call_without_an_id_keeps_one_id_in_the_stream_and_the_store() -> None:
+    """Found in review: a provider that streams a tool call without an ``id`` (some do) got a
+    random ``call_id`` in the Responses stream but ``call_0`` in the answer the gateway stored
+    from it, so the client's ``function_call_output`` on the next turn
+    (``previous_response_id``) named a call the stored conversation did not have."""
+    context = translate(parse_request({"model": "plain/model", "input": "hi"})).context
+    feed = AnswerFeed(ResponsesStream(context))
+    chunk = msgspec.convert(
+        {"choices": [{"delta": {"tool_calls": [
+            {"index": 0, "function": {"name": "get_weather", "arguments": "{}"}}
+        ]}, "finish_reason": "tool_calls"}]},
+        ChatCompletionChunk,
+    )  # fmt: skip
+    streamed = feed.chunk(chunk, final_parts=True) + feed.renderer.close()
+    done = [event for event in _sse_data(streamed) if event["type"] == "response.output_item.done"]
+    stored = context.response_of(feed.answer()).output
+    assert [event["item"]["call_id"] for event in done] == [stored[0].call_id]  # type: ignore[union-attr]
+    # Unique, not call_0 on every turn: a conversation's calls must not share an id.
+    assert stored[0].call_id != "call_0"  # type: ignore[union-attr]
+
+
+def _sse_data(stream: bytes) -> list[dict[str, Any]]:
+    return [
+        msgspec.json.decode(line.removeprefix(b"data: "))
+        for line in stream.split(b"\n")
+        if line.startswith(b"data: ")
+    ]

@@ -240,3 +240,45 @@ def _sse_data(stream: bytes) -> list[dict[str, Any]]:
         for line in stream.split(b"\n")
         if line.startswith(b"data: ")
     ]
+
+
+def test_list_limits_count_the_translated_request(
+    gateway: GatewayProcess, fake: FakeUpstream
+) -> None:
+    """Found in review: admission counted the client's own lists only, so a Messages turn of 30
+    ``tool_result`` blocks (30 chat messages) or a Responses ``namespace`` of 30 tools (30 chat
+    tools) reached the provider past ``max_messages: 20`` / ``max_tools: 16``."""
+    fake.script(PLAIN, Reply(text="Done."))
+    count = 30
+    uses = [{"type": "tool_use", "id": f"t{i}", "name": "t", "input": {}} for i in range(count)]
+    results = [
+        {"type": "tool_result", "tool_use_id": f"t{i}", "content": "r"} for i in range(count)
+    ]
+    messages = {
+        "model": PLAIN,
+        "max_tokens": 50,
+        "messages": [
+            {"role": "user", "content": "Go."},
+            {"role": "assistant", "content": uses},
+            {"role": "user", "content": results},
+        ],
+        "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+    }
+    reply = httpx.post(
+        f"{gateway.base_url}/v1/messages", json=messages, headers={"x-api-key": KEY}, timeout=30
+    )
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"]["type"] == "request_too_large"
+    namespace = {
+        "type": "namespace",
+        "name": "ns",
+        "tools": [{"type": "function", "name": f"f{i}"} for i in range(count)],
+    }
+    reply = httpx.post(
+        f"{gateway.base_url}/v1/responses",
+        json={"model": PLAIN, "input": "Go.", "tools": [namespace]},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert reply.status_code == 413, reply.text
+    assert fake.requests_for(PLAIN) == []

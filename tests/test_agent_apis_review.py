@@ -9,6 +9,7 @@ from typing import Any
 import anthropic
 import httpx
 import msgspec
+import openai
 import pytest
 from anthropic.types import ToolParam, ToolUseBlock
 from openai import OpenAI
@@ -282,3 +283,21 @@ def test_list_limits_count_the_translated_request(
     )
     assert reply.status_code == 413, reply.text
     assert fake.requests_for(PLAIN) == []
+
+
+def test_a_conversation_grown_past_the_body_limit_through_stored_turns_is_a_413(
+    openai_client: OpenAI, fake: FakeUpstream
+) -> None:
+    """Found in review: only the message count of a conversation assembled from stored turns
+    was limited, so a chain of requests each under ``max_body_bytes`` (1 MiB here) grew one
+    conversation without bound in bytes, each turn sent whole to the provider (and stored
+    again in full)."""
+    fake.script(PLAIN, Reply(text="Noted."))
+    chunk = "x" * 400_000
+    first = openai_client.responses.create(model=PLAIN, input=chunk)
+    second = openai_client.responses.create(model=PLAIN, input=chunk, previous_response_id=first.id)
+    with pytest.raises(openai.APIStatusError) as refused:
+        openai_client.responses.create(model=PLAIN, input=chunk, previous_response_id=second.id)
+    assert refused.value.status_code == 413
+    assert refused.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert len(fake.requests_for(PLAIN)) == 2

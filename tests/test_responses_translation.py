@@ -130,10 +130,11 @@ def test_function_calls_join_the_assistant_message_and_outputs_become_tool_messa
         ],
     }  # fmt: skip
     assert messages[2] == {"role": "tool", "tool_call_id": "call_a", "content": "sunny"}
+    # Text parts become a string: every chat upstream takes that in a tool message.
     assert messages[3] == {
         "role": "tool",
         "tool_call_id": "call_b",
-        "content": [{"type": "text", "text": "noon"}],
+        "content": "noon",
     }
     validate_messages(messages)
 

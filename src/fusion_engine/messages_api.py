@@ -30,7 +30,7 @@ from .chat_stream import ChatAnswer, HoldsTheEnd, StreamFailure, TokenUsage
 from .costs import CHARS_PER_TOKEN
 from .errors import InvalidRequestError
 from .plan import panel_of_model
-from .protocol import PositiveInt, ToolCall, split_validation_error
+from .protocol import FunctionCall, PositiveInt, ToolCall, split_validation_error
 
 #: Anthropic's error ``type`` for each status the gateway answers with.
 _ERROR_TYPES = {
@@ -615,7 +615,11 @@ class MessageStreamRenderer(HoldsTheEnd):
     """One streamed answer as Anthropic's SSE events (a ``chat_stream.StreamRenderer``).
 
     Blocks are opened as their first piece arrives and closed when another block begins or
-    the stream ends; a tool call's input travels only as ``input_json_delta`` fragments.
+    the stream ends; a tool call's input travels only as ``input_json_delta`` fragments, relayed
+    as they come once they begin a JSON object. Input that begins otherwise (a model's broken
+    arguments: ``[1, 2]``, prose) is held until its block closes and left out unless it is an
+    object after all, so the client sees ``input: {}`` as in a JSON reply instead of JSON its
+    SDK cannot parse.
 
     Args:
         model: the model id as the client wrote it.
@@ -631,6 +635,9 @@ class MessageStreamRenderer(HoldsTheEnd):
         self._blocks = 0  # blocks started so far; the next block's index
         self._open: tuple[str, int] | None = None  # ("text", -1) or ("tool", call index)
         self._tool_blocks: dict[int, int] = {}  # tool call index → its block index
+        #: fragments of the open tool call held until they show they begin a JSON object
+        self._held: dict[int, list[str]] = {}
+        self._refused: set[int] = set()  # held calls whose input begins with no ``{``
         self._finish_reason: str | None = None
         self._fusion: Any = None
         self._usage: TokenUsage | None = None
@@ -666,6 +673,18 @@ class MessageStreamRenderer(HoldsTheEnd):
             block = ToolUseContent(id=tool_use_id(call_id), name=name or "", input={})
             out += self._start(("tool", index), block)
             self._tool_blocks[index] = self._blocks - 1
+            self._held[index] = []
+        if index in self._held and self._open == ("tool", index):
+            held = self._held[index]
+            held.append(arguments)
+            # Everything held before is whitespace unless the call was already refused.
+            if index in self._refused or not arguments.strip():
+                return out
+            if not arguments.lstrip().startswith("{"):
+                self._refused.add(index)  # no JSON object: decided when the block closes
+                return out
+            del self._held[index]
+            arguments = "".join(held)
         # A fragment of a call whose block another block already closed (providers send calls
         # one after the other, so this is rare) still goes to its own block index.
         if arguments:
@@ -701,5 +720,14 @@ class MessageStreamRenderer(HoldsTheEnd):
     def _stop(self) -> bytes:
         if self._open is None:
             return b""
+        kind, index = self._open
         self._open = None
-        return _event("content_block_stop", ContentBlockStopEvent(index=self._blocks - 1))
+        out = b""
+        if kind == "tool" and index in self._held:
+            arguments = "".join(self._held.pop(index))
+            _, note = _tool_input(ToolCall(id="", function=FunctionCall("", arguments)))
+            if arguments.strip() and note is None:
+                fragment = InputJsonDelta(partial_json=arguments)
+                delta_event = ContentBlockDeltaEvent(index=self._blocks - 1, delta=fragment)
+                out += _event("content_block_delta", delta_event)
+        return out + _event("content_block_stop", ContentBlockStopEvent(index=self._blocks - 1))

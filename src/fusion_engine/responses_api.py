@@ -244,11 +244,17 @@ def _messages_of(items: str | list[Any]) -> list[Message]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     messages: list[Message] = []
+    #: Images of the tool outputs just translated: chat's tool messages take text only, so
+    #: they follow the turn's tool messages as one user message.
+    images: list[dict[str, Any]] = []
     for position, item in enumerate(items):
         where = f"input[{position}]"
         if not isinstance(item, dict):
             raise InvalidRequestError(f"{where} must be an object", param=where)
         kind = item.get("type", "message")
+        if images and kind != "function_call_output":
+            messages.append({"role": "user", "content": images})
+            images = []
         if kind == "message":
             message = _convert(item, MessageItem, where)
             messages.append(_chat_message(message, where))
@@ -258,15 +264,9 @@ def _messages_of(items: str | list[Any]) -> list[Message]:
         elif kind == "function_call_output":
             output = _convert(item, FunctionCallOutputItem, where)
             content = output.output
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": output.call_id,
-                    "content": content
-                    if isinstance(content, str)
-                    else _chat_parts(content, f"{where}.output"),
-                }
-            )
+            if not isinstance(content, str):
+                content = _tool_output_text(_chat_parts(content, f"{where}.output"), images)
+            messages.append({"role": "tool", "tool_call_id": output.call_id, "content": content})
         elif kind == "reasoning":
             # Another model's reasoning (often encrypted for its provider only): dropped, so
             # it never reaches the gateway's models.
@@ -277,7 +277,22 @@ def _messages_of(items: str | list[Any]) -> list[Message]:
                 "function_call_output or reasoning items",
                 param=f"{where}.type",
             )
+    if images:
+        messages.append({"role": "user", "content": images})
     return messages
+
+
+def _tool_output_text(parts: list[dict[str, Any]], images: list[dict[str, Any]]) -> str:
+    """A tool output's text, each image replaced by a note (the image itself is moved to
+    ``images``)."""
+    texts: list[str] = []
+    for part in parts:
+        if part["type"] == "text":
+            texts.append(part["text"])
+        else:
+            images.append(part)
+            texts.append(f"[image {len(images)} of these results follows in the next message]")
+    return "\n\n".join(texts)
 
 
 def _convert(item: dict[str, Any], kind: type[T], where: str) -> T:
@@ -676,8 +691,11 @@ class ResponseContext(msgspec.Struct, frozen=True, kw_only=True):
                     content=[OutputText(text=answer.text)],
                 )
             )
+        # Numbered from where the calls start (``len(output)`` grows while a generator fills
+        # it), as the stream numbers them.
+        first_call = len(output)
         output.extend(
-            self.function_call_of(call, item_id=self.item_id("fc", len(output) + position))
+            self.function_call_of(call, item_id=self.item_id("fc", first_call + position))
             for position, call in enumerate(answer.tool_calls)
         )
         return self.response(

@@ -15,6 +15,7 @@ be a loopback name or address (a DNS-rebinding page names its own host).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,12 @@ from .gateway import gateway_of
 from .serving import is_loopback
 
 _decode = msgspec.json.Decoder().decode
+#: A JSON string escape: a surrogate pair, a lone surrogate, or any other escape (matched so an
+#: escaped backslash is never read as the start of a ``\u`` escape).
+_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\\."
+)
 
 
 class BodyShape(msgspec.Struct, frozen=True):
@@ -99,7 +106,15 @@ def decode_object(body: bytes) -> dict[str, Any]:
         InvalidRequestError: not JSON, or not an object.
     """
     try:
-        raw = _decode(body)
+        try:
+            raw = _decode(body)
+        except msgspec.DecodeError:
+            # A lone surrogate escape (``"\ud83d"``) is valid JSON, and what JavaScript writes
+            # for a string cut inside an emoji, but msgspec refuses it: read it as U+FFFD.
+            repaired = _ESCAPE.sub(_without_lone_surrogate, body)
+            if repaired == body:
+                raise
+            raw = _decode(repaired)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -107,6 +122,13 @@ def decode_object(body: bytes) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     return raw
+
+
+def _without_lone_surrogate(escape: re.Match[bytes]) -> bytes:
+    text = escape.group()
+    if len(text) == 6 and text[2:3] in b"dD":  # a surrogate escape that is not half a pair
+        return b"\\ufffd"
+    return text
 
 
 def check_lists(body: dict[str, Any], shape: BodyShape, limits: LimitsSpec) -> None:

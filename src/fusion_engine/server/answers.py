@@ -20,7 +20,7 @@ from ..chat_stream import AnswerApi, ChatAnswer, StreamRenderer
 from ..errors import FusionError, InvalidRequestError
 from ..plan import FusionPlan, PanelArg, panel_of_model
 from ..protocol import GenerationParams, split_validation_error
-from .admission import Admitted
+from .admission import CHAT_SHAPE, Admitted, check_lists
 from .errors import json_response
 from .gateway import Gateway, gateway_of
 from .observe import facts_of, record_result
@@ -83,6 +83,11 @@ async def serve_chat(
         FusionError: the request is invalid, refused, or failed before its reply started.
     """
     gateway = gateway_of(request)
+    if api is not None:
+        # Admission counted the client's own lists; the translation can hold more (a turn of
+        # tool results is one Messages message but one chat message each, a Responses
+        # namespace is many tools), and the limits are on what goes upstream.
+        check_lists(body, CHAT_SHAPE, gateway.config.gateway.limits)
     chat = parse_chat_request(body)
     named = panel_of_model(chat.model)
     if named is None:

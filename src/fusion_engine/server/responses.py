@@ -94,7 +94,8 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
         history = previous.conversation
     translation = translate(parsed, history=history)
     if history:
-        _check_conversation(translation, gateway.config.gateway.limits.max_messages)
+        limits = gateway.config.gateway.limits
+        _check_conversation(translation, limits.max_messages, limits.max_body_bytes)
     store = gateway.responses if parsed.store else None
     api = ResponsesAnswers(translation, store, admitted.key_name)
     response = await serve_chat(request, admitted, translation.chat_body, api)
@@ -105,14 +106,21 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any]:
     return response
 
 
-def _check_conversation(translation: Translation, limit: int) -> None:
-    """Refuse a conversation that grew over the message limit through stored turns (admission
-    counted only this request's own ``input``)."""
+def _check_conversation(translation: Translation, limit: int, max_bytes: int) -> None:
+    """Refuse a conversation that grew over the message or body size limit through stored
+    turns (admission measured only this request's own body)."""
     count = len(translation.conversation)
     if count > limit:
         raise PayloadTooLargeError(
             f"the conversation (the stored turns of previous_response_id and this input) has "
             f"{count} messages, over the limit of {limit}",
+            param="previous_response_id",
+        )
+    size = len(_encode(translation.conversation))
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"the conversation (the stored turns of previous_response_id and this input) is "
+            f"{size} bytes, over the limit of {max_bytes}",
             param="previous_response_id",
         )
 

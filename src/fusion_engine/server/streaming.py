@@ -10,6 +10,7 @@ renderer's keep-alives keep the connection busy and a later error is sent in-ban
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -214,8 +215,13 @@ class AnswerFeed:
     def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
         """A piece of a tool call."""
         self.relayed_any = True
-        call = self._calls.setdefault(index, [call_id or f"call_{index}", name or ""])
-        call.append(arguments)
+        if index not in self._calls:
+            # A call the provider gave no id gets one here, so the renderer and the whole
+            # answer (what the Responses API stores) name it alike; unique, as a
+            # conversation's calls must be.
+            call_id = call_id or f"call_{secrets.token_hex(12)}"
+            self._calls[index] = [call_id, name or ""]
+        self._calls[index].append(arguments)
         return self.renderer.tool_call(index, call_id, name, arguments)
 
     def whole(self, answer: ChatAnswer) -> bytes:

@@ -611,3 +611,14 @@ def test_openapi_documents_the_messages_routes(gateway: GatewayProcess) -> None:
     assert set(create["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     counted = count["requestBody"]["content"]["application/json"]["schema"]
     assert "max_tokens" not in counted["required"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_provider_refusing_the_gateways_key_is_not_the_clients_auth_error(
+    gateway: GatewayProcess, fake: FakeUpstream, status: int
+) -> None:
+    """The provider refusing the gateway's own key is the gateway's trouble: a 502 api_error,
+    never the 401/403 that makes Claude Code tell its user their key is wrong."""
+    fake.script(PLAIN, Reply(status=status, error_message="bad provider key"))
+    reply = post(gateway, {"model": PLAIN, "max_tokens": 5, "messages": USER})
+    assert "bad provider key" in anthropic_error(reply, 502, "api_error")

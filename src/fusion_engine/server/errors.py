@@ -100,6 +100,10 @@ def error_response(error: FusionError, *, anthropic: bool = False) -> Response[b
     if isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, round(retry_after)))
     status = status_of(error)
+    if anthropic and isinstance(error, UpstreamError) and status in (401, 403):
+        # The provider refused the gateway's own key: Anthropic's clients read a 401/403 as
+        # their key being wrong (Claude Code tells its user to log in again).
+        status = 502
     # Errors that come after the gateway's own retries of every call involved (a failed judge
     # chain included); a provider's Retry-After past the budget leaves the client its own try.
     retried_upstream = isinstance(

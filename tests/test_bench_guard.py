@@ -201,3 +201,9 @@ def test_an_unmeasured_translation_is_a_failed_measurement(guard: types.ModuleTy
             {**CHAT_FIGURES, "responses-passthrough": 0.6, "messages-passthrough": 0.6,
              "messages-fused": 1.4}
         )  # fmt: skip
+
+
+def test_translations_are_compared_by_their_lowest_run(guard: types.ModuleType) -> None:
+    """A run slowed by the machine's other work never decides a translation verdict."""
+    runs = {"fused": [run(cpu_ms=1.4), run(cpu_ms=1.2)], "messages-fused": [run(cpu_ms=3.0)]}
+    assert guard.lowest_runs(runs) == {"fused": 1.2, "messages-fused": 3.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +72,9 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         gateway.start()
+        # What start-up built (modules, the app, panels) lives as long as the worker: frozen
+        # out of the collector's sight, a full collection no longer walks all of it again.
+        gc.freeze()
         background = [asyncio.create_task(gateway.share_prices())]
         if settings.reload_interval_s > 0:
             background.append(

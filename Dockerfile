@@ -12,6 +12,8 @@
 
 # --- builder: the project and its server extra in a venv, from wheels ----------------------------
 FROM python:3.11-slim AS builder
+# Marks this stage's images (kept untagged as build cache) so `make image` can drop stale ones.
+LABEL org.fusion-engine.stage=builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1

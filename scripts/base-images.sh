@@ -3,7 +3,8 @@
 # DOCKER_HOST (or the default socket) reaches: python:3.11-slim, redis:7-alpine,
 # prom/prometheus:v2.53.0. Run it through scripts/docker-engine.sh, as `make image` does.
 #
-# For each image: already present -> nothing; else `docker pull` (FUSION_PULL_TIMEOUT_S, 30 s);
+# For each image: already present -> nothing; else `docker pull` (FUSION_PULL_TIMEOUT_S, 60 s; after
+# one failed pull the others are not tried);
 # where no registry answers, build a STAND-IN under the same name, announced by a banner:
 #   python:3.11-slim        debootstrap --variant=minbase bookworm with python3, python3-venv,
 #                           python-is-python3, ca-certificates (Debian's Python 3.11), trimmed, with
@@ -26,7 +27,7 @@ REDIS_IMAGE=redis:7-alpine
 PROMETHEUS_IMAGE=prom/prometheus:v2.53.0
 CACHE=${FUSION_CACHE_HOME:-${HOME:-/root}/.cache/fusion-engine}/standins
 MIRROR=${FUSION_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PULL_TIMEOUT_S=${FUSION_PULL_TIMEOUT_S:-30}
+PULL_TIMEOUT_S=${FUSION_PULL_TIMEOUT_S:-60}
 PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
 # Bump when the recipe changes: the cached rootfs tarball is keyed by it and by the extra CAs.
 RECIPE=1
@@ -53,13 +54,21 @@ describe() {  # "stand-in (...)" or "official" for a present image
   if [ -n "$standin" ] && [ "$standin" != "<no value>" ]; then echo "STAND-IN ($standin)"; else echo "pulled"; fi
 }
 
+NO_REGISTRY=""  # the first failed pull's reason: the next images do not wait for it again
+
 try_pull() {
+  if [ -n "$NO_REGISTRY" ]; then
+    say "not pulling $1: the pull before failed ($NO_REGISTRY)"
+    return 1
+  fi
   say "pulling $1 (timeout ${PULL_TIMEOUT_S}s)"
   if timeout "$PULL_TIMEOUT_S" docker pull --quiet "$1" >/dev/null 2>"$CACHE/pull.err"; then
     say "pulled $1"
     return 0
   fi
-  say "cannot pull $1: $(tail -n 1 "$CACHE/pull.err")"
+  NO_REGISTRY=$(tail -n 1 "$CACHE/pull.err")
+  say "cannot pull $1: ${NO_REGISTRY:-timed out after ${PULL_TIMEOUT_S}s}"
+  NO_REGISTRY=${NO_REGISTRY:-timeout}
   return 1
 }
 
@@ -96,6 +105,8 @@ python_rootfs_tarball() {  # prints the cached tarball's path, building it when 
   tar -C "$rootfs" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
     -cf "$tarball.part" .
   mv "$tarball.part" "$tarball"
+  # Tarballs of an older recipe or other CAs are never read again.
+  find "$CACHE" -maxdepth 1 -name 'python-3.11-bookworm-*.tar' ! -path "$tarball" -delete
   rm -rf "$rootfs"
   trap - EXIT
   say "rootfs cached as $tarball ($(du -h "$tarball" | cut -f1))" >&2

@@ -23,6 +23,10 @@ current=$(docker image inspect --format '{{.Id}}' "$TAG")
 if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
   docker rmi "$previous" >/dev/null 2>&1 || true
 fi
+# Each change of the sources also leaves an untagged builder-stage image (the cache of its pip
+# install): those of this Dockerfile older than a week go (at worst one slower build).
+docker image prune --force --filter label=org.fusion-engine.stage=builder \
+  --filter until=168h >/dev/null
 
 size=$(docker image inspect --format '{{.Size}}' "$TAG")
 echo "image: $TAG ${current#sha256:} size $((size / 1000000)) MB;" \

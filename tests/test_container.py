@@ -14,11 +14,24 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from openai import OpenAI
 
-from .helpers import docker_cli, free_port, require_image, wait_until
+from fusion_engine.testing import FakeUpstream, Reply
+
+from .helpers import (
+    E2E_FILES,
+    docker_cli,
+    free_port,
+    gateway_env,
+    require_image,
+    reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
+    script_fused_panel,
+    wait_until,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -152,3 +165,49 @@ def test_runtime_venv_carries_no_install_or_test_packages(docker: str, image: st
     assert present == []
     scripts = run_docker(docker, "run", "--rm", "--entrypoint", "ls", image, "/opt/venv/bin")
     assert not {"pip", "pip3", "wheel"} & set(scripts.split())
+
+
+def test_fused_and_streamed_completions_through_the_container(
+    docker: str, image: str, fake: FakeUpstream
+) -> None:
+    """The image's gateway (read-only root, two workers) answers the openai client: a fused
+    completion of the e2e trio panel and a streamed passthrough, both from the fake upstream.
+
+    The container shares the host's network so it reaches the fake on 127.0.0.1; it binds
+    127.0.0.1 only (FUSION_HOST), on a free port."""
+    port = free_port()
+    env = gateway_env(
+        fake, "container-key",
+        panels=Path("/e2e/panels"), judges=Path("/app/judges"), config=Path("/e2e/gateway.yaml"),
+        FUSION_HOST="127.0.0.1", FUSION_PORT=str(port), FUSION_WORKERS="2",
+    )  # fmt: skip
+    options = [option for name, value in env.items() for option in ("--env", f"{name}={value}")]
+    with container(
+        docker, image,
+        "--read-only", "--tmpfs", "/tmp", "--network", "host",
+        "--volume", f"{E2E_FILES}:/e2e:ro", *options,
+    ) as name:  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        served = wait_until(lambda: http_status(f"{base}/health") == 200, timeout_s=60)
+        assert served, f"/health never answered 200:\n{logs(docker, name)}"
+        client = OpenAI(base_url=f"{base}/v1", api_key="container-key", max_retries=0, timeout=30)
+
+        members = {"e2e/alpha": Reply(text="Paris."), "e2e/beta": Reply(text="It is Paris.")}
+        members["e2e/gamma"] = Reply(text="Paris, France.")
+        script_fused_panel(fake, members, "e2e/judge", Reply(text="Paris is the capital."))
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        fused = client.chat.completions.create(model="fusion/trio", messages=question)  # type: ignore[arg-type]
+        assert fused.choices[0].message.content == "Paris is the capital."
+        assert (fused.model_extra or {})["fusion"]["panel"] == "trio"
+        assert len(fake.received) == 4  # three members and the judge, from inside the container
+
+        fake.script("vendor/model", Reply(text="streamed through the container", chunk_size=5))
+        chunks = list(
+            client.chat.completions.create(model="vendor/model", messages=question, stream=True)  # type: ignore[arg-type]
+        )
+        assert len(chunks) > 2
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        assert text == "streamed through the container"
+        assert fake.requests_for("vendor/model")[0].headers["authorization"] == (
+            "Bearer provider-secret-key"
+        )

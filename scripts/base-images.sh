@@ -39,7 +39,7 @@ banner() {  # banner IMAGE WHAT
   cat <<EOF
 ################################################################################################
 ##  STAND-IN, not the official image: $1
-##  No container registry answered, so it was built here from Debian packages ($2).
+##  Built here from Debian packages ($2): no container registry answered.
 ##  Good enough for this project's build and tests; pull the real one where a registry answers
 ##  (docker rmi $1, then run this script again).
 ################################################################################################
@@ -135,7 +135,11 @@ ensure_image() {  # ensure_image IMAGE BUILDER [ARG...]
   local image=$1 started
   shift
   if present "$image"; then
-    say "$image: present, $(describe "$image")"
+    local what
+    what=$(describe "$image")
+    say "$image: present, $what"
+    # A stand-in built by an earlier run is still one: every build on it says so.
+    case $what in STAND-IN*) banner "$image" "kept from an earlier run" ;; esac
     return 0
   fi
   try_pull "$image" && return 0

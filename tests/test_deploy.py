@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -99,11 +100,11 @@ def k8s_resources() -> dict[tuple[str, str], dict[str, Any]]:
     return resources
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """The Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+def dockerfile_instructions(path: Path = ROOT / "Dockerfile") -> list[tuple[str, str]]:
+    """A Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
     logical: list[str] = []
     pending = ""
-    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+    for raw in path.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -143,11 +144,28 @@ def only(stage: list[tuple[str, str]], instruction: str) -> str:
     return found[0]
 
 
-def health_url(command: str) -> tuple[int, str]:
-    """(port, path) of the local URL a healthcheck command fetches."""
-    match = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]*)", command)
-    assert match, f"no local URL in healthcheck {command!r}"
-    return int(match.group(1)), match.group(2)
+def healthcheck_command(arguments: str) -> list[str]:
+    """The exec-form command of a Dockerfile HEALTHCHECK (its options dropped)."""
+    _, separator, command = arguments.partition(" CMD ")
+    assert separator, f"HEALTHCHECK without CMD: {arguments!r}"
+    parsed: list[str] = json.loads(command)
+    return ["CMD", *parsed]
+
+
+def health_url(test: list[str], monkeypatch: pytest.MonkeyPatch, **environ: str) -> str:
+    """The URL a healthcheck ``["CMD", "python", "-c", CODE]`` fetches, in ``environ``.
+
+    CODE runs here with urlopen captured, so what is checked is what the check would do."""
+    assert test[:3] == ["CMD", "python", "-c"], test
+    fetched: list[str] = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **_: fetched.append(url))
+    monkeypatch.delenv("FUSION_PORT", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    exec(test[3], {})
+    (url,) = fetched
+    monkeypatch.undo()
+    return url
 
 
 def compose() -> dict[str, Any]:
@@ -254,10 +272,14 @@ def test_env_example_lists_every_compose_variable() -> None:
 # --- hadolint -----------------------------------------------------------------------------------
 
 
-def test_dockerfile_passes_hadolint(hadolint: str) -> None:
-    """hadolint finds nothing in the Dockerfile, down to style rules."""
+@pytest.mark.parametrize(
+    "dockerfile",
+    ["Dockerfile", "deploy/standins/redis/Dockerfile", "deploy/standins/prometheus/Dockerfile"],
+)
+def test_dockerfile_passes_hadolint(hadolint: str, dockerfile: str) -> None:
+    """hadolint finds nothing in the Dockerfiles, down to style rules."""
     ran = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "style", str(ROOT / "Dockerfile")],
+        [hadolint, "--no-color", "--failure-threshold", "style", str(ROOT / dockerfile)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -406,17 +428,40 @@ def test_image_runs_as_the_uid_the_manifests_expect() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_port_and_probe_paths_agree_with_the_server() -> None:
+def test_dockerfile_has_no_syntax_line() -> None:
+    """No `# syntax=` parser directive: BuildKit would fetch that frontend from Docker Hub."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+
+
+def test_healthchecks_follow_fusion_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's HEALTHCHECK and compose's fetch /health on FUSION_PORT as the container runs
+    (8000, the image's value, by default): a port moved by `-e FUSION_PORT` stays healthy."""
+    stage = final_stage()
+    image_test = healthcheck_command(only(stage, "HEALTHCHECK"))
+    compose_test = compose()["services"]["gateway"]["healthcheck"]["test"]
+    assert compose_test == image_test, "compose should run the image's own check"
+    default_port = dockerfile_env(stage)["FUSION_PORT"]
+    for test in (image_test, compose_test):
+        assert health_url(test, monkeypatch) == f"http://127.0.0.1:{default_port}/health"
+        assert health_url(test, monkeypatch, FUSION_PORT=default_port) == (
+            f"http://127.0.0.1:{default_port}/health"
+        )
+        assert health_url(test, monkeypatch, FUSION_PORT="7213") == "http://127.0.0.1:7213/health"
+
+
+def test_port_and_probe_paths_agree_with_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """Port 8000 and /health, /ready, /metrics agree across image, compose, manifests and routes."""
     routes = server_routes()
     assert {"/health", "/ready", "/metrics"} <= routes, routes
     stage = final_stage()
     port = int(dockerfile_env(stage)["FUSION_PORT"])
-    assert health_url(only(stage, "HEALTHCHECK")) == (port, "/health")
+    url = f"http://127.0.0.1:{port}/health"
+    assert health_url(healthcheck_command(only(stage, "HEALTHCHECK")), monkeypatch) == url
 
     gateway = compose()["services"]["gateway"]
     assert gateway["ports"] == [f"{port}:{port}"]
-    assert health_url(" ".join(gateway["healthcheck"]["test"])) == (port, "/health")
+    assert health_url(gateway["healthcheck"]["test"], monkeypatch) == url
 
     container = gateway_container()
     (http,) = container["ports"]
@@ -460,6 +505,27 @@ def test_mount_paths_agree_with_the_image() -> None:
     for writable in ("/tmp", env["PROMETHEUS_MULTIPROC_DIR"]):
         assert "emptyDir" in sources[mounts[writable]["name"]], writable
     assert set(mounts) == {panels, judges, "/tmp", env["PROMETHEUS_MULTIPROC_DIR"]}
+
+
+def test_manifest_leaves_the_image_what_it_needs_to_write() -> None:
+    """Under readOnlyRootFilesystem the image user's home (gunicorn's control socket lives in
+    $HOME/.gunicorn) and the metrics dir are emptyDirs, as tests/test_container.py runs the image
+    (--read-only, tmpfs /tmp); with every capability dropped, the port is an unprivileged one."""
+    stage = final_stage()
+    (useradd,) = [args for name, args in stage if name == "RUN" and "useradd" in args]
+    home = re.search(r"--home-dir (\S+)", useradd)
+    assert home, useradd
+    pod = k8s_resources()["Deployment", "fusion-gateway"]["spec"]["template"]["spec"]
+    sources = {volume["name"]: volume for volume in pod["volumes"]}
+    container = gateway_container()
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    env = dockerfile_env(stage)
+    for writable in (home.group(1), env["PROMETHEUS_MULTIPROC_DIR"]):
+        assert "emptyDir" in sources[mounts[writable]["name"]], writable
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    (http,) = container["ports"]
+    assert 1024 <= http["containerPort"] == int(env["FUSION_PORT"])
 
 
 def test_secret_keys_agree() -> None:
@@ -542,3 +608,51 @@ def test_dashboard_charts_the_design_metrics() -> None:
     assert bucketed and bucketed <= histograms
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+# --- make image in CI ---------------------------------------------------------------------------
+
+
+def make_recipe(target: str) -> str:
+    """The recipe lines of ``target`` in the Makefile."""
+    found = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert found, f"no make target {target}"
+    return found.group(1)
+
+
+def test_ci_builds_the_image_before_the_suite_runs_it() -> None:
+    """.ci/run installs what `make image` needs and runs it before `make test`, whose
+    tests/test_container.py uses the image; both targets get their engine from
+    scripts/docker-engine.sh, which stops a daemon it started (CI leaves none running)."""
+    ci = (ROOT / ".ci/run").read_text()
+    assert "need_apt+=(docker.io)" in ci and "need_apt+=(debootstrap)" in ci
+    commands = [line.split("#")[0].strip() for line in ci.splitlines()]
+    steps = [command for command in commands if command.startswith("make ")]
+    assert steps.index("make lint") < steps.index("make image") < steps.index("make test")
+    assert make_recipe("image").split() == [
+        "scripts/docker-engine.sh", "run", "--", "scripts/build-image.sh"
+    ]  # fmt: skip
+    assert make_recipe("test").split()[:4] == [
+        "scripts/docker-engine.sh",
+        "run",
+        "--optional",
+        "--",
+    ]
+    build = (ROOT / "scripts/build-image.sh").read_text()
+    assert 'DOCKER_BUILDKIT=0 docker build -t "$TAG" .' in build
+    assert "TAG=${FUSION_IMAGE:-fusion-engine:local}" in build
+    assert compose()["services"]["gateway"]["image"] == "fusion-engine:local"
+
+
+def test_base_images_are_the_ones_the_files_name() -> None:
+    """scripts/base-images.sh provides exactly the images the Dockerfile and compose pull."""
+    script = (ROOT / "scripts/base-images.sh").read_text()
+    provided = set(re.findall(r"^[A-Z]+_IMAGE=(\S+)$", script, re.M))
+    named = {args.split()[0] for name, args in dockerfile_instructions() if name == "FROM"}
+    named |= {
+        service["image"] for service in compose()["services"].values() if "build" not in service
+    }
+    assert provided == named
+    for folder in ("redis", "prometheus"):
+        standin = dockerfile_instructions(DEPLOY / "standins" / folder / "Dockerfile")
+        assert only(standin, "FROM") == "python:3.11-slim"

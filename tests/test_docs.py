@@ -455,6 +455,7 @@ RUN_ELSEWHERE = {
     "make lint": ".ci/run",
     "make test": ".ci/run",
     "make bench-guard": ".ci/run",
+    "make image": ".ci/run",
     "make schema": "test_make_schema_writes_the_committed_file",
     "make deploy-configmaps": "tests/test_deploy.py (test_configmaps_are_generated_from_...)",
     ".venv/bin/pre-commit install": "test_pre_commit_install_works_in_a_fresh_repository",

@@ -18,8 +18,8 @@ install: $(STAMP) ## create .venv and install the package with its extras
 run: $(STAMP) ## run the gateway on FUSION_HOST:FUSION_PORT (default http://127.0.0.1:8000), in-memory cache unless FUSION_CACHE says otherwise
 	FUSION_CACHE=$${FUSION_CACHE:-memory} $(BIN)/fusion serve
 
-test: $(STAMP) redis ## run the whole test suite
-	$(BIN)/pytest
+test: $(STAMP) redis ## run the whole test suite (with a Docker engine for tests/test_container.py where one can run)
+	scripts/docker-engine.sh run --optional -- $(BIN)/pytest
 
 lint: $(STAMP) ## the hooks of .pre-commit-config.yaml: ruff, formatting, mypy --strict, whitespace
 	$(BIN)/pre-commit run --all-files
@@ -84,3 +84,7 @@ bench-guard: $(STAMP) ## CI's CPU regression guard: CPU per request of passthrou
 .PHONY: bench-baseline
 bench-baseline: $(STAMP) ## measure this machine again and rewrite $(CPU_BASELINE) (commit it)
 	$(BIN)/python bench/cpu_guard.py --write-baseline $(CPU_BASELINE)
+
+.PHONY: image
+image: ## the container image fusion-engine:local (docker-compose.yml's tag); base images pulled or built as stand-ins (scripts/base-images.sh)
+	scripts/docker-engine.sh run -- scripts/build-image.sh

@@ -180,6 +180,14 @@ class ComposeStack:
         """Keys of the stack's Redis (the gateway's database 0) matching ``pattern``."""
         return self.exec("redis", "redis-cli", "--scan", "--pattern", pattern).split()
 
+    def upstream_requests(self) -> int:
+        """How many chat requests the fake upstream service has received."""
+        script = (
+            "import json, urllib.request; "
+            "print(len(json.load(urllib.request.urlopen('http://127.0.0.1:8089/_fake/requests'))))"
+        )
+        return int(self.exec("upstream", "python", "-c", script))
+
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, networks and volumes of the project still on the engine."""
         label = f"label=com.docker.compose.project={self.project}"

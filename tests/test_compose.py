@@ -37,14 +37,6 @@ class Stack(ComposeStack):
     #: Right after ``up``: each service's container as inspected (its health log included).
     at_start: dict[str, dict[str, Any]]
 
-    def upstream_requests(self) -> int:
-        """How many chat requests the fake upstream has received."""
-        script = (
-            "import json, urllib.request; "
-            "print(len(json.load(urllib.request.urlopen('http://127.0.0.1:8089/_fake/requests'))))"
-        )
-        return int(self.exec("upstream", "python", "-c", script))
-
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:

@@ -101,6 +101,9 @@ def test_services_start_in_dependency_order(stack: Stack) -> None:
         assert stack.health(stack.container(name)) in ("healthy", "running"), name
     health = get_json(f"http://127.0.0.1:{stack.gateway_port}/health")
     assert health["provider_key_configured"] is True
+    # Prometheus has no healthcheck in the file: its own health endpoint answers.
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.prometheus_port}/-/healthy") as reply:
+        assert reply.status == 200
 
 
 def test_gateway_runs_as_non_root_on_a_read_only_root(stack: Stack) -> None:

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Fusion Engine gateway image.
 #
 #   docker build -t fusion-engine .
@@ -7,6 +6,9 @@
 # The image binds 0.0.0.0, and `fusion serve` refuses a non-loopback address without bearer keys:
 # pass FUSION_SERVER_API_KEYS (or, for a private network only, FUSION_ALLOW_NO_AUTH=1). Keys always
 # come from the environment at run time, never from the image.
+
+# Builds with the legacy builder as well as BuildKit: no `# syntax=` line (BuildKit would fetch
+# that frontend from Docker Hub, and fail offline). `make image` builds it as fusion-engine:local.
 
 # --- builder: the project and its server extra in a venv, from wheels ----------------------------
 FROM python:3.11-slim AS builder
@@ -25,7 +27,14 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 COPY panels/ panels/
 COPY judges/ judges/
-RUN pip install --no-cache-dir --only-binary=:all: "./[server]"
+# Then the venv loses what only installing or testing needs, so the runtime stage copies a lean
+# one: pip, setuptools and wheel, and polyfactory with Faker (25 MB), which litestar requires
+# but imports only for OpenAPI examples (OpenAPIConfig.create_examples, off in this app). The
+# import check fails the build if the app ever needs them.
+RUN pip install --no-cache-dir --only-binary=:all: "./[server]" \
+    && pip uninstall --yes polyfactory faker \
+    && python -c "import fusion_engine.server.app, gunicorn.app.base, uvicorn_worker" \
+    && pip uninstall --yes setuptools wheel pip
 
 # --- runtime ---------------------------------------------------------------------------------------
 FROM python:3.11-slim
@@ -59,7 +68,8 @@ USER 10001:10001
 EXPOSE 8000
 
 # python:3.11-slim has no curl: urllib fails (exit 1) on a refused connection or a non-2xx reply.
+# The port is the one the gateway serves on: FUSION_PORT as the container runs (`-e FUSION_PORT=`).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('FUSION_PORT', '8000') + '/health', timeout=4)"]
 
 ENTRYPOINT ["fusion", "serve"]

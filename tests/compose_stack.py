@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from .helpers import ROOT, missing_prerequisite
+from .helpers import ROOT, docker_cli, missing_prerequisite, require_image
 
 OPT_IN = "COMPOSE_TEST"
-IMAGE = "fusion-engine:local"
+#: The gateway's image as docker-compose.yml names it (the tag `make image` builds).
+IMAGE: str = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["gateway"][
+    "image"
+]
 CI_OVERLAY = ROOT / "deploy" / "ci" / "docker-compose.ci.yml"
 SCALE_OVERLAY = ROOT / "deploy" / "ci" / "docker-compose.scale.yml"
 #: Bearer keys the CI overlay gives the gateway, by name (one per concern).
@@ -51,21 +55,9 @@ def require_compose_stack() -> None:
             f"the compose stack needs the image built first: `make compose-test` builds it "
             f"(make image) and runs these tests ({OPT_IN}=1)"
         )
-    for tool in ("docker", "docker-compose"):
-        if shutil.which(tool) is None:
-            missing_prerequisite(
-                f"{tool} is not installed (Debian: apt-get install docker.io docker-compose)"
-            )
-    where = os.environ.get("DOCKER_HOST", "the default socket")
-    info = run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False)
-    if info.returncode != 0:
-        missing_prerequisite(
-            f"no Docker engine answers at {where} (scripts/docker-engine.sh starts one): "
-            f"{info.stderr.strip()[:300]}"
-        )
-    image = run(["docker", "image", "inspect", IMAGE], timeout=30, check=False)
-    if image.returncode != 0:
-        missing_prerequisite(f"the engine at {where} has no image {IMAGE}: `make image` builds it")
+    if shutil.which("docker-compose") is None:
+        missing_prerequisite("no docker-compose (Debian: apt-get install docker-compose)")
+    require_image(docker_cli(), IMAGE)
 
 
 def run(

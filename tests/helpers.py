@@ -380,6 +380,38 @@ def missing_prerequisite(message: str) -> NoReturn:
     pytest.skip(message)
 
 
+#: The image `make image` builds (docker-compose.yml's tag).
+IMAGE = os.environ.get("FUSION_IMAGE", "fusion-engine:local")
+
+
+def docker_cli() -> str:
+    """The docker CLI, when it reaches an engine: a skip otherwise, or a failure under CI."""
+    docker = shutil.which("docker")
+    if docker is None:
+        missing_prerequisite("no docker CLI (Debian: apt-get install docker.io)")
+    try:
+        info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        missing_prerequisite("`docker info` did not answer within 30 s")
+    if info.returncode != 0:
+        missing_prerequisite(
+            "no Docker engine reachable (DOCKER_HOST or the default socket); "
+            "`make test` starts one with scripts/docker-engine.sh where dockerd can run: "
+            + (info.stderr.strip().splitlines() or ["docker info failed"])[-1]
+        )
+    return docker
+
+
+def require_image(docker: str, image: str = IMAGE) -> str:
+    """``image`` when the engine has it: a skip otherwise, or a failure under CI."""
+    found = subprocess.run(
+        [docker, "image", "inspect", image], capture_output=True, text=True, timeout=30
+    )
+    if found.returncode != 0:
+        missing_prerequisite(f"the image {image} is missing: run make image")
+    return image
+
+
 def agent_cli(name: str) -> Path:
     """The agent CLI ``name`` from AGENT_BIN, else PATH (opt-in)."""
     require_agents_opt_in()

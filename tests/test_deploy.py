@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -149,11 +150,28 @@ def only(stage: list[tuple[str, str]], instruction: str) -> str:
     return found[0]
 
 
-def health_url(command: str) -> tuple[int, str]:
-    """(port, path) of the local URL a healthcheck command fetches."""
-    match = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]*)", command)
-    assert match, f"no local URL in healthcheck {command!r}"
-    return int(match.group(1)), match.group(2)
+def healthcheck_command(arguments: str) -> list[str]:
+    """The exec-form command of a Dockerfile HEALTHCHECK (its options dropped)."""
+    _, separator, command = arguments.partition(" CMD ")
+    assert separator, f"HEALTHCHECK without CMD: {arguments!r}"
+    parsed: list[str] = json.loads(command)
+    return ["CMD", *parsed]
+
+
+def health_url(test: list[str], monkeypatch: pytest.MonkeyPatch, **environ: str) -> str:
+    """The URL a healthcheck ``["CMD", "python", "-c", CODE]`` fetches, in ``environ``.
+
+    CODE runs here with urlopen captured, so what is checked is what the check would do."""
+    assert test[:3] == ["CMD", "python", "-c"], test
+    fetched: list[str] = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **_: fetched.append(url))
+    monkeypatch.delenv("FUSION_PORT", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    exec(test[3], {})
+    (url,) = fetched
+    monkeypatch.undo()
+    return url
 
 
 def compose_text() -> str:
@@ -504,17 +522,40 @@ def test_image_runs_as_the_uid_the_manifests_expect() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_port_and_probe_paths_agree_with_the_server() -> None:
+def test_dockerfile_has_no_syntax_line() -> None:
+    """No `# syntax=` parser directive: BuildKit would fetch that frontend from Docker Hub."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+
+
+def test_healthchecks_follow_fusion_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's HEALTHCHECK and compose's fetch /health on FUSION_PORT as the container runs
+    (8000, the image's value, by default): a port moved by `-e FUSION_PORT` stays healthy."""
+    stage = final_stage()
+    image_test = healthcheck_command(only(stage, "HEALTHCHECK"))
+    compose_test = compose()["services"]["gateway"]["healthcheck"]["test"]
+    assert compose_test == image_test, "compose should run the image's own check"
+    default_port = dockerfile_env(stage)["FUSION_PORT"]
+    for test in (image_test, compose_test):
+        assert health_url(test, monkeypatch) == f"http://127.0.0.1:{default_port}/health"
+        assert health_url(test, monkeypatch, FUSION_PORT=default_port) == (
+            f"http://127.0.0.1:{default_port}/health"
+        )
+        assert health_url(test, monkeypatch, FUSION_PORT="7213") == "http://127.0.0.1:7213/health"
+
+
+def test_port_and_probe_paths_agree_with_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """Port 8000 and /health, /ready, /metrics agree across image, compose, manifests and routes."""
     routes = server_routes()
     assert {"/health", "/ready", "/metrics"} <= routes, routes
     stage = final_stage()
     port = int(dockerfile_env(stage)["FUSION_PORT"])
-    assert health_url(only(stage, "HEALTHCHECK")) == (port, "/health")
+    url = f"http://127.0.0.1:{port}/health"
+    assert health_url(healthcheck_command(only(stage, "HEALTHCHECK")), monkeypatch) == url
 
     gateway = compose()["services"]["gateway"]
     assert gateway["ports"] == [f"${{GATEWAY_PUBLISH:-{port}}}:{port}"]
-    assert health_url(" ".join(gateway["healthcheck"]["test"])) == (port, "/health")
+    assert health_url(gateway["healthcheck"]["test"], monkeypatch) == url
 
     container = gateway_container()
     (http,) = container["ports"]

@@ -33,6 +33,8 @@ IMAGE: str = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services
 ]
 CI_OVERLAY = ROOT / "deploy" / "ci" / "docker-compose.ci.yml"
 SCALE_OVERLAY = ROOT / "deploy" / "ci" / "docker-compose.scale.yml"
+#: An env file with no variables, in place of the checkout's .env.
+EMPTY_ENV_FILE = ROOT / "deploy" / "ci" / "compose.env"
 #: Bearer keys the CI overlay gives the gateway, by name (one per concern).
 KEYS = {
     "ci": "ci-key",
@@ -105,7 +107,10 @@ class ComposeStack:
         self, *args: str, timeout: float = 300, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         files = [arg for path in self.files for arg in ("-f", str(path))]
-        command = ["docker-compose", "-p", self.project, "--project-directory", str(ROOT), *files]
+        command = [
+            "docker-compose", "-p", self.project, "--project-directory", str(ROOT),
+            "--env-file", str(EMPTY_ENV_FILE), *files,
+        ]  # fmt: skip
         return run([*command, *args], timeout=timeout, check=check, env=self.env)
 
     def up(self, *args: str) -> None:

@@ -85,6 +85,10 @@ bench-guard: $(STAMP) ## CI's CPU regression guard: CPU per request of passthrou
 bench-baseline: $(STAMP) ## measure this machine again and rewrite $(CPU_BASELINE) (commit it)
 	$(BIN)/python bench/cpu_guard.py --write-baseline $(CPU_BASELINE)
 
+.PHONY: compose-test
+compose-test: $(STAMP) image ## the compose stack (docker-compose.yml + deploy/ci/) up for real, then two gateway replicas on one Redis (about 75 s); prints the figures of deploy/README.md
+	COMPOSE_TEST=1 scripts/docker-engine.sh run -- $(BIN)/pytest -m docker -s tests/test_compose.py tests/test_scale_out.py
+
 .PHONY: image
 image: ## the container image fusion-engine:local (docker-compose.yml's tag); base images pulled or built as stand-ins (scripts/base-images.sh)
 	scripts/docker-engine.sh run -- scripts/build-image.sh

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from fusion_engine.config import load_config
 from fusion_engine.errors import ConfigError
 from fusion_engine.server.serving import check_auth_binding
 from fusion_engine.settings import Settings
@@ -52,6 +53,11 @@ DESIGN_METRICS = {
     "fusion_inflight_requests",
 }
 SECRET_KEYS = {"OPENROUTER_API_KEY", "FUSION_SERVER_API_KEYS"}
+#: Variables of docker-compose.yml (and .env.example) that compose itself reads, not our code.
+COMPOSE_VARIABLES = {
+    "GATEWAY_PUBLISH": "the gateway's [address:]port on the host",
+    "PROMETHEUS_PUBLISH": "Prometheus's [address:]port on the host",
+}
 
 
 # --- finding tools ------------------------------------------------------------------------------
@@ -168,8 +174,12 @@ def health_url(test: list[str], monkeypatch: pytest.MonkeyPatch, **environ: str)
     return url
 
 
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
 def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load(compose_text())
     return loaded
 
 
@@ -210,11 +220,22 @@ def clean_checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_compose(tool: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    tool: str,
+    folder: Path,
+    *args: str,
+    overlays: tuple[Path, ...] = (),
+    variables: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     # A bare environment: no variable of this machine may fill in the file's ${...} values.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder)}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(folder),
+        **(variables or {}),
+    }
+    files = [str(folder / "docker-compose.yml"), *map(str, overlays)]
     return subprocess.run(
-        [tool, "--project-directory", str(folder), "-f", str(folder / "docker-compose.yml"), *args],
+        [tool, "--project-directory", str(folder), *(a for f in files for a in ("-f", f)), *args],
         cwd=folder, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -257,6 +278,82 @@ def test_env_example_is_a_working_env_file(docker_compose: str, clean_checkout: 
     )
     assert example["OPENROUTER_API_KEY"]
     assert env["OPENROUTER_API_KEY"] == example["OPENROUTER_API_KEY"]
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, int | None, int]]:
+    """(host address, host port, container port) of each port ``docker-compose config`` rendered."""
+    found = []
+    for port in service["ports"]:
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", ""), port.get("published"), int(port["target"])))
+        else:  # 1.29 writes an address as "127.0.0.1:18000:8000/tcp"
+            host_ip, _, rest = port.removesuffix("/tcp").partition(":")
+            host_port, _, target = rest.rpartition(":")
+            found.append((host_ip, int(host_port) if host_port else None, int(target)))
+    return found
+
+
+def test_compose_publishes_where_told(docker_compose: str, clean_checkout: Path) -> None:
+    """Users get ports 8000 and 9090 on every address; GATEWAY_PUBLISH and PROMETHEUS_PUBLISH
+    move them (CI: 127.0.0.1 only, a chosen port or an ephemeral one per replica)."""
+    ran = run_compose(docker_compose, clean_checkout, "config")
+    assert ran.returncode == 0, ran.stderr
+    services = yaml.safe_load(ran.stdout)["services"]
+    assert published(services["gateway"]) == [("", 8000, 8000)]
+    assert published(services["prometheus"]) == [("", 9090, 9090)]
+    moved = {"GATEWAY_PUBLISH": "127.0.0.1:18000", "PROMETHEUS_PUBLISH": "127.0.0.1:"}
+    ran = run_compose(docker_compose, clean_checkout, "config", variables=moved)
+    assert ran.returncode == 0, ran.stderr
+    services = yaml.safe_load(ran.stdout)["services"]
+    assert published(services["gateway"]) == [("127.0.0.1", 18000, 8000)]
+    assert published(services["prometheus"]) == [("127.0.0.1", None, 9090)]
+    assert set(COMPOSE_VARIABLES) <= set(re.findall(r"\$\{([A-Z0-9_]+)", compose_text()))
+
+
+def test_compose_gateway_has_a_read_only_root() -> None:
+    """As in Kubernetes: a read-only root, with memory for /tmp (gunicorn's $HOME) and for the
+    metrics folder, owned by the image's user."""
+    gateway = compose()["services"]["gateway"]
+    assert gateway["read_only"] is True
+    env = dockerfile_env(final_stage())
+    uid, _, gid = only(final_stage(), "USER").partition(":")
+    tmpfs = dict(entry.partition(":")[::2] for entry in gateway["tmpfs"])
+    assert set(tmpfs) == {"/tmp", env["PROMETHEUS_MULTIPROC_DIR"]}
+    options = dict(o.split("=") for o in tmpfs[env["PROMETHEUS_MULTIPROC_DIR"]].split(","))
+    assert (options["uid"], options["gid"]) == (uid, gid)
+
+
+def test_ci_overlay_adds_the_fake_upstream_and_replaces_nothing(docker_compose: str) -> None:
+    """deploy/ci/docker-compose.ci.yml (and the scale-out one on top) keep the users' three
+    services as they are (image, command, Redis URL) and add the fake upstream, listening on
+    0.0.0.0 in its container at the address the gateway is given."""
+    ci = DEPLOY / "ci"
+    overlays = (ci / "docker-compose.ci.yml", ci / "docker-compose.scale.yml")
+    plain = run_compose(docker_compose, ROOT, "config")
+    both = run_compose(docker_compose, ROOT, "config", overlays=overlays)
+    assert plain.returncode == both.returncode == 0, plain.stderr + both.stderr
+    users, ours = (yaml.safe_load(r.stdout)["services"] for r in (plain, both))
+    assert set(ours) == {*users, "upstream"}
+    for name, service in users.items():
+        for field in ("image", "command", "read_only", "tmpfs", "user"):
+            assert ours[name].get(field) == service.get(field), (name, field)
+    gateway = ours["gateway"]
+    assert gateway["environment"]["REDIS_URL"] == users["gateway"]["environment"]["REDIS_URL"]
+    upstream = ours["upstream"]
+    assert upstream["image"] == gateway["image"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in upstream["command"])
+    assert flags["host"] == "0.0.0.0"
+    base_url = urlsplit(gateway["environment"]["OPENROUTER_BASE_URL"])
+    assert (base_url.hostname, base_url.port) == ("upstream", int(flags["port"]))
+    assert flags["require-key"] == gateway["environment"]["OPENROUTER_API_KEY"]
+    assert gateway["depends_on"]["upstream"]["condition"] == "service_healthy"
+    # The scale-out config is mounted where FUSION_CONFIG points, and is a valid config.
+    config = gateway["environment"]["FUSION_CONFIG"]
+    (mount,) = [v for v in gateway["volumes"] if v.split(":")[1] == config]
+    assert Path(mount.split(":")[0]) == ci / "gateway-scale.yaml"
+    scale = load_config(Settings.from_environ({"FUSION_CONFIG": str(ci / "gateway-scale.yaml")}))
+    assert scale.gateway.rate_limit.requests_per_minute
+    assert scale.gateway.max_cost_usd is not None
 
 
 def test_env_example_lists_every_compose_variable() -> None:
@@ -385,7 +482,8 @@ def test_every_variable_set_is_read_by_the_code() -> None:
         ),
         ".env.example": set(
             re.findall(r"^#?\s?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
-        ),
+        )
+        - set(COMPOSE_VARIABLES),
     }
     for where, names in set_by.items():
         assert names, f"nothing found in {where}"
@@ -460,7 +558,7 @@ def test_port_and_probe_paths_agree_with_the_server(monkeypatch: pytest.MonkeyPa
     assert health_url(healthcheck_command(only(stage, "HEALTHCHECK")), monkeypatch) == url
 
     gateway = compose()["services"]["gateway"]
-    assert gateway["ports"] == [f"{port}:{port}"]
+    assert gateway["ports"] == [f"${{GATEWAY_PUBLISH:-{port}}}:{port}"]
     assert health_url(gateway["healthcheck"]["test"], monkeypatch) == url
 
     container = gateway_container()

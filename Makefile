@@ -78,7 +78,7 @@ agents-e2e: $(STAMP) ## real agents through the gateway: Claude Code and Codex (
 CPU_BASELINE := bench/peers/cpu-baseline.json
 
 .PHONY: bench-guard
-bench-guard: $(STAMP) ## CI's CPU regression guard: CPU per request of passthrough and fused vs $(CPU_BASELINE) (< 1 min)
+bench-guard: $(STAMP) ## CI's CPU regression guard: passthrough and fused vs $(CPU_BASELINE), the Responses and Messages workloads vs chat × 1.25 (about 3 min)
 	$(BIN)/python bench/cpu_guard.py --guard $(CPU_BASELINE)
 
 .PHONY: bench-baseline

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write-baseline", type=Path, metavar="PATH", help="measure, write PATH")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="limit: × baseline")
     parser.add_argument("--duration", type=int, default=3, help="seconds per run")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per workload (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per workload (median)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument(
         "--min-requests", type=int, default=DEFAULT_MIN_REQUESTS, help="per run, else exit 2"

@@ -32,15 +32,17 @@ from .errors import json_response
 class MessagesApi:
     """Anthropic's form of one answer (an ``AnswerApi``)."""
 
-    def __init__(self, *, model: str, input_tokens: int) -> None:
-        self._model = model
+    def __init__(self, *, chat_body: dict[str, Any]) -> None:
+        self._chat_body = chat_body
+        self._model: str = chat_body["model"]
         self._id = message_id()
-        self._input_tokens = input_tokens
 
     def renderer(self) -> MessageStreamRenderer:
-        return MessageStreamRenderer(
-            model=self._model, message_id=self._id, input_tokens=self._input_tokens
-        )
+        # Only a stream needs the estimate: message_start names input tokens before any
+        # provider has counted them.
+        body = self._chat_body
+        estimate = estimate_input_tokens(body["messages"], body.get("tools"))
+        return MessageStreamRenderer(model=self._model, message_id=self._id, input_tokens=estimate)
 
     def reply(self, answer: ChatAnswer) -> AnthropicMessage:
         return message_of(answer, model=self._model, message_id=self._id)
@@ -61,9 +63,7 @@ async def create_message(request: Request[Any, Any, Any]) -> Response[Any]:
     model through (to the passthrough provider's chat completions); answer as Anthropic does."""
     admitted = await admit(request)
     chat_body = chat_body_of(admitted.body)
-    estimate = estimate_input_tokens(chat_body["messages"], chat_body.get("tools"))
-    api = MessagesApi(model=chat_body["model"], input_tokens=estimate)
-    return await serve_chat(request, admitted, chat_body, api)
+    return await serve_chat(request, admitted, chat_body, MessagesApi(chat_body=chat_body))
 
 
 @post("/v1/messages/count_tokens", status_code=200, summary="Estimate a Messages request's tokens")

@@ -20,6 +20,7 @@ from ..chat_stream import AnswerApi, ChatAnswer, StreamRenderer
 from ..errors import FusionError, InvalidRequestError
 from ..plan import FusionPlan, PanelArg, panel_of_model
 from ..protocol import GenerationParams, split_validation_error
+from ..stage_timing import server_timing, stage_times
 from .admission import CHAT_SHAPE, Admitted, check_lists
 from .errors import json_response
 from .gateway import Gateway, gateway_of
@@ -122,10 +123,14 @@ async def serve_chat(
                 plan, lambda: gateway.engine.run(plan), cache_control=cache_control, scope=scope
             ),
         )
-    record_result(facts_of(request), result, outcome)
+    facts = facts_of(request)
+    record_result(facts, result, outcome)
     answer = answer_of(result, options.detail)
     await api.answered(answer)
-    return json_response(api.reply(answer), headers=fused_headers(result, outcome))
+    headers = fused_headers(result, outcome)
+    elapsed_ms = (time.perf_counter() - facts.started) * 1000
+    headers["Server-Timing"] = server_timing(stage_times(result, elapsed_ms))
+    return json_response(api.reply(answer), headers=headers)
 
 
 def parse_chat_request(raw: dict[str, Any]) -> ChatRequest:

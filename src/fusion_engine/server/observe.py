@@ -36,6 +36,8 @@ class RequestFacts(msgspec.Struct, kw_only=True):
     degraded: str | None = None
     #: The members' agreement, for fresh fusions only (a cache hit was counted when fused).
     agreement: float | None = None
+    #: When the request reached the gateway (``time.perf_counter``), for its stage timings.
+    started: float = msgspec.field(default_factory=time.perf_counter)
 
 
 def facts_of(request: Request[Any, Any, Any]) -> RequestFacts:
@@ -54,6 +56,7 @@ def request_observer(metrics: Metrics) -> Any:
                 await app(scope, receive, send)
                 return
             started = time.perf_counter()
+            scope.setdefault("state", {})[_FACTS] = RequestFacts(started=started)
             status = 500
             structlog.contextvars.bind_contextvars(request_id=request_id(scope))
 

@@ -186,6 +186,11 @@ def _fused_headers() -> dict[str, OpenAPIHeader]:
             description="``judge_failed`` when a member's answer stood in for the judge.",
             schema=_string(),
         ),
+        "Server-Timing": OpenAPIHeader(
+            description="On non-streamed fused replies: ``members;dur=…, judge;dur=…, "
+            "gateway;dur=…`` (milliseconds; members and judge are 0 on a cache hit).",
+            schema=_string(),
+        ),
     }
 
 

@@ -102,3 +102,34 @@ def test_streams_and_passthrough_carry_no_stage_timing(
     assert "server-timing" not in streamed.headers
     plain = post(gateway, "/v1/chat/completions", {"model": "e2e/alpha", "messages": USER})
     assert "server-timing" not in plain.headers
+
+
+def overhead_series(gateway: GatewayProcess, route: str) -> tuple[float, float]:
+    """``fusion_gateway_overhead_seconds``'s count and sum for ``route``."""
+    text = httpx.get(f"{gateway.base_url}/metrics", timeout=10).text
+    figures = {}
+    for kind in ("count", "sum"):
+        match = re.search(
+            rf'^fusion_gateway_overhead_seconds_{kind}\{{route="{re.escape(route)}"\}} (\S+)$',
+            text, re.M,
+        )  # fmt: skip
+        figures[kind] = float(match.group(1)) if match else 0.0
+    return figures["count"], figures["sum"]
+
+
+def test_the_gateways_own_time_is_a_histogram_without_the_models_time(
+    gateway: GatewayProcess, fake: FakeUpstream
+) -> None:
+    """Fused and passed-through requests add their gateway share to
+    ``fusion_gateway_overhead_seconds{route}``: a request that waited 0.5 s on its models adds
+    far less than that."""
+    for slug in MEMBERS:
+        fake.script(slug, Reply(text="Soon.", delay_s=0.3))
+    fake.script("e2e/judge", Reply(text="Soon enough.", delay_s=0.2))
+    route = "/v1/chat/completions"
+    count_before, sum_before = overhead_series(gateway, route)
+    post(gateway, route, {"model": "fusion/trio", "messages": USER, "temperature": 0.9})
+    post(gateway, route, {"model": "e2e/alpha", "messages": USER})  # passed through, 0.3 s
+    count, total = overhead_series(gateway, route)
+    assert count == count_before + 2
+    assert 0 < total - sum_before < 0.2

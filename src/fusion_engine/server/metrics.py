@@ -30,6 +30,8 @@ from .metrics_files import install as install_reserved_files
 #: From tens of milliseconds (cache hits, fast models) to minutes (long fusions).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)
+#: The gateway's own time per request: well under a millisecond when all is well.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 AD_HOC = "ad-hoc"
 NO_PANEL = "-"
 
@@ -130,6 +132,12 @@ class Metrics:
             "fusion_inflight_requests", "Requests being served right now.",
             registry=registry, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.gateway_overhead = Histogram(
+            "fusion_gateway_overhead_seconds",
+            "The gateway's own share of a request: its time minus its upstream calls' (requests"
+            " whose upstream time is known: fused, and non-streamed passthrough).",
+            ["route"], buckets=OVERHEAD_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.agreement = Histogram(
             "fusion_agreement", "How much a panel's members agreed (0-1), per fresh fusion.",
             ["panel"], buckets=AGREEMENT_BUCKETS, registry=registry,
@@ -146,6 +154,7 @@ class Metrics:
         self._upstream_tokens = Children(self.upstream_tokens)
         self._upstream_cost = Children(self.upstream_cost)
         self._agreement = Children(self.agreement)
+        self._gateway_overhead = Children(self.gateway_overhead)
         self.cache_lookup = Children(self.cache_requests)
 
     def model_label(self, model: str) -> str:
@@ -157,11 +166,20 @@ class Metrics:
         return panel if panel in self.known_panels else NO_PANEL
 
     def observe_request(
-        self, route: str, panel: str, status: int, seconds: float, agreement: float | None
+        self,
+        route: str,
+        panel: str,
+        status: int,
+        seconds: float,
+        agreement: float | None,
+        upstream_seconds: float | None = None,
     ) -> None:
-        """Record one routed request (``panel`` already a label)."""
+        """Record one routed request (``panel`` already a label); with ``upstream_seconds``,
+        also the gateway's own share of it."""
         self._requests(route, panel, str(status)).inc()
         self._request_duration(route, panel).observe(seconds)
+        if upstream_seconds is not None:
+            self._gateway_overhead(route).observe(max(seconds - upstream_seconds, 0.0))
         if agreement is not None:
             self._agreement(panel).observe(agreement)
 

@@ -36,6 +36,8 @@ class RequestFacts(msgspec.Struct, kw_only=True):
     degraded: str | None = None
     #: The members' agreement, for fresh fusions only (a cache hit was counted when fused).
     agreement: float | None = None
+    #: How long its upstream calls took, when known (fused, non-streamed passthrough).
+    upstream_ms: float | None = None
     #: When the request reached the gateway (``time.perf_counter``), for its stage timings.
     started: float = msgspec.field(default_factory=time.perf_counter)
 
@@ -83,8 +85,9 @@ def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> Non
     facts: RequestFacts = scope.get("state", {}).get(_FACTS) or RequestFacts()
     handler = scope.get("route_handler")
     route = min(handler.paths) if handler is not None else scope.get("path", "-")
+    upstream_s = facts.upstream_ms / 1000 if facts.upstream_ms is not None else None
     metrics.observe_request(
-        route, metrics.panel_label(facts.panel), status, seconds, facts.agreement
+        route, metrics.panel_label(facts.panel), status, seconds, facts.agreement, upstream_s
     )
     log.info(
         "request",
@@ -107,5 +110,6 @@ def record_result(facts: RequestFacts, result: FusionResult, outcome: CacheResul
     facts.cost_usd = result.total_cost
     facts.tokens_in, facts.tokens_out = result.tokens_in, result.tokens_out
     facts.degraded = result.degraded
+    facts.upstream_ms = 0.0 if result.cached else result.total_latency_ms
     if result.agreement is not None and not result.cached:
         facts.agreement = result.agreement.score

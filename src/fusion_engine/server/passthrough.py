@@ -28,6 +28,7 @@ from ..protocol import ChatCompletion
 from ..stream_events import StreamEvent
 from .errors import error_payload, json_response
 from .gateway import Gateway
+from .observe import facts_of
 from .runs import until_disconnect
 from .schema import ChatRequest
 from .streaming import DONE, SSE_HEADERS, AnswerFeed, failure_of, sse_data
@@ -76,6 +77,7 @@ async def passthrough(
                 max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
             ),
         )  # fmt: skip
+        facts_of(request).upstream_ms = reply.latency_ms
         if api is None:
             return Response(content=reply.raw, media_type=MediaType.JSON)
         answer = _answer_of(reply.completion)

@@ -475,6 +475,16 @@ def test_count_tokens_estimates_from_characters() -> None:
     assert 1000 < long - short < 1100
 
 
+def test_count_tokens_ignores_what_does_not_count() -> None:
+    """Sampling and output fields are not part of count_tokens' request (its schema leaves them
+    out): whatever they hold, the count is the conversation's. Schemathesis found a 400 here."""
+    plain = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    odd = {
+        key: {"a": 1} for key in ("max_tokens", "stop_sequences", "temperature", "top_p", "stream")
+    }
+    assert count_tokens({**plain, **odd}) == count_tokens(plain)
+
+
 # --- answers → message ---------------------------------------------------------------------------
 
 

@@ -390,6 +390,11 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
+#: Request fields that do not change a request's input tokens: ``count_tokens`` ignores them,
+#: whatever they hold (its schema leaves them out).
+NOT_COUNTED = ("max_tokens", "stop_sequences", "temperature", "top_p", "stream")
+
+
 def count_tokens(raw: dict[str, Any]) -> int:
     """An estimate of a request's input tokens: the characters of its chat form (conversation
     and tools, as JSON) over the cost estimate's characters per token. No tokenizer: the panel's
@@ -398,7 +403,7 @@ def count_tokens(raw: dict[str, Any]) -> int:
     Raises:
         InvalidRequestError: the request is malformed.
     """
-    request = read_request(raw)
+    request = read_request({key: value for key, value in raw.items() if key not in NOT_COUNTED})
     tools, _ = _chat_tools(request.tools or [])
     return estimate_input_tokens(chat_messages_of(request), tools)
 

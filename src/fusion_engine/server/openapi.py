@@ -27,6 +27,7 @@ from litestar.openapi.spec import (
 )
 
 from ..config import LimitsSpec
+from ..messages_api import NOT_COUNTED
 from ..panels import PanelMember
 from ..responses_api import DeletedResponse, ResponseObject, ResponsesRequest
 from ..results import FusionResult
@@ -649,7 +650,7 @@ def messages_request_schema(limits: LimitsSpec, *, count_only: bool = False) -> 
             "properties": {"role": {"enum": ["user", "assistant"]}},
         }
     else:
-        for unused in ("max_tokens", "stop_sequences", "temperature", "top_p", "stream"):
+        for unused in NOT_COUNTED:
             del schema["properties"][unused]
     return cast("Schema", schema)
 

@@ -744,11 +744,15 @@ _encode = msgspec.json.Encoder().encode
 class _StreamItem:
     """An output item being streamed: its id, kind and what has arrived so far."""
 
-    __slots__ = ("arguments", "call_id", "id", "kind", "name", "text")
+    __slots__ = ("arguments", "call_id", "id", "kind", "name", "output_index", "text")
 
-    def __init__(self, kind: Literal["message", "function_call"], item_id: str) -> None:
+    def __init__(
+        self, kind: Literal["message", "function_call"], item_id: str, output_index: int
+    ) -> None:
         self.kind = kind
         self.id = item_id
+        #: Its place in ``output`` (every event about it names it).
+        self.output_index = output_index
         self.text: list[str] = []
         self.call_id = ""
         self.name = ""
@@ -800,13 +804,13 @@ class ResponsesStream(HoldsTheEnd):
             item = self._open_message = self._add("message", "msg")
             out += self._event(
                 "response.output_item.added",
-                output_index=len(self._items) - 1,
+                output_index=item.output_index,
                 item=OutputMessage(id=item.id, status="in_progress"),
             )
             out += self._event(
                 "response.content_part.added",
                 item_id=item.id,
-                output_index=len(self._items) - 1,
+                output_index=item.output_index,
                 content_index=0,
                 part=OutputText(text=""),
             )
@@ -816,7 +820,7 @@ class ResponsesStream(HoldsTheEnd):
         return out + self._event(
             "response.output_text.delta",
             item_id=item.id,
-            output_index=self._items.index(item),
+            output_index=item.output_index,
             content_index=0,
             delta=delta,
             logprobs=[],
@@ -833,7 +837,7 @@ class ResponsesStream(HoldsTheEnd):
             item.name = name or ""
             out += self._event(
                 "response.output_item.added",
-                output_index=len(self._items) - 1,
+                output_index=item.output_index,
                 item=self._function_call(item, "in_progress", arguments=""),
             )
         elif name and not item.name:
@@ -844,7 +848,7 @@ class ResponsesStream(HoldsTheEnd):
         return out + self._event(
             "response.function_call_arguments.delta",
             item_id=item.id,
-            output_index=self._items.index(item),
+            output_index=item.output_index,
             delta=arguments,
         )
 
@@ -905,7 +909,8 @@ class ResponsesStream(HoldsTheEnd):
         return self._event("response.failed", response=response)
 
     def _add(self, kind: Literal["message", "function_call"], prefix: str) -> _StreamItem:
-        item = _StreamItem(kind, self._context.item_id(prefix, len(self._items)))
+        position = len(self._items)
+        item = _StreamItem(kind, self._context.item_id(prefix, position), position)
         self._items.append(item)
         return item
 

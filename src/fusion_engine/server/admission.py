@@ -33,6 +33,7 @@ from ..ratelimit import Lease, RateLimiter
 from ..settings import Settings
 from .auth import authenticate
 from .gateway import gateway_of
+from .observe import facts_of
 from .serving import is_loopback
 
 _decode = msgspec.json.Decoder().decode
@@ -91,6 +92,7 @@ async def admit(
     """
     gateway = gateway_of(request)
     key_name = authenticate(request)
+    facts_of(request).key = key_name
     await gateway.limiter.check_request(key_name)
     if not read_body:
         return Admitted(gateway.limiter, key_name, {})

@@ -34,6 +34,8 @@ AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.0)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 AD_HOC = "ad-hoc"
 NO_PANEL = "-"
+#: The key label of a request no key was checked for (health, metrics, an unauthenticated 401).
+NO_KEY = "-"
 
 Family = TypeVar("Family", Counter, Histogram)
 
@@ -101,8 +103,8 @@ class Metrics:
         self.known_panels = set(known_panels)
         registry = self.registry
         self.requests = Counter(
-            "fusion_requests_total", "Requests by route, panel and HTTP status.",
-            ["route", "panel", "status"], registry=registry,
+            "fusion_requests_total", "Requests by route, panel, HTTP status and key name.",
+            ["route", "panel", "status", "key"], registry=registry,
         )  # fmt: skip
         self.request_duration = Histogram(
             "fusion_request_duration_seconds", "Time to the last byte of a reply.",
@@ -146,7 +148,23 @@ class Metrics:
             "fusion_config_reloads_total", "Panel and judge reloads by result (ok, error).",
             ["result"], registry=registry,
         )  # fmt: skip
+        self.key_spend = Counter(
+            "fusion_key_spend_usd_total",
+            "USD charged to each key name (members, judge, passthrough; estimated where a"
+            " provider reported no cost).",
+            ["key"], registry=registry,
+        )  # fmt: skip
+        self.key_budget = Gauge(
+            "fusion_key_budget_usd", "Each key name's budget for its current period, in USD.",
+            ["key"], registry=registry, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.key_period_spend = Gauge(
+            "fusion_key_period_spend_usd",
+            "Each budgeted key name's spend in its current period, as last seen by a worker.",
+            ["key"], registry=registry, multiprocess_mode="livemax",
+        )  # fmt: skip
         registry.register(self.file_errors)
+        self._key_spend = Children(self.key_spend)
         self._requests = Children(self.requests)
         self._request_duration = Children(self.request_duration)
         self._upstream_requests = Children(self.upstream_requests)
@@ -173,10 +191,12 @@ class Metrics:
         seconds: float,
         agreement: float | None,
         upstream_seconds: float | None = None,
+        key: str = NO_KEY,
     ) -> None:
-        """Record one routed request (``panel`` already a label); with ``upstream_seconds``,
-        also the gateway's own share of it."""
-        self._requests(route, panel, str(status)).inc()
+        """Record one routed request (``panel`` already a label; ``key`` the caller's key name,
+        which comes from the config, never from a request); with ``upstream_seconds``, also the
+        gateway's own share of it."""
+        self._requests(route, panel, str(status), key).inc()
         self._request_duration(route, panel).observe(seconds)
         if upstream_seconds is not None:
             self._gateway_overhead(route).observe(max(seconds - upstream_seconds, 0.0))
@@ -198,6 +218,11 @@ class Metrics:
             self._upstream_tokens(label, "completion").inc(response.tokens_out)
         if response.cost_usd:
             self._upstream_cost(label).inc(response.cost_usd)
+
+    def observe_spend(self, key: str, usd: float) -> None:
+        """Count ``usd`` charged to the key name ``key``."""
+        if usd > 0:
+            self._key_spend(key).inc(usd)
 
     def _file_error(self, error: OSError) -> None:
         self.file_errors.count += 1

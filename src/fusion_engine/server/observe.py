@@ -18,7 +18,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cache import CacheResult
 from ..results import FusionResult
-from .metrics import Metrics
+from .metrics import NO_KEY, Metrics
 from .request_id import request_id
 
 log = structlog.get_logger("fusion_engine.server")
@@ -29,6 +29,8 @@ class RequestFacts(msgspec.Struct, kw_only=True):
     """What a handler learnt about its request, for the log line and the metrics."""
 
     panel: str | None = None
+    #: The caller's key name, once admission has authenticated it.
+    key: str | None = None
     cache: str | None = None
     cost_usd: float | None = None
     tokens_in: int | None = None
@@ -87,8 +89,9 @@ def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> Non
     route = min(handler.paths) if handler is not None else scope.get("path", "-")
     upstream_s = facts.upstream_ms / 1000 if facts.upstream_ms is not None else None
     metrics.observe_request(
-        route, metrics.panel_label(facts.panel), status, seconds, facts.agreement, upstream_s
-    )
+        route, metrics.panel_label(facts.panel), status, seconds, facts.agreement, upstream_s,
+        key=facts.key or NO_KEY,
+    )  # fmt: skip
     log.info(
         "request",
         method=scope.get("method"),
@@ -96,6 +99,7 @@ def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> Non
         status=status,
         latency_ms=round(seconds * 1000, 2),
         panel=facts.panel,
+        key=facts.key,
         cache=facts.cache,
         cost_usd=facts.cost_usd,
         tokens_in=facts.tokens_in,

@@ -989,6 +989,7 @@ OPERATIONS = [
     ("GET", "/ready"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
+    ("GET", "/v1/spend"),
     ("POST", "/v1/embeddings"),
     ("GET", "/panels"),
     ("GET", "/panels/{name}"),

@@ -9,9 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from fusion_engine.config import GatewayConfig, PassthroughSpec, resolve_config
+from fusion_engine.config import GatewayConfig, PassthroughSpec, RateLimitSpec, resolve_config
 from fusion_engine.engine import FusionEngine
 from fusion_engine.errors import AuthenticationError, ConfigError, NotFoundError
+from fusion_engine.keys import key_ring
 from fusion_engine.protocol import (
     ChatCompletionChunk,
     ChunkChoice,
@@ -31,12 +32,16 @@ from fusion_engine.settings import ApiKey, Secret, Settings
 
 from .helpers import E2E_FILES, FakeInThread, gateway_env, make_engine
 
-KEYS = (ApiKey("first", Secret("first-key")), ApiKey("second", Secret("second-key")))
+KEYS = key_ring(
+    (ApiKey("first", Secret("first-key")), ApiKey("second", Secret("second-key"))),
+    (),
+    RateLimitSpec(),
+)
 
 
 def test_no_keys_means_open() -> None:
     """Without configured keys every request passes (the bind check guards exposure)."""
-    assert check_bearer(None, ()) == "anonymous"
+    assert check_bearer(None, key_ring((), (), RateLimitSpec())) == "anonymous"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The gateway YAML (``config/gateway.yaml``): providers, passthrough, limits.
+"""The gateway YAML (``config/gateway.yaml``): providers, passthrough, limits, keys, prices.
 
 The file is decoded into raw structs (unknown fields rejected), then validated and resolved
 against the environment into frozen ``Provider`` objects. Only providers named here are reachable:
@@ -7,6 +7,7 @@ a request can never supply a base URL.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ConfigError, ConfigFileError, ProviderKeyMissingError
-from .settings import DEFAULT_OPENROUTER_BASE_URL, Secret, Settings
+from .settings import DEFAULT_OPENROUTER_BASE_URL, KEY_NAME, Secret, Settings
 from .yamlio import convert_at, load_yaml_mapping
 
 ProviderKind = Literal["openrouter", "openai"]
@@ -58,6 +59,48 @@ class RateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fail_open: bool = True
 
 
+BudgetPeriod = Literal["day", "month", "total"]
+
+
+class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A key name's spending limit: ``limit`` USD per UTC day, calendar month, or in total."""
+
+    limit: float
+    per: BudgetPeriod = "month"
+
+
+class KeyRateLimitSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A key name's own rate limits; a field left out keeps the gateway's ``rate_limit``."""
+
+    requests_per_minute: int | None = None
+    concurrent_fusions: int | None = None
+
+
+class KeySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One caller in the ``keys:`` section: its name, where its key is, and its policy.
+
+    The key itself never sits in the file: ``key_env`` names the environment variable that
+    holds it, or ``key_sha256`` is its SHA-256 (hex), for operators who hand keys out.
+    """
+
+    name: str
+    key_env: str | None = None
+    key_sha256: str | None = None
+    budget_usd: BudgetSpec | None = None
+    rate_limit: KeyRateLimitSpec | None = None
+    #: Panels this key may fuse (``None``: every panel); ad-hoc member lists need ``ad-hoc``.
+    panels: list[str] | None = None
+    #: Whether this key may call plain (non-fusion) model ids.
+    passthrough: bool = True
+
+
+class PriceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A model's price in USD per million tokens, for providers that report no cost."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+
 def _default_providers() -> dict[str, ProviderSpec]:
     return {
         "openrouter": ProviderSpec(
@@ -80,6 +123,11 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_public: bool = True
     #: ``key``: each caller's cached answers are its own; ``shared``: one cache for all callers.
     cache_scope: Literal["key", "shared"] = "key"
+    #: Named callers with budgets, limits and allow-lists (adds to FUSION_SERVER_API_KEYS).
+    keys: list[KeySpec] = msgspec.field(default_factory=list)
+    #: Prices of models whose provider reports no cost (a local server), by slug: calls to
+    #: them are charged to key budgets at these prices, marked estimated.
+    prices: dict[str, PriceSpec] = msgspec.field(default_factory=dict)
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,11 +152,19 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
         return self.api_key
 
 
+class ConfiguredKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``keys:`` entry resolved: the SHA-256 of its key and its policy."""
+
+    digest: bytes
+    spec: KeySpec
+
+
 class ResolvedConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The gateway config plus its providers resolved against the environment."""
+    """The gateway config plus its providers and keys resolved against the environment."""
 
     gateway: GatewayConfig
     providers: dict[str, Provider]
+    keys: tuple[ConfiguredKey, ...] = ()
 
     @property
     def default_provider(self) -> Provider:
@@ -167,7 +223,68 @@ def resolve_config(
     for field in ("max_body_bytes", "max_messages", "max_tools", "max_members"):
         if getattr(gateway.limits, field) < 1:
             raise ConfigFileError(source, f"limits.{field}", "must be at least 1")
-    return ResolvedConfig(gateway=gateway, providers=providers)
+    for model, price in gateway.prices.items():
+        if price.input_per_mtok < 0 or price.output_per_mtok < 0:
+            raise ConfigFileError(source, f"prices.{model}", "prices must be 0 or more")
+    keys = tuple(
+        _resolve_key(index, spec, environ, source) for index, spec in enumerate(gateway.keys)
+    )
+    _check_shared_names(keys, source)
+    return ResolvedConfig(gateway=gateway, providers=providers, keys=keys)
+
+
+def _resolve_key(
+    index: int, spec: KeySpec, environ: Mapping[str, str], source: str
+) -> ConfiguredKey:
+    """One ``keys:`` entry checked, with the SHA-256 of its key (the key is never kept)."""
+    where = f"keys[{index}]"
+    if not KEY_NAME.fullmatch(spec.name):
+        raise ConfigFileError(
+            source, f"{where}.name", "must be 1-32 characters from a-z, 0-9, _ and -"
+        )
+    where = f"keys[{index}] ({spec.name})"
+    if (spec.key_env is None) == (spec.key_sha256 is None):
+        raise ConfigFileError(source, where, "give exactly one of key_env and key_sha256")
+    if spec.key_env is not None:
+        key = (environ.get(spec.key_env) or "").strip()
+        if not key:
+            raise ConfigFileError(
+                source, f"{where}.key_env", f"the variable {spec.key_env} is not set"
+            )
+        digest = hashlib.sha256(key.encode()).digest()
+    else:
+        assert spec.key_sha256 is not None
+        try:
+            digest = bytes.fromhex(spec.key_sha256)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ConfigFileError(
+                source, f"{where}.key_sha256", "must be 64 hex digits (a SHA-256)"
+            )
+    if spec.budget_usd is not None and spec.budget_usd.limit <= 0:
+        raise ConfigFileError(source, f"{where}.budget_usd.limit", "must be greater than 0")
+    if spec.rate_limit is not None:
+        for field in ("requests_per_minute", "concurrent_fusions"):
+            value = getattr(spec.rate_limit, field)
+            if value is not None and value < 1:
+                raise ConfigFileError(source, f"{where}.rate_limit.{field}", "must be at least 1")
+    return ConfiguredKey(digest=digest, spec=spec)
+
+
+def _check_shared_names(keys: tuple[ConfiguredKey, ...], source: str) -> None:
+    """Entries may share a name (rotation: the old and the new key) only with one policy."""
+    first: dict[str, tuple[int, KeySpec]] = {}
+    for index, key in enumerate(keys):
+        policy = msgspec.structs.replace(key.spec, key_env=None, key_sha256=None)
+        seen = first.setdefault(key.spec.name, (index, policy))
+        if seen[1] != policy:
+            raise ConfigFileError(
+                source,
+                f"keys[{index}] ({key.spec.name})",
+                f"shares its name with keys[{seen[0]}] but not its budget, limits or panels "
+                "(entries of one name are one caller)",
+            )
 
 
 def _resolve_provider(

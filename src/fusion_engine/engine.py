@@ -326,11 +326,17 @@ class FusionEngine:
                     early=plan.panel.early_quorum,
                 ):
                     break
-        finally:
-            await _cancel_all([*tasks, *([timer] if timer else [])])
+        except BaseException:
+            # Cut short (the client went away): each call still running reports itself as
+            # cancelled (``_call``), so what it may have cost is still charged.
+            await _cancel_all([*tasks, *([timer] if timer else [])], reason=_CANCELLED)
+            raise
+        await _cancel_all([*tasks, *([timer] if timer else [])], reason=_DEADLINE)
         elapsed_ms = (self.clock.monotonic() - started) * 1000
         for index in indices:
             if index not in finished:
+                # The straggler's own call reported itself (``_call``, as cut off at the
+                # deadline); this stands for it in the result.
                 finished[index] = PanelResponse(
                     index=index,
                     model=members[index].slug,
@@ -338,7 +344,6 @@ class FusionEngine:
                     error_kind="deadline",
                     latency_ms=elapsed_ms,
                 )
-                self.on_call(finished[index])
         return [finished[index] for index in indices]
 
     async def _ask_member(self, plan: FusionPlan, index: int, member: PanelMember) -> PanelResponse:
@@ -353,6 +358,9 @@ class FusionEngine:
         started = self.clock.monotonic()
         try:
             reply = await self.upstream.chat(provider, body, timeout_s=timeout_s)
+        except asyncio.CancelledError as cancel:
+            self.on_call(_cut_off(index, model, cancel, (self.clock.monotonic() - started) * 1000))
+            raise
         except UpstreamError as error:
             response = failed_response(
                 index, model, error, (self.clock.monotonic() - started) * 1000
@@ -415,19 +423,28 @@ class FusionEngine:
             async for events in stream:
                 for event in events:
                     relayed = _pass_on(event.chunk, accumulator, notify) or relayed
+        except asyncio.CancelledError as cancel:
+            self.on_call(
+                _cut_off(position, model, cancel, (self.clock.monotonic() - started) * 1000)
+            )
+            raise
         except UpstreamError as error:
+            failed = failed_response(
+                position, model, error, (self.clock.monotonic() - started) * 1000
+            )
+            self.on_call(failed)
             if relayed:
                 raise JudgeFailedError(
                     f"the judge broke off mid-answer: {error.message}"
                 ) from error
-            return failed_response(
-                position, model, error, (self.clock.monotonic() - started) * 1000
-            )
+            return failed
         latency_ms = (self.clock.monotonic() - started) * 1000
         reply = UpstreamReply(
             completion=accumulator.completion(), latency_ms=latency_ms, attempts=1
         )
-        return response_from_reply(position, model, reply)
+        response = response_from_reply(position, model, reply)
+        self.on_call(response)
+        return response
 
 
 def _pass_on(chunk: ChatCompletionChunk, accumulator: ChunkAccumulator, notify: Listener) -> bool:
@@ -453,10 +470,30 @@ def _check_verdict(verdict: PanelResponse) -> PanelResponse:
     )
 
 
-async def _cancel_all(tasks: Sequence[asyncio.Task[object]]) -> None:
+#: Why a member call was cancelled (the cancel message ``_call`` reads).
+_DEADLINE = "deadline"
+_CANCELLED = "cancelled"
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[Any]], *, reason: str = _CANCELLED) -> None:
     for task in tasks:
-        task.cancel()
+        task.cancel(reason)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _cut_off(
+    index: int, model: str, cancel: asyncio.CancelledError, latency_ms: float
+) -> PanelResponse:
+    """A call cancelled in flight: at the deadline (a straggler), or because its request
+    ended (the client went away)."""
+    at_deadline = bool(cancel.args) and cancel.args[0] == _DEADLINE
+    return PanelResponse(
+        index=index,
+        model=model,
+        error="cancelled: the quorum had answered" if at_deadline else "cancelled",
+        error_kind="deadline" if at_deadline else "cancelled",
+        latency_ms=latency_ms,
+    )
 
 
 def _ignore(event: FusionEvent) -> None:

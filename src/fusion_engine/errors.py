@@ -9,6 +9,8 @@ Every error a caller can see is a ``FusionError``; each carries the HTTP status,
     ├── InvalidRequestError             400 invalid_request_error (carries ``param``)
     ├── AuthenticationError             401 authentication_error
     ├── CostLimitError                  402 cost_limit_exceeded
+    ├── BudgetExceededError             402 budget_exceeded (the key name's budget)
+    ├── PermissionDeniedError           403 permission_error (a key's allow-list)
     ├── NotFoundError                   404 not_found_error
     │   ├── UnknownPanelError
     │   └── UnknownJudgeTemplateError
@@ -23,7 +25,8 @@ Every error a caller can see is a ``FusionError``; each carries the HTTP status,
     │   ├── PanelRejectedError          400/404/413/422 every member refused the request alike
     │   └── PanelRateLimitedError       429 every member was rate limited (``retry_after``)
     ├── JudgeFailedError                502 the judge broke off after its answer began streaming
-    └── ProviderKeyMissingError         503 the provider's API key variable is not set
+    ├── ProviderKeyMissingError         503 the provider's API key variable is not set
+    └── StoreUnavailableError           503 the shared store (Redis) cannot be read right now
 
 Foreign exceptions (aiohttp, msgspec, yaml) are translated at the module boundary with
 ``raise ... from exc``; no key or authorization header ever appears in a message.
@@ -92,6 +95,22 @@ class CostLimitError(FusionError):
     status_code = 402
     error_type = "cost_limit_error"
     code = "cost_limit_exceeded"
+
+
+class BudgetExceededError(FusionError):
+    """The request's estimated cost is over what is left of its key name's budget."""
+
+    status_code = 402
+    error_type = "budget_error"
+    code = "budget_exceeded"
+
+
+class PermissionDeniedError(FusionError):
+    """The caller's key may not use what it asked for (a panel off its allow-list)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
 
 
 class NotFoundError(FusionError):
@@ -303,3 +322,11 @@ class ProviderKeyMissingError(FusionError):
         )
         self.provider = provider
         self.variable = variable
+
+
+class StoreUnavailableError(FusionError):
+    """What was asked lives in the shared store (Redis), which cannot be read right now."""
+
+    status_code = 503
+    error_type = "service_unavailable_error"
+    code = "store_unavailable"

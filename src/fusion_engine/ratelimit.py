@@ -168,13 +168,13 @@ class RateLimiter:
         """Whether any limit is configured."""
         return bool(self.spec.requests_per_minute or self.spec.concurrent_fusions)
 
-    async def check_request(self, identity: str) -> None:
-        """Count one request against the per-minute limit.
+    async def check_request(self, identity: str, spec: RateLimitSpec | None = None) -> None:
+        """Count one request against the per-minute limit (``spec``'s, else the default).
 
         Raises:
             RateLimitedError: over the limit (with the seconds until the window resets).
         """
-        limit = self.spec.requests_per_minute
+        limit = (spec or self.spec).requests_per_minute
         if not limit:
             return
         now = self._clock()
@@ -192,13 +192,14 @@ class RateLimiter:
                 f"rate limit reached: {limit} requests per minute", retry_after=retry_after
             )
 
-    async def fusion_slot(self, identity: str) -> Lease:
-        """One of the caller's concurrent-fusion slots, held until the lease is released.
+    async def fusion_slot(self, identity: str, spec: RateLimitSpec | None = None) -> Lease:
+        """One of the caller's concurrent-fusion slots (``spec``'s limit, else the default),
+        held until the lease is released.
 
         Raises:
             RateLimitedError: every slot is taken (or Redis is too busy to tell).
         """
-        limit = self.spec.concurrent_fusions
+        limit = (spec or self.spec).concurrent_fusions
         if not limit:
             return Lease(None)
         token = uuid.uuid4().hex

@@ -1,11 +1,12 @@
 """Admission: the one gate every route that spends money goes through.
 
-``admit`` does, in order: auth (the caller's key *name*), the request rate limit, reading the
-body as a JSON object, and the list limits (messages, tools) — then ``Admitted.fusion_slot``
-hands out the concurrent-fusion slot that a fusion holds for its whole life, streamed or not.
-Chat completions and ``/fuse`` call it today; the Responses and Messages routes call it the
-same way, naming where their bodies keep their lists (``BodyShape``). Budgets belong here
-too, when they come.
+``admit`` does, in order: auth (the caller's key *name*, and so its policy), the request rate
+limit, opening the request's spend tab, reading the body as a JSON object, and the list limits
+(messages, tools). Once the route knows what it will call, ``Admitted.hold`` holds the
+estimated cost against the key's budget (402 over it) and ``Admitted.fusion_slot`` hands out
+the concurrent-fusion slot that a fusion holds for its whole life, streamed or not. Chat
+completions, ``/fuse``, the Responses and the Messages routes all come through here, naming
+where their bodies keep their lists (``BodyShape``).
 
 Without keys, ``keyless_guard`` protects the loopback-only server from web pages: ``POST``
 bodies must be ``application/json`` (a page can send ``text/plain`` or a form cross-site
@@ -29,10 +30,13 @@ from ..errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from ..keys import KeyPolicy, KeyRing
+from ..plan import FusionPlan
 from ..ratelimit import Lease, RateLimiter
 from ..settings import Settings
+from ..spend import Tab
 from .auth import authenticate
-from .gateway import gateway_of
+from .gateway import Gateway, gateway_of
 from .observe import facts_of
 from .serving import is_loopback
 
@@ -57,15 +61,62 @@ CHAT_SHAPE = BodyShape()
 
 
 class Admitted:
-    """A request let in: who is calling, and its body as a JSON object."""
+    """A request let in: who is calling (its key's policy and spend tab), and its body as a
+    JSON object."""
 
-    __slots__ = ("_limiter", "body", "key_name")
+    __slots__ = ("_limiter", "body", "key_name", "policy", "tab")
 
-    def __init__(self, limiter: RateLimiter, key_name: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, limiter: RateLimiter, policy: KeyPolicy, tab: Tab, body: dict[str, Any]
+    ) -> None:
         self._limiter = limiter
         #: The caller's key name (``anonymous`` without keys): rate limits, cache scope, spend.
-        self.key_name = key_name
+        self.key_name = policy.name
+        self.policy = policy
+        #: What this request spends, charged to its key name when it ends.
+        self.tab = tab
         self.body = body
+
+    async def admit_fusion(self, gateway: Gateway, plan: FusionPlan, *, ad_hoc: bool) -> FusionPlan:
+        """The plan this caller may run: a panel on its key's allow-list, under the cost
+        ceiling (trimmed or refused), with its estimated cost held against the key's budget.
+
+        Raises:
+            PermissionDeniedError: the panel (or an ad-hoc member list) is not allowed (403).
+            CostLimitError: the estimate is over the cost ceiling (402).
+            BudgetExceededError: the estimate is over what is left of the budget (402).
+        """
+        self.policy.check_panel(None if ad_hoc else plan.panel.name)
+        plan = gateway.within_budget(plan)
+        # Estimated only for a budget: the estimate measures the whole conversation.
+        estimate = gateway.estimate_cost(plan) if self.policy.budget is not None else None
+        await self.hold(estimate, plan.conversation)
+        return plan
+
+    async def admit_passthrough(self, gateway: Gateway, model: str, messages: object) -> None:
+        """Let a plain model call through: passthrough allowed for the key, and its estimated
+        cost (at learnt or configured prices; 0 when unknown) held against the key's budget.
+
+        Raises:
+            PermissionDeniedError: the key may only fuse (403).
+            BudgetExceededError: the estimate is over what is left of the budget (402).
+        """
+        self.policy.check_passthrough(model)
+        estimate = None
+        if self.policy.budget is not None:
+            self.tab.prompt = messages
+            estimate = gateway.ledger.pricing.answer_cost(model, self.tab.prompt_tokens)
+        await self.hold(estimate, messages)
+
+    async def hold(self, estimate_usd: float | None, prompt: object) -> None:
+        """Hold the estimated cost of what the request will call against its key's budget;
+        ``prompt`` (the conversation sent upstream) prices calls cut off in flight.
+
+        Raises:
+            BudgetExceededError: the estimate is over what is left of the budget (402).
+        """
+        self.tab.prompt = prompt
+        await self.tab.hold(estimate_usd)
 
     async def fusion_slot(self) -> Lease:
         """One of the caller's concurrent-fusion slots; the fusion releases it when it ends
@@ -74,7 +125,7 @@ class Admitted:
         Raises:
             RateLimitedError: every slot of the caller's key name is taken.
         """
-        return await self._limiter.fusion_slot(self.key_name)
+        return await self._limiter.fusion_slot(self.key_name, self.policy.rate_limit)
 
 
 async def admit(
@@ -92,13 +143,16 @@ async def admit(
     """
     gateway = gateway_of(request)
     key_name = authenticate(request)
-    facts_of(request).key = key_name
-    await gateway.limiter.check_request(key_name)
+    facts = facts_of(request)
+    facts.key = key_name
+    policy = gateway.keys.policy(key_name)
+    await gateway.limiter.check_request(key_name, policy.rate_limit)
     if not read_body:
-        return Admitted(gateway.limiter, key_name, {})
+        return Admitted(gateway.limiter, policy, gateway.ledger.open(policy), {})
     body = decode_object(await request.body())
     check_lists(body, shape, gateway.config.gateway.limits)
-    return Admitted(gateway.limiter, key_name, body)
+    tab = facts.tab = gateway.ledger.open(policy)
+    return Admitted(gateway.limiter, policy, tab, body)
 
 
 def decode_object(body: bytes) -> dict[str, Any]:
@@ -169,7 +223,7 @@ def is_json(content_type: str | None) -> bool:
     return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
-def keyless_guard(settings: Settings) -> Any:
+def keyless_guard(settings: Settings, keys: KeyRing) -> Any:
     """A ``before_request`` hook for a server without keys, or ``None`` when keys are set.
 
     Every ``POST`` must carry JSON (415 otherwise: the status for a body of a type the
@@ -180,7 +234,7 @@ def keyless_guard(settings: Settings) -> Any:
     ``FUSION_ALLOW_NO_AUTH=1`` the operator serves other hosts on purpose, so only the body
     rule applies.
     """
-    if settings.server_api_keys:
+    if keys:
         return None
     check_host = not settings.allow_no_auth
 

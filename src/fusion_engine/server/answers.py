@@ -92,10 +92,15 @@ async def serve_chat(
     chat = parse_chat_request(body)
     named = panel_of_model(chat.model)
     if named is None:
+        await admitted.admit_passthrough(gateway, chat.model, body.get("messages"))
         return await passthrough(request, gateway, body, chat, api)
     check_fused_request(chat)
     options = chat.fusion or FusionOptions()
-    plan = gateway.within_budget(plan_fusion(gateway, chat, options, extra=_extra_fields(body)))
+    plan = await admitted.admit_fusion(
+        gateway,
+        plan_fusion(gateway, chat, options, extra=_extra_fields(body)),
+        ad_hoc=options.models is not None,
+    )
     facts_of(request).panel = plan.panel.name
     if api is None:
         # Named as the client wrote it (``fusion-<panel>`` stays so); an ad-hoc panel is named

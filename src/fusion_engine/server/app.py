@@ -40,6 +40,7 @@ from .reload import watch_definitions
 from .request_id import add_request_id
 from .responses import create_response, delete_response, retrieve_response
 from .runs import ClientGone
+from .spending import own_spend
 from .ui import ui_router
 
 log = structlog.get_logger("fusion_engine.server")
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             described(count_message_tokens, count_tokens_operation(limits)),
             list_models,
             retrieve_model,
+            own_spend,
             embeddings,
             list_panels,
             show_panel,
@@ -110,7 +112,7 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         lifespan=[lifespan],
         state=State({"gateway": gateway}),
         exception_handlers=exception_handlers,
-        before_request=keyless_guard(settings),
+        before_request=keyless_guard(settings, gateway.keys),
         before_send=[add_request_id],
         request_max_body_size=engine.config.gateway.limits.max_body_bytes,
         openapi_config=openapi_config(version=__version__),

@@ -1,26 +1,22 @@
-"""Bearer-key auth for the routes that spend money: who is calling, by key name."""
+"""Bearer-key auth for the routes that spend money: who is calling, by key name (the key ring
+of ``keys.py`` holds the keys and each name's policy)."""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Sequence
 from typing import Any
 
 from litestar import Request
 
 from ..errors import AuthenticationError
-from ..settings import ApiKey
+from ..keys import ANONYMOUS, KeyRing
 from .gateway import gateway_of
 
-#: The caller's name when the server has no keys (loopback only, or FUSION_ALLOW_NO_AUTH=1).
-ANONYMOUS = "anonymous"
 
-
-def check_bearer(authorization: str | None, keys: Sequence[ApiKey]) -> str:
+def check_bearer(authorization: str | None, keys: KeyRing) -> str:
     """The name of the key ``authorization`` carries (``anonymous`` when none are configured).
 
-    Every key is compared, in constant time, whatever matched, so timing tells nothing about
-    how close a guess was or which key matched. The message never echoes what was sent.
+    Every key is compared, in constant time, whatever matched (``KeyRing.name_of``). The
+    message never echoes what was sent.
 
     Raises:
         AuthenticationError: the key is missing or wrong.
@@ -33,11 +29,7 @@ def check_bearer(authorization: str | None, keys: Sequence[ApiKey]) -> str:
             "missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
             param=None,
         )
-    candidate = presented.strip().encode()
-    matched: str | None = None
-    for key in keys:
-        if hmac.compare_digest(candidate, key.secret.reveal().encode()) and matched is None:
-            matched = key.name
+    matched = keys.name_of(presented.strip())
     if matched is None:
         raise AuthenticationError("invalid API key")
     return matched
@@ -53,7 +45,7 @@ def authenticate(request: Request[Any, Any, Any]) -> str:
     Raises:
         AuthenticationError: the key is missing or wrong.
     """
-    keys = gateway_of(request).settings.server_api_keys
+    keys = gateway_of(request).keys
     headers = request.headers
     authorization = headers.get("authorization")
     if authorization is None and (api_key := headers.get("x-api-key")):

@@ -35,7 +35,7 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     admitted = await admit(request)
     gateway = gateway_of(request)
     body = parse_fuse_request(admitted.body)
-    plan = gateway.within_budget(plan_from(gateway, body))
+    plan = await admitted.admit_fusion(gateway, plan_from(gateway, body), ad_hoc=body.panel is None)
     facts = facts_of(request)
     facts.panel = plan.panel.name
     cache_control = request.headers.get("cache-control")

@@ -11,8 +11,9 @@ from litestar import Request
 
 from ..cache import ResultCache, build_backend
 from ..config import ResolvedConfig
-from ..costs import PriceBook, enforce
+from ..costs import PriceBook, enforce, estimate
 from ..engine import FusionEngine
+from ..keys import key_ring
 from ..panels import Panel
 from ..plan import FusionPlan
 from ..ratelimit import LimitStore, MemoryLimitStore, RateLimiter, RedisLimitStore
@@ -20,6 +21,7 @@ from ..redis_client import SharedRedis
 from ..response_store import ResponseStore
 from ..results import PanelResponse
 from ..settings import Settings
+from ..spend import Ledger, MemorySpendStore, Pricing, RedisSpendStore, SpendStore, charge_call
 from .metrics import Metrics
 from .model_list import ModelListCache
 
@@ -41,18 +43,26 @@ class Gateway:
         engine.on_call = self.observe_call
         #: The worker's one Redis client (``start`` connects it, in the app's lifespan).
         self.redis: SharedRedis | None = None
-        self.cache, self.limiter = self._stores(None)
+        self.prices = PriceBook()
+        config = engine.config
+        #: The accepted keys and each key name's policy.
+        self.keys = key_ring(settings.server_api_keys, config.keys, config.gateway.rate_limit)
+        self.cache, self.limiter, self.ledger = self._stores(None)
         #: Stored Responses API responses (on the shared Redis once ``start`` connects it).
         self.responses = self._response_store(None)
-        self.prices = PriceBook()
+        for name in self.keys.names:
+            budget = self.keys.policy(name).budget
+            if budget is not None:
+                self.metrics.key_budget.labels(name).set(budget.limit)
         self.started_at = int(time.time())
         #: The passthrough provider's models, fetched when first listed and kept 10 minutes.
         self.provider_models = ModelListCache()
         #: Set when the worker is shutting down, so /ready stops attracting traffic.
         self.draining = False
 
-    def _stores(self, redis: SharedRedis | None) -> tuple[ResultCache, RateLimiter]:
-        """The cache and the rate limiter, on ``redis`` when there is one, else in memory."""
+    def _stores(self, redis: SharedRedis | None) -> tuple[ResultCache, RateLimiter, Ledger]:
+        """The cache, the rate limiter and the spend ledger, on ``redis`` when there is one,
+        else in memory."""
         settings = self.settings
         backend = build_backend(
             settings.cache_backend,
@@ -67,7 +77,14 @@ class Gateway:
         )
         spec = self.engine.config.gateway.rate_limit
         store: LimitStore = RedisLimitStore(redis) if redis is not None else MemoryLimitStore()
-        return cache, RateLimiter(spec, store, fail_open=spec.fail_open)
+        spend: SpendStore = RedisSpendStore(redis) if redis is not None else MemorySpendStore()
+        ledger = Ledger(
+            spend,
+            Pricing(self.engine.config.gateway.prices, self.prices),
+            on_charge=self.metrics.observe_spend,
+            on_period_spend=lambda name, usd: self.metrics.key_period_spend.labels(name).set(usd),
+        )
+        return cache, RateLimiter(spec, store, fail_open=spec.fail_open), ledger
 
     def _response_store(self, redis: SharedRedis | None) -> ResponseStore:
         settings = self.settings
@@ -80,7 +97,7 @@ class Gateway:
         learnt prices. Called in the lifespan: after the fork, on the loop that serves."""
         if self.settings.redis_url and self.redis is None:
             self.redis = SharedRedis.connect(self.settings.redis_url)
-            self.cache, self.limiter = self._stores(self.redis)
+            self.cache, self.limiter, self.ledger = self._stores(self.redis)
             self.responses = self._response_store(self.redis)
 
     @property
@@ -96,15 +113,22 @@ class Gateway:
         ceiling = min(ceilings) if ceilings else None
         return enforce(plan, ceiling, self.prices.prices, policy=gateway.cost_policy)
 
+    def estimate_cost(self, plan: FusionPlan) -> float | None:
+        """What ``plan`` is expected to cost at the learnt prices (the panel's own estimate
+        where a price is missing; ``None`` when nothing is known)."""
+        return estimate(plan, self.prices.prices).total
+
     def refresh_labels(self) -> None:
         """Metric labels follow the loaded panels (after start and after every reload)."""
         self.metrics.known_panels = set(self.engine.panels)
         self.metrics.known_models = configured_models(self.engine.panels.values())
 
     def observe_call(self, response: PanelResponse) -> None:
-        """Every member and judge call: metrics, learnt prices, and one debug log line."""
+        """Every member and judge call: metrics, learnt prices, the caller's spend, and one
+        debug log line."""
         self.metrics.observe_call(response)
         self.prices.learn(response)
+        charge_call(response)
         log.debug(
             "upstream_call",
             model=response.model,

@@ -101,4 +101,6 @@ async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
             f"{model!r} is a fusion panel, which makes no embeddings: name an embedding model",
             param="model",
         )
-    return await passthrough_post(request, gateway_of(request), "/embeddings", raw, model)
+    gateway = gateway_of(request)
+    await admitted.admit_passthrough(gateway, model, raw.get("input"))
+    return await passthrough_post(request, gateway, "/embeddings", raw, model)

@@ -7,6 +7,7 @@ from the response start, and takes what the handler learnt (panel, cost, cache r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cache import CacheResult
 from ..results import FusionResult
+from ..spend import Tab
 from .metrics import NO_KEY, Metrics
 from .request_id import request_id
 
@@ -40,6 +42,8 @@ class RequestFacts(msgspec.Struct, kw_only=True):
     agreement: float | None = None
     #: How long its upstream calls took, when known (fused, non-streamed passthrough).
     upstream_ms: float | None = None
+    #: What the request spends, settled (charged, its hold released) when it ends.
+    tab: Tab | None = None
     #: When the request reached the gateway (``time.perf_counter``), for its stage timings.
     started: float = msgspec.field(default_factory=time.perf_counter)
 
@@ -75,6 +79,10 @@ def request_observer(metrics: Metrics) -> Any:
                 await app(scope, receive, watch)
             finally:
                 metrics.inflight.dec()
+                tab = scope["state"][_FACTS].tab
+                if tab is not None:
+                    # Shielded: a request cancelled at its end must still pay and let go.
+                    await asyncio.shield(tab.settle())
                 _account(metrics, scope, status, time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("request_id")
 

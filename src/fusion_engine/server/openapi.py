@@ -37,7 +37,8 @@ from .schema import ChatCompletionSchema, ChatRequest, ErrorBody, FuseRequest, J
 _ERROR_MEANINGS = {
     400: "Invalid request (``param`` names the field).",
     401: "Missing or wrong API key.",
-    402: "Over the key's budget or the cost ceiling.",
+    402: "Over the key's budget (``budget_exceeded``) or the cost ceiling.",
+    403: "The key may not use this panel or plain model ids (its ``keys:`` allow-list).",
     404: "Unknown panel, model or judge template; no stored response by that id.",
     413: "Request body, message list or tool list too large.",
     415: "Without API keys: the body is not ``application/json`` (no cross-site form posts).",
@@ -45,7 +46,7 @@ _ERROR_MEANINGS = {
     422: "Every member rejected the request with this status (the upstream's type and code).",
     429: "Rate limited, or every member was rate limited; see ``Retry-After``.",
     502: "Every member failed, at least one other than by timeout.",
-    503: "The provider key is not configured (or stored responses cannot be reached).",
+    503: "The provider key is not configured (or stored responses or spend cannot be reached).",
     504: "No answer because of timeouts.",
 }
 
@@ -174,7 +175,7 @@ def documented(
 # --- the two routes that spend money ------------------------------------------------------------
 
 #: Statuses a fusion can end in besides 200 (the same on both spending routes).
-_FUSION_ERRORS = (400, 401, 402, 404, 413, 415, 421, 422, 429, 502, 503, 504)
+_FUSION_ERRORS = (400, 401, 402, 403, 404, 413, 415, 421, 422, 429, 502, 503, 504)
 
 
 def _fused_headers() -> dict[str, OpenAPIHeader]:
@@ -445,7 +446,7 @@ def embeddings_operation() -> type[Operation]:
     return documented(
         {
             "200": reply,
-            **error_replies(400, 401, 404, 413, 415, 421, 429, 503),
+            **error_replies(400, 401, 402, 403, 404, 413, 415, 421, 429, 503),
             "default": passthrough_error,
         },
         request=json_request(

@@ -18,13 +18,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.response import Stream
 
 from ..chat_stream import AnswerApi, ChatAnswer, TokenUsage
 from ..config import Provider
 from ..errors import FusionError, NotFoundError
-from ..protocol import ChatCompletion
+from ..protocol import ChatCompletion, Usage
+from ..spend import CURRENT_TAB, Tab
 from ..stream_events import StreamEvent
 from .errors import error_payload, json_response
 from .gateway import Gateway
@@ -69,6 +71,7 @@ async def passthrough(
     Messages), rendered through ``api`` — so any OpenAI-compatible provider serves every API."""
     provider = passthrough_provider(gateway, chat.model)
     upstream = gateway.engine.upstream
+    tab = CURRENT_TAB.get()
     if not chat.stream:
         reply = await until_disconnect(
             request,
@@ -78,12 +81,19 @@ async def passthrough(
             ),
         )  # fmt: skip
         facts_of(request).upstream_ms = reply.latency_ms
+        _charge(tab, chat.model, reply.completion.usage)
         if api is None:
             return Response(content=reply.raw, media_type=MediaType.JSON)
         answer = _answer_of(reply.completion)
         await api.answered(answer)
         return json_response(api.reply(answer))
-    batches = upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None)
+    # The provider's usage chunk is what the key is charged; the client sees it only if it
+    # asked (``_relayed``), as it would from the provider.
+    raw["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
+    batches = _charged(
+        upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None),
+        tab, chat.model,
+    )  # fmt: skip
     # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
     try:
@@ -99,6 +109,35 @@ async def passthrough(
     else:
         events = _translated(first, batches, AnswerFeed(api.renderer()), api)
     return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _charge(tab: Tab | None, model: str, usage: Usage | None) -> None:
+    """Charge a passthrough call to the request's tab by the usage its provider reported."""
+    if tab is not None and usage is not None:
+        tab.add_usage(model, usage.prompt_tokens, usage.completion_tokens, usage.cost)
+
+
+async def _charged(
+    batches: AsyncGenerator[list[StreamEvent], None], tab: Tab | None, model: str
+) -> AsyncGenerator[list[StreamEvent], None]:
+    """``batches`` as they come; the stream's usage is charged to ``tab`` when it ends, however
+    it ends (a stream cut off after it began, before its usage chunk, is charged its prompt,
+    estimated; one the provider refused before it began costs nothing)."""
+    usage: Usage | None = None
+    began = False
+    try:
+        async with aclosing(batches):
+            async for events in batches:
+                began = True
+                for event in events:
+                    if event.chunk.usage is not None:
+                        usage = event.chunk.usage
+                yield events
+    finally:
+        if usage is not None:
+            _charge(tab, model, usage)
+        elif began and tab is not None:
+            tab.add_usage(model, 0, 0, None, cut_off=True)
 
 
 def _answer_of(completion: ChatCompletion) -> ChatAnswer:
@@ -155,7 +194,21 @@ async def passthrough_post(
             max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
         ),
     )  # fmt: skip
+    try:
+        usage = _decode_usage(reply).usage
+    except msgspec.DecodeError:  # relayed as it came; only its charge is unknown
+        usage = None
+    _charge(CURRENT_TAB.get(), model, usage)
     return Response(content=reply, media_type=MediaType.JSON)
+
+
+class _UsageOnly(msgspec.Struct):
+    """The part of a provider's JSON reply that is charged."""
+
+    usage: Usage | None = None
+
+
+_decode_usage = msgspec.json.Decoder(_UsageOnly).decode
 
 
 async def _relay(

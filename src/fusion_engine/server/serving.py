@@ -25,13 +25,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_auth_binding(settings: Settings) -> None:
-    """Refuse to serve without keys on a reachable address (unless FUSION_ALLOW_NO_AUTH=1).
+def check_auth_binding(settings: Settings, *, yaml_keys: bool = False) -> None:
+    """Refuse to serve without keys (``FUSION_SERVER_API_KEYS`` or the YAML's ``keys:``) on a
+    reachable address (unless FUSION_ALLOW_NO_AUTH=1).
 
     Raises:
         ConfigError: no keys, a non-loopback address, and no explicit opt-in.
     """
-    if settings.server_api_keys or settings.allow_no_auth or is_loopback(settings.host):
+    if (
+        settings.server_api_keys
+        or yaml_keys
+        or settings.allow_no_auth
+        or is_loopback(settings.host)
+    ):
         return
     raise ConfigError(
         f"refusing to serve on {settings.host} without API keys: set FUSION_SERVER_API_KEYS "
@@ -46,8 +52,8 @@ def run_server(environ: Mapping[str, str], *, dev: bool) -> int:
         ConfigError: anything invalid, reported before a worker starts.
     """
     settings = Settings.from_environ(environ)
-    check_auth_binding(settings)
     engine = FusionEngine(settings=settings)  # loads and validates every file
+    check_auth_binding(settings, yaml_keys=bool(engine.config.keys))
     if dev:
         import uvicorn
 

@@ -1,0 +1,532 @@
+"""What each key name spends, and its budget: holds before a call, charges after it.
+
+Every request that may spend opens a ``Tab`` for its key name. Before its upstream calls, the
+request *holds* its estimated cost against the key's budget: the hold is refused (402
+``budget_exceeded``) when what was spent, plus what requests in flight hold, plus this estimate
+would cross the limit. Each call then adds its real cost to the tab (the provider's
+``usage.cost``; where it reported none, the tokens at configured or learnt prices, marked
+estimated; a call cut off in flight, its prompt at those prices), and when the request ends the
+tab is settled: its charge is added to the key's totals and its hold released, in one round trip.
+So concurrent requests cannot all pass a check against the same remaining budget: the overspend
+is bounded by how far the requests in flight cost more than their estimates.
+
+Totals live in Redis when configured (``INCRBYFLOAT`` per key name and period: the UTC day,
+the calendar month, and all time; shared by every worker and replica, surviving restarts),
+else in this process. Holds are entries of a sorted set that expire by themselves, so a worker
+that dies holding one blocks nothing for long. Redis that is down fails open: requests are
+served, and charges that could not be written are kept and added with the next settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from .config import BudgetPeriod, PriceSpec
+from .costs import CHARS_PER_TOKEN, ModelPrice, PriceBook
+from .errors import BudgetExceededError, StoreUnavailableError
+from .keys import KeyPolicy
+from .redis_client import RedisBusy, SharedRedis, busy_error
+from .results import PanelResponse
+
+log = structlog.get_logger("fusion_engine.spend")
+_encode = msgspec.json.Encoder().encode
+SPEND_KEY = "fusion:spend:"
+PERIODS: tuple[BudgetPeriod, ...] = ("day", "month", "total")
+#: How long a period's total is kept after its last charge (a day's for a few days, a month's
+#: for two months); all-time totals are kept for good.
+PERIOD_TTL_S: Mapping[BudgetPeriod, int | None] = {
+    "day": 3 * 86400,
+    "month": 62 * 86400,
+    "total": None,
+}
+#: A hold outlives a worker that died holding it by at most this long.
+HOLD_S = 900
+#: Call outcomes that mean the call was in flight when it was cut off (the provider read the
+#: prompt, and may have billed it).
+_CUT_OFF = ("cancelled", "deadline")
+
+#: The tab of the request being served: the engine's call observer charges calls to it.
+CURRENT_TAB: contextvars.ContextVar[Tab | None] = contextvars.ContextVar(
+    "fusion_spend_tab", default=None
+)
+
+
+def period_id(per: BudgetPeriod, now: float) -> str:
+    """The period ``now`` falls in: ``2026-12-07`` (day), ``2026-12`` (month) or ``total``."""
+    if per == "total":
+        return "total"
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.strftime("%Y-%m-%d" if per == "day" else "%Y-%m")
+
+
+class Charge(msgspec.Struct, kw_only=True):
+    """USD owed by one request (or several): ``estimated_usd`` is the part priced by the
+    gateway; ``unpriced_calls`` produced tokens that no price covers (charged nothing, and
+    reported so, never silently)."""
+
+    usd: float = 0.0
+    estimated_usd: float = 0.0
+    unpriced_calls: int = 0
+
+    def add(self, other: Charge) -> None:
+        """Add ``other`` to this charge."""
+        self.usd += other.usd
+        self.estimated_usd += other.estimated_usd
+        self.unpriced_calls += other.unpriced_calls
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is nothing to write."""
+        return not (self.usd or self.unpriced_calls)
+
+
+class Hold(msgspec.Struct, frozen=True, kw_only=True):
+    """An amount held against a budget period until the request settles."""
+
+    period: str
+    member: str
+    usd: float
+
+
+class SpendTotals(msgspec.Struct, kw_only=True):
+    """A key name's figures: spend per period, the part estimated, what is held now."""
+
+    day: float = 0.0
+    month: float = 0.0
+    total: float = 0.0
+    estimated_usd: float = 0.0
+    unpriced_calls: int = 0
+    held_usd: float = 0.0
+
+    def spent(self, per: BudgetPeriod) -> float:
+        """The spend of the current ``per`` period."""
+        value: float = getattr(self, per)
+        return value
+
+
+class SpendStore(Protocol):
+    """Where totals and holds live."""
+
+    async def hold(
+        self, name: str, period: str, member: str, usd: float, limit: float, now: float
+    ) -> tuple[bool, float, float]:
+        """Hold ``usd`` if it fits under ``limit``: (held, spent, already held)."""
+        ...
+
+    async def charge(
+        self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
+    ) -> None:
+        """Add ``charge`` to every period's total and release ``hold``."""
+        ...
+
+    async def totals(
+        self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
+    ) -> SpendTotals:
+        """The key name's figures (``held_in``: the period whose holds to count)."""
+        ...
+
+
+class MemorySpendStore:
+    """Totals in this process (one worker, lost at restart)."""
+
+    def __init__(self) -> None:
+        self._totals: dict[str, float] = {}
+        self._holds: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def _held(self, key: str, now: float) -> float:
+        holds = self._holds.setdefault(key, {})
+        for member in [m for m, (_, expiry) in holds.items() if expiry <= now]:
+            del holds[member]
+        return sum(usd for usd, _ in holds.values())
+
+    async def hold(
+        self, name: str, period: str, member: str, usd: float, limit: float, now: float
+    ) -> tuple[bool, float, float]:
+        key = f"{name}:{period}"
+        spent, held = self._totals.get(key, 0.0), self._held(key, now)
+        if spent + held >= limit or spent + held + usd > limit:
+            return False, spent, held
+        if usd > 0:
+            self._holds[key][member] = (usd, now + HOLD_S)
+        return True, spent, held
+
+    async def charge(
+        self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
+    ) -> None:
+        for period in periods.values():
+            key = f"{name}:{period}"
+            self._totals[key] = self._totals.get(key, 0.0) + charge.usd
+        for field, value in (
+            ("estimated", charge.estimated_usd),
+            ("unpriced", charge.unpriced_calls),
+        ):
+            self._totals[f"{name}:{field}"] = self._totals.get(f"{name}:{field}", 0.0) + value
+        if hold is not None:
+            self._holds.get(f"{name}:{hold.period}", {}).pop(hold.member, None)
+
+    async def totals(
+        self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
+    ) -> SpendTotals:
+        figures = {
+            per: self._totals.get(f"{name}:{period}", 0.0) for per, period in periods.items()
+        }
+        return SpendTotals(
+            **figures,
+            estimated_usd=self._totals.get(f"{name}:estimated", 0.0),
+            unpriced_calls=int(self._totals.get(f"{name}:unpriced", 0.0)),
+            held_usd=self._held(f"{name}:{held_in}", now) if held_in else 0.0,
+        )
+
+
+# Hold an amount atomically: drop expired holds, sum the rest (each member is
+# "<token>:<usd>"), and add ours only if spent + held + ours stays within the limit. Numbers go
+# back as strings: Redis turns a Lua number into an integer.
+_HOLD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local held = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  held = held + tonumber(string.match(member, ':([^:]*)$'))
+end
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local limit = tonumber(ARGV[2])
+local usd = tonumber(ARGV[3])
+if spent + held >= limit or spent + held + usd > limit then
+  return {0, tostring(spent), tostring(held)}
+end
+if usd > 0 then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return {1, tostring(spent), tostring(held)}
+"""
+
+
+class RedisSpendStore:
+    """Totals and holds in Redis, shared by every worker and replica."""
+
+    def __init__(self, redis: SharedRedis) -> None:
+        self._redis = redis
+        self._hold = redis.client.register_script(_HOLD)
+
+    async def hold(
+        self, name: str, period: str, member: str, usd: float, limit: float, now: float
+    ) -> tuple[bool, float, float]:
+        keys = [f"{SPEND_KEY}{name}:{period}", f"{SPEND_KEY}{name}:{period}:holds"]
+        args: list[str | float] = [now, repr(limit), repr(usd), now + HOLD_S, member, HOLD_S]
+        reply = await self._redis.run(lambda client: self._hold(keys=keys, args=args))
+        taken, spent, held = reply
+        return bool(int(taken)), float(spent), float(held)
+
+    async def charge(
+        self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
+    ) -> None:
+        async def write(client: Any) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                if charge.usd:
+                    for per, period in periods.items():
+                        key = f"{SPEND_KEY}{name}:{period}"
+                        pipe.incrbyfloat(key, charge.usd)
+                        if (ttl := PERIOD_TTL_S[per]) is not None:
+                            pipe.expire(key, ttl)
+                if charge.estimated_usd:
+                    pipe.incrbyfloat(f"{SPEND_KEY}{name}:estimated", charge.estimated_usd)
+                if charge.unpriced_calls:
+                    pipe.incrby(f"{SPEND_KEY}{name}:unpriced", charge.unpriced_calls)
+                if hold is not None:
+                    pipe.zrem(f"{SPEND_KEY}{name}:{hold.period}:holds", hold.member)
+                await pipe.execute()
+
+        # A hold must be released even right after an outage: it would block the budget.
+        await self._redis.run(write, skip_if_down=hold is None)
+
+    async def totals(
+        self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
+    ) -> SpendTotals:
+        async def read(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for period in periods.values():
+                    pipe.get(f"{SPEND_KEY}{name}:{period}")
+                pipe.get(f"{SPEND_KEY}{name}:estimated")
+                pipe.get(f"{SPEND_KEY}{name}:unpriced")
+                if held_in:
+                    holds = f"{SPEND_KEY}{name}:{held_in}:holds"
+                    pipe.zrangebyscore(holds, now, "+inf")
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        replies = await self._redis.run(read)
+        figures = {per: float(value or 0) for per, value in zip(periods, replies, strict=False)}
+        rest = replies[len(periods) :]
+        held = 0.0
+        if held_in:
+            held = sum(float(member.rsplit(b":", 1)[1]) for member in rest[2])
+        return SpendTotals(
+            **figures,
+            estimated_usd=float(rest[0] or 0),
+            unpriced_calls=int(rest[1] or 0),
+            held_usd=held,
+        )
+
+
+class Pricing:
+    """What a call costs when its provider reported no cost: configured prices first, then
+    the prices learnt from other calls (``costs.PriceBook``)."""
+
+    def __init__(self, configured: Mapping[str, PriceSpec], book: PriceBook) -> None:
+        self.configured = configured
+        self._book = book
+
+    @property
+    def learnt(self) -> Mapping[str, ModelPrice]:
+        """The prices learnt so far (the book replaces its mapping at every sync)."""
+        return self._book.prices
+
+    def call_cost(self, model: str, tokens_in: float, tokens_out: float) -> float | None:
+        """The price of ``tokens_in`` + ``tokens_out`` on ``model``, or ``None`` if unpriced."""
+        price = self.configured.get(model)
+        if price is not None:
+            return (tokens_in * price.input_per_mtok + tokens_out * price.output_per_mtok) / 1e6
+        learnt = self.learnt.get(model)
+        if learnt is not None:
+            return learnt.usd_per_token * (tokens_in + tokens_out)
+        return None
+
+    def answer_cost(self, model: str, prompt_tokens: float) -> float | None:
+        """The expected cost of one call: the prompt plus the model's mean answer (learnt)."""
+        learnt = self.learnt.get(model)
+        answer = learnt.mean_tokens_out if learnt is not None else 0.0
+        return self.call_cost(model, prompt_tokens, answer)
+
+
+class Ledger:
+    """The worker's spend accounting: opens tabs, checks holds, writes charges.
+
+    Args:
+        store: where totals live.
+        pricing: prices for calls whose provider reported no cost.
+        on_charge: told ``(key name, usd)`` for every settled charge (metrics).
+        on_period_spend: told ``(key name, spent)`` when a budget period's spend is read.
+        clock: wall-clock seconds (injectable for exact tests).
+    """
+
+    def __init__(
+        self,
+        store: SpendStore,
+        pricing: Pricing,
+        *,
+        on_charge: Callable[[str, float], None] = lambda name, usd: None,
+        on_period_spend: Callable[[str, float], None] = lambda name, usd: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.pricing = pricing
+        self._on_charge = on_charge
+        self._on_period_spend = on_period_spend
+        self._clock = clock
+        #: Charges Redis could not take, by key name, added with that name's next settle.
+        self._unsent: dict[str, Charge] = {}
+        #: Settles started by calls that reported after their request had ended.
+        self._late: set[asyncio.Task[None]] = set()
+        self._last_logged = 0.0
+
+    def open(self, policy: KeyPolicy) -> Tab:
+        """A tab for one request of ``policy``'s key name, current for this task."""
+        tab = Tab(self, policy)
+        CURRENT_TAB.set(tab)
+        return tab
+
+    def now(self) -> float:
+        """The ledger's wall-clock time."""
+        return self._clock()
+
+    def periods(self, now: float) -> dict[BudgetPeriod, str]:
+        """The current period of every kind."""
+        return {per: period_id(per, now) for per in PERIODS}
+
+    async def totals(self, policy: KeyPolicy) -> SpendTotals:
+        """``policy``'s key name's figures now.
+
+        Raises:
+            RateLimitedError: Redis is too busy to tell (429).
+            StoreUnavailableError: Redis cannot be reached (503).
+        """
+        now = self._clock()
+        budget = policy.budget
+        held_in = period_id(budget.per, now) if budget is not None else None
+        try:
+            totals = await self.store.totals(policy.name, self.periods(now), held_in, now)
+        except RedisBusy as error:
+            raise busy_error("read the key's spend") from error
+        except Exception as error:
+            raise StoreUnavailableError(
+                "spend is kept in Redis, which cannot be reached right now; try again shortly"
+            ) from error
+        if budget is not None:
+            self._on_period_spend(policy.name, totals.spent(budget.per))
+        return totals
+
+    async def hold(self, policy: KeyPolicy, usd: float) -> Hold | None:
+        """Hold ``usd`` against ``policy``'s budget (``None`` without a budget, or when the
+        store cannot be reached: budgets fail open).
+
+        Raises:
+            BudgetExceededError: spent + held + ``usd`` would cross the limit (402).
+            RateLimitedError: Redis is too busy to tell (429, back-pressure).
+        """
+        budget = policy.budget
+        if budget is None:
+            return None
+        now = self._clock()
+        period = period_id(budget.per, now)
+        member = f"{uuid.uuid4().hex}:{usd!r}"
+        try:
+            held, spent, others = await self.store.hold(
+                policy.name, period, member, usd, budget.limit, now
+            )
+        except RedisBusy as error:
+            raise busy_error("check the key's budget") from error
+        except Exception as error:  # fail open: serve, and say so in the log
+            self._store_failed(error)
+            return None
+        self._on_period_spend(policy.name, spent)
+        if not held:
+            raise BudgetExceededError(_over_budget(policy, period, spent, others, usd))
+        return Hold(period=period, member=member, usd=usd) if usd > 0 else None
+
+    async def settle(self, name: str, charge: Charge, hold: Hold | None) -> None:
+        """Write ``charge`` (and any charge kept from an outage) and release ``hold``."""
+        pending = self._unsent.pop(name, None)
+        if pending is not None:
+            pending.add(charge)
+            charge = pending
+        if charge.empty and hold is None:
+            return
+        try:
+            await self.store.charge(name, self.periods(self._clock()), charge, hold)
+        except Exception as error:  # kept for the next settle of this name
+            self._unsent.setdefault(name, Charge()).add(charge)
+            self._store_failed(error)
+            return
+        self._on_charge(name, charge.usd)
+
+    def settle_later(self, name: str, charge: Charge) -> None:
+        """Settle a charge that arrived after its request ended (a call cut off late)."""
+        task = asyncio.get_running_loop().create_task(self.settle(name, charge, None))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    def _store_failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_logged > 30:
+            self._last_logged = now
+            log.warning("spend_store_unavailable", error=type(error).__name__)
+
+
+def _over_budget(policy: KeyPolicy, period: str, spent: float, held: float, usd: float) -> str:
+    budget = policy.budget
+    assert budget is not None
+    per = {"day": "daily", "month": "monthly", "total": "total"}[budget.per]
+    left = max(budget.limit - spent - held, 0.0)
+    message = (
+        f"the key {policy.name!r} is over its {per} budget of ${budget.limit:.4f} "
+        f"(period {period}): spent ${spent:.4f}"
+    )
+    if held:
+        message += f", ${held:.4f} held by requests in flight"
+    return message + f"; this request's estimate of ${usd:.4f} is over the ${left:.4f} left"
+
+
+class Tab:
+    """One request's charges and hold; settled once when the request ends."""
+
+    __slots__ = ("_charge", "_hold", "_ledger", "_settled", "policy", "prompt")
+
+    def __init__(self, ledger: Ledger, policy: KeyPolicy) -> None:
+        self._ledger = ledger
+        self.policy = policy
+        self._charge = Charge()
+        self._hold: Hold | None = None
+        self._settled = False
+        #: The request's conversation as sent upstream, to price calls cut off in flight
+        #: (measured only if one is).
+        self.prompt: object = None
+
+    @property
+    def prompt_tokens(self) -> float:
+        """The prompt's size in tokens, estimated from its JSON."""
+        return len(_encode(self.prompt)) / CHARS_PER_TOKEN if self.prompt is not None else 0.0
+
+    @property
+    def charged(self) -> Charge:
+        """What this request owes so far."""
+        return self._charge
+
+    async def hold(self, usd: float | None) -> None:
+        """Hold the request's estimate (``None``: unknown, held as 0) against the budget.
+
+        Raises:
+            BudgetExceededError: it does not fit in what is left (402).
+        """
+        if self.policy.budget is not None and self._hold is None:
+            self._hold = await self._ledger.hold(self.policy, usd or 0.0)
+
+    def add_call(self, response: PanelResponse) -> None:
+        """Charge one member or judge call."""
+        self.add_usage(
+            response.model, response.tokens_in, response.tokens_out, response.cost_usd,
+            cut_off=response.error_kind in _CUT_OFF,
+        )  # fmt: skip
+
+    def add_usage(
+        self,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        cost_usd: float | None,
+        *,
+        cut_off: bool = False,
+    ) -> None:
+        """Charge one upstream call by what its provider reported."""
+        charge = Charge()
+        if cost_usd is not None:
+            charge.usd = cost_usd
+        elif tokens_in or tokens_out or cut_off:
+            pricing = self._ledger.pricing
+            if tokens_in or tokens_out:
+                priced = pricing.call_cost(model, tokens_in, tokens_out)
+            else:  # cut off in flight: the provider read the prompt
+                priced = pricing.call_cost(model, self.prompt_tokens, 0)
+            if priced is None:
+                charge.unpriced_calls = 1
+                log.warning("call_without_price", model=model, key=self.policy.name)
+            else:
+                charge.usd = charge.estimated_usd = priced
+        else:
+            return
+        if self._settled:
+            self._ledger.settle_later(self.policy.name, charge)
+        else:
+            self._charge.add(charge)
+
+    async def settle(self) -> None:
+        """Write what the request spent and release its hold (once)."""
+        if self._settled:
+            return
+        self._settled = True
+        await self._ledger.settle(self.policy.name, self._charge, self._hold)
+
+
+def charge_call(response: PanelResponse) -> None:
+    """Charge a member or judge call to the current request's tab (if any)."""
+    tab = CURRENT_TAB.get()
+    if tab is not None:
+        tab.add_call(response)

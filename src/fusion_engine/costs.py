@@ -60,10 +60,15 @@ class PriceBook:
         self.unsynced: dict[str, ModelPrice] = {}
 
     def learn(self, response: PanelResponse) -> None:
-        """Add one call whose provider reported a cost."""
-        if response.cost_usd is None or not (response.tokens_in or response.tokens_out):
+        """Add one member or judge call whose provider reported a cost."""
+        self.learn_usage(response.model, response.tokens_in, response.tokens_out, response.cost_usd)
+
+    def learn_usage(
+        self, model: str, tokens_in: int, tokens_out: int, cost_usd: float | None
+    ) -> None:
+        """Add one call (member, judge or passthrough) whose provider reported a cost."""
+        if cost_usd is None or not (tokens_in or tokens_out):
             return
-        model = response.model
         # Most recently learnt last, so the bound drops models nobody calls any more.
         self.prices[model] = self.prices.pop(model) if model in self.prices else ModelPrice()
         while len(self.prices) > MAX_MODELS:
@@ -71,9 +76,9 @@ class PriceBook:
         for book in (self.prices, self.unsynced):
             price = book.setdefault(model, ModelPrice())
             price.calls += 1
-            price.cost_usd += response.cost_usd
-            price.tokens_in += response.tokens_in
-            price.tokens_out += response.tokens_out
+            price.cost_usd += cost_usd
+            price.tokens_in += tokens_in
+            price.tokens_out += tokens_out
 
     async def sync(self, redis: Any, models: Iterable[str] = ()) -> None:
         """Add this worker's new calls to the totals in Redis and take back everyone's totals

@@ -81,7 +81,7 @@ async def passthrough(
             ),
         )  # fmt: skip
         facts_of(request).upstream_ms = reply.latency_ms
-        _charge(tab, chat.model, reply.completion.usage)
+        _charge(gateway, tab, chat.model, reply.completion.usage)
         if api is None:
             return Response(content=reply.raw, media_type=MediaType.JSON)
         answer = _answer_of(reply.completion)
@@ -92,7 +92,7 @@ async def passthrough(
     raw["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
     batches = _charged(
         upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None),
-        tab, chat.model,
+        gateway, tab, chat.model,
     )  # fmt: skip
     # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
@@ -111,14 +111,19 @@ async def passthrough(
     return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-def _charge(tab: Tab | None, model: str, usage: Usage | None) -> None:
-    """Charge a passthrough call to the request's tab by the usage its provider reported."""
-    if tab is not None and usage is not None:
-        tab.add_usage(model, usage.prompt_tokens, usage.completion_tokens, usage.cost)
+def _charge(gateway: Gateway, tab: Tab | None, model: str, usage: Usage | None) -> None:
+    """Charge a passthrough call to the request's tab by the usage its provider reported (and
+    learn the model's price from it, for the next estimate)."""
+    if usage is None:
+        return
+    tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
+    gateway.prices.learn_usage(model, tokens_in, tokens_out, usage.cost)
+    if tab is not None:
+        tab.add_usage(model, tokens_in, tokens_out, usage.cost)
 
 
 async def _charged(
-    batches: AsyncGenerator[list[StreamEvent], None], tab: Tab | None, model: str
+    batches: AsyncGenerator[list[StreamEvent], None], gateway: Gateway, tab: Tab | None, model: str
 ) -> AsyncGenerator[list[StreamEvent], None]:
     """``batches`` as they come; the stream's usage is charged to ``tab`` when it ends, however
     it ends (a stream cut off after it began, before its usage chunk, is charged its prompt,
@@ -135,7 +140,7 @@ async def _charged(
                 yield events
     finally:
         if usage is not None:
-            _charge(tab, model, usage)
+            _charge(gateway, tab, model, usage)
         elif began and tab is not None:
             tab.add_usage(model, 0, 0, None, cut_off=True)
 
@@ -198,7 +203,7 @@ async def passthrough_post(
         usage = _decode_usage(reply).usage
     except msgspec.DecodeError:  # relayed as it came; only its charge is unknown
         usage = None
-    _charge(CURRENT_TAB.get(), model, usage)
+    _charge(gateway, CURRENT_TAB.get(), model, usage)
     return Response(content=reply, media_type=MediaType.JSON)
 
 

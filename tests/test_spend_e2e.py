@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from fusion_engine.testing import FakeUpstream, Reply
 
@@ -38,7 +42,7 @@ JUDGE = "e2e/judge"
 CALL_USD = 0.0015
 FUSION_USD = 4 * CALL_USD
 PLAIN_MODEL = "vendor/plain"
-USER = [{"role": "user", "content": "How much does this cost?"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How much does this cost?"}]
 OPS_KEY = "ops-secret-key"
 
 
@@ -152,14 +156,14 @@ def test_a_budget_of_a_cent_stops_the_request_that_would_cross_it(
     budget and gets 402 budget_exceeded naming the numbers, and nothing more is spent."""
     script_costs(fake)
     team = client(gateway, keys.team_key)
-    first = team.chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+    first = team.chat.completions.create(model="fusion/trio", messages=USER)
     assert first.model_extra is not None
     assert first.model_extra["fusion"]["total_cost"] == pytest.approx(FUSION_USD)
     report = spent_settles(gateway, keys.team_key, FUSION_USD)
     assert report["budget"]["spent_usd"] == pytest.approx(FUSION_USD)
     calls_before = len(fake.received)
     with pytest.raises(openai.APIStatusError) as refused:
-        team.chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+        team.chat.completions.create(model="fusion/trio", messages=USER)
     error = refused.value
     assert error.status_code == 402
     assert error.response.headers.get("x-should-retry") == "false"
@@ -184,7 +188,7 @@ def test_a_key_without_a_budget_is_charged_and_never_refused(
     script_costs(fake)
     ops = client(gateway, OPS_KEY)
     for _ in range(3):
-        ops.chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+        ops.chat.completions.create(model="fusion/trio", messages=USER)
     report = spent_settles(gateway, OPS_KEY, 3 * FUSION_USD)
     assert report["key"] == keys.ops
     assert report["budget"] is None
@@ -199,10 +203,10 @@ def test_a_key_without_a_budget_is_charged_and_never_refused(
 def _chat(base: str, key: str, model: str, stream: bool) -> None:
     reply = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
     if stream:
-        for _ in reply.chat.completions.create(model=model, messages=USER, stream=True):  # type: ignore[call-overload]
+        for _ in reply.chat.completions.create(model=model, messages=USER, stream=True):
             pass
     else:
-        reply.chat.completions.create(model=model, messages=USER)  # type: ignore[arg-type]
+        reply.chat.completions.create(model=model, messages=USER)
 
 
 def _responses(base: str, key: str, model: str, stream: bool) -> None:
@@ -277,10 +281,10 @@ def test_calls_without_a_reported_cost_are_charged_at_configured_prices(
         env["REDIS_URL"] = REDIS_URL
     local = Reply(include_cost=False)
     script_fused_panel(fake, dict.fromkeys(MEMBERS, local), JUDGE, local)
-    with GatewayProcess(gateway_env(fake, "", config=config, **env)) as gateway:
+    with GatewayProcess({**gateway_env(fake, "", config=config), **env}) as gateway:
         reply = client(gateway, OPS_KEY).chat.completions.create(
             model="fusion/trio",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
         )
         assert reply.model_extra is not None
         detail = reply.model_extra["fusion"]
@@ -299,7 +303,7 @@ def test_calls_no_price_covers_are_reported_not_silently_free(
     """No reported cost and no price anywhere: each call is counted as unpriced."""
     local = Reply(include_cost=False)
     script_fused_panel(fake, dict.fromkeys(MEMBERS, local), JUDGE, local)
-    client(gateway, OPS_KEY).chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+    client(gateway, OPS_KEY).chat.completions.create(model="fusion/trio", messages=USER)
     deadline = time.monotonic() + 5
     while (report := spend(gateway, OPS_KEY))["unpriced_calls"] < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -348,17 +352,17 @@ def test_a_panel_allow_list_and_the_passthrough_switch(
         (PLAIN_MODEL, {}),
     ):
         with pytest.raises(openai.PermissionDeniedError) as refused:
-            narrow.chat.completions.create(model=model, messages=USER, extra_body=extra)  # type: ignore[arg-type]
+            narrow.chat.completions.create(model=model, messages=USER, extra_body=extra)
         assert refused.value.response.json()["error"]["type"] == "permission_error"
         assert keys.narrow in refused.value.message
     assert "allowed: quick" in _message_for(narrow, "fusion/trio")
-    client(gateway, OPS_KEY).chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
-    client(gateway, OPS_KEY).chat.completions.create(model=PLAIN_MODEL, messages=USER)  # type: ignore[arg-type]
+    client(gateway, OPS_KEY).chat.completions.create(model="fusion/trio", messages=USER)
+    client(gateway, OPS_KEY).chat.completions.create(model=PLAIN_MODEL, messages=USER)
 
 
 def _message_for(api: openai.OpenAI, model: str) -> str:
     try:
-        api.chat.completions.create(model=model, messages=USER)  # type: ignore[arg-type]
+        api.chat.completions.create(model=model, messages=USER)
     except openai.APIStatusError as error:
         return str(error.message)
     raise AssertionError("not refused")
@@ -382,7 +386,7 @@ def test_the_key_name_labels_requests_and_spend_in_metrics(
     gateway: GatewayProcess, fake: FakeUpstream, keys: Keys
 ) -> None:
     script_costs(fake)
-    client(gateway, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+    client(gateway, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)
     spent_settles(gateway, keys.team_key, FUSION_USD)
     text = httpx.get(f"{gateway.base_url}/metrics", timeout=10).text
     assert re.search(
@@ -408,7 +412,7 @@ def test_a_burst_of_200_cannot_overspend_a_tight_budget(
     script_costs(fake, delay_s=0.3)
     with start_gateway(fake, tmp_path, keys, backend=backend, limit=limit) as gateway:
         # One fusion teaches the gateway the prices (the first estimate is unknown).
-        client(gateway, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+        client(gateway, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)
         spent_settles(gateway, keys.team_key, FUSION_USD)
         statuses = asyncio.run(_burst(gateway, keys.team_key, 200))
         admitted = statuses.count(200)
@@ -449,18 +453,36 @@ def test_two_gateways_on_one_redis_share_one_budget(
         start_gateway(fake, tmp_path / "a", keys, backend="redis", limit=FUSION_USD) as first,
         start_gateway(fake, tmp_path / "b", keys, backend="redis", limit=FUSION_USD) as second,
     ):
-        client(first, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)  # type: ignore[arg-type]
+        client(first, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)
         assert spent_settles(first, keys.team_key, FUSION_USD)["total_usd"] == pytest.approx(
             FUSION_USD
         )
         assert spend(second, keys.team_key)["total_usd"] == pytest.approx(FUSION_USD)
         with pytest.raises(openai.APIStatusError) as refused:
-            client(second, keys.team_key).chat.completions.create(  # type: ignore[call-overload]
+            client(second, keys.team_key).chat.completions.create(
                 model="fusion/trio", messages=USER
             )
         assert refused.value.status_code == 402
     with start_gateway(fake, tmp_path / "c", keys, backend="redis", limit=FUSION_USD) as third:
-        assert spend(third, keys.team_key)["total_usd"] == pytest.approx(FUSION_USD)
+        over_http = spend(third, keys.team_key)
+    assert over_http["total_usd"] == pytest.approx(FUSION_USD)
+    # The operator's view: `fusion spend` reads the same figures from the same Redis (without
+    # the keys' variables: it needs only their names).
+    config = tmp_path / "c" / "gateway.yaml"
+    listed = subprocess.run(
+        [sys.executable, "-m", "fusion_engine.cli", "spend", "--json"],
+        env={"PATH": os.environ["PATH"], "FUSION_CONFIG": str(config), "REDIS_URL": REDIS_URL},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    reports = {report["key"]: report for report in json.loads(listed.stdout)}
+    assert set(reports) == {keys.team, keys.ops, keys.narrow, keys.slow}
+    assert reports[keys.team] == over_http
+    table = subprocess.run(
+        [sys.executable, "-m", "fusion_engine.cli", "spend", keys.team],
+        env={"PATH": os.environ["PATH"], "FUSION_CONFIG": str(config), "REDIS_URL": REDIS_URL},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert keys.team in table.stdout and "0.0060" in table.stdout
 
 
 def test_spend_report_schema_is_plain_json(gateway: GatewayProcess) -> None:

@@ -1,4 +1,5 @@
-"""The ``fusion`` command: ``fusion run``, ``fusion panels``.
+"""The ``fusion`` command: ``fusion run``, ``fusion panels``, ``fusion spend``, ``fusion eval``,
+``fusion serve``.
 
 Errors a user can fix (missing key, unknown panel, broken panel file) print one line on stderr
 and exit non-zero; no traceback.
@@ -18,11 +19,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .config import load_config
+from .costs import PriceBook
 from .engine import FusionEngine
-from .errors import FusionError, PanelFailedError
+from .errors import FusionError, PanelFailedError, StoreUnavailableError
+from .keys import key_ring
 from .panels import Panel
+from .redis_client import SharedRedis
 from .results import FusionEvent, FusionResult, JudgeStarted, MemberFinished, PanelResponse
 from .settings import Settings
+from .spend import Ledger, Pricing, RedisSpendStore
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -56,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     panels = commands.add_parser("panels", help="list the panels")
     panels.add_argument("--json", action="store_true", help="print the panels as JSON")
 
+    spend = commands.add_parser(
+        "spend", help="what each key name has spent, and its budget (reads REDIS_URL)"
+    )
+    spend.add_argument("key", nargs="?", help="one key name (default: every configured key)")
+    spend.add_argument("--json", action="store_true", help="print the reports as JSON")
+
     evaluate = commands.add_parser(
         "eval", help="measure a panel against its members and its judge on a dataset"
     )
@@ -82,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _panels_command(args)
         if args.command == "serve":
             return serve(args)
+        if args.command == "spend":
+            return asyncio.run(_spend_command(args))
         if args.command == "eval":
             from .evals.cli import run as run_eval
 
@@ -128,6 +142,48 @@ def _panels_command(args: argparse.Namespace) -> int:
             _estimated_cost(panel),
         )
     _console().print(table)
+    return 0
+
+
+async def _spend_command(args: argparse.Namespace) -> int:
+    """Every configured key name's spend (or one's), read from the Redis the gateways share."""
+    settings = Settings.from_environ(os.environ)
+    config = load_config(settings, need_keys=False)
+    ring = key_ring(settings.server_api_keys, config.keys, config.gateway.rate_limit)
+    names = [args.key] if args.key else ring.names
+    policies = [ring.configured(name) for name in names]
+    if settings.redis_url is None:
+        raise StoreUnavailableError(
+            "without REDIS_URL each gateway keeps spend in its own memory: set REDIS_URL to the "
+            "gateways' Redis, or ask a gateway with the key itself (GET /v1/spend)"
+        )
+    redis = SharedRedis.connect(settings.redis_url)
+    try:
+        ledger = Ledger(RedisSpendStore(redis), Pricing(config.gateway.prices, PriceBook()))
+        reports = [await ledger.report(policy) for policy in policies]
+    finally:
+        await redis.aclose()
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(reports)).decode() + "\n")
+        return 0
+    table = Table(title="Spend by key (USD)", title_justify="left")
+    for column in ("key", "today", "this month", "all time", "estimated", "budget", "left"):
+        table.add_column(column, justify="left" if column == "key" else "right")
+    for report in reports:
+        budget = report.budget
+        table.add_row(
+            report.key, f"{report.day_usd:.4f}", f"{report.month_usd:.4f}",
+            f"{report.total_usd:.4f}", f"{report.estimated_usd:.4f}",
+            f"{budget.limit_usd:.2f} / {budget.per}" if budget else "-",
+            f"{budget.remaining_usd:.4f}" if budget else "-",
+        )  # fmt: skip
+    _console().print(table)
+    unpriced = sum(report.unpriced_calls for report in reports)
+    if unpriced:
+        _console(stderr=True).print(
+            f"{unpriced} calls had no reported cost and no price: add them to prices: in the "
+            "gateway config"
+        )
     return 0
 
 

@@ -172,9 +172,10 @@ class ResolvedConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self.providers[self.gateway.default_provider]
 
 
-def load_config(settings: Settings) -> ResolvedConfig:
+def load_config(settings: Settings, *, need_keys: bool = True) -> ResolvedConfig:
     """Read the gateway YAML named by the settings (built-in defaults when the default path is
-    absent) and resolve its providers.
+    absent) and resolve its providers. ``need_keys=False`` (``fusion spend``, which reads only
+    key names) accepts ``keys:`` entries whose variable is unset.
 
     Raises:
         ConfigError: the file is unreadable or invalid; the message names the file and field.
@@ -198,11 +199,15 @@ def load_config(settings: Settings) -> ResolvedConfig:
             for name, spec in raw_providers.items()
         }
         gateway = msgspec.structs.replace(gateway, providers=providers)
-    return resolve_config(gateway, settings.environ, source=str(path))
+    return resolve_config(gateway, settings.environ, source=str(path), need_keys=need_keys)
 
 
 def resolve_config(
-    gateway: GatewayConfig, environ: Mapping[str, str], *, source: str = "<config>"
+    gateway: GatewayConfig,
+    environ: Mapping[str, str],
+    *,
+    source: str = "<config>",
+    need_keys: bool = True,
 ) -> ResolvedConfig:
     """Validate cross-references in ``gateway`` and resolve each provider's URL and key.
 
@@ -227,14 +232,15 @@ def resolve_config(
         if price.input_per_mtok < 0 or price.output_per_mtok < 0:
             raise ConfigFileError(source, f"prices.{model}", "prices must be 0 or more")
     keys = tuple(
-        _resolve_key(index, spec, environ, source) for index, spec in enumerate(gateway.keys)
+        _resolve_key(index, spec, environ, source, need_keys)
+        for index, spec in enumerate(gateway.keys)
     )
     _check_shared_names(keys, source)
     return ResolvedConfig(gateway=gateway, providers=providers, keys=keys)
 
 
 def _resolve_key(
-    index: int, spec: KeySpec, environ: Mapping[str, str], source: str
+    index: int, spec: KeySpec, environ: Mapping[str, str], source: str, need_keys: bool
 ) -> ConfiguredKey:
     """One ``keys:`` entry checked, with the SHA-256 of its key (the key is never kept)."""
     where = f"keys[{index}]"
@@ -247,6 +253,8 @@ def _resolve_key(
         raise ConfigFileError(source, where, "give exactly one of key_env and key_sha256")
     if spec.key_env is not None:
         key = (environ.get(spec.key_env) or "").strip()
+        if not key and not need_keys:
+            return ConfiguredKey(digest=b"", spec=spec)  # matches no key: it is never served
         if not key:
             raise ConfigFileError(
                 source, f"{where}.key_env", f"the variable {spec.key_env} is not set"

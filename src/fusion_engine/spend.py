@@ -113,6 +113,54 @@ class SpendTotals(msgspec.Struct, kw_only=True):
         return value
 
 
+class BudgetState(msgspec.Struct, frozen=True, kw_only=True):
+    """A key's budget in its current period."""
+
+    limit_usd: float
+    per: BudgetPeriod
+    #: The period the figures are for: ``2026-12-07``, ``2026-12`` or ``total``.
+    period: str
+    spent_usd: float
+    #: Estimates held by the key's requests in flight (charged when they end).
+    held_usd: float
+    remaining_usd: float
+
+
+class SpendReport(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/spend`` (and ``fusion spend``): one key name's spend."""
+
+    key: str
+    #: Spend of the current UTC day, calendar month, and all time, in USD.
+    day_usd: float
+    month_usd: float
+    total_usd: float
+    #: Of the all-time spend, what the gateway priced itself (the provider reported no cost).
+    estimated_usd: float
+    #: Calls that produced tokens no price covers (charged nothing; configure ``prices:``).
+    unpriced_calls: int
+    budget: BudgetState | None
+    object: str = "spend"
+
+
+def spend_report(policy: KeyPolicy, totals: SpendTotals, now: float) -> SpendReport:
+    """The report of ``policy``'s key name from its ``totals`` (pure)."""
+    budget = None
+    if policy.budget is not None:
+        spent = totals.spent(policy.budget.per)
+        budget = BudgetState(
+            limit_usd=policy.budget.limit,
+            per=policy.budget.per,
+            period=period_id(policy.budget.per, now),
+            spent_usd=spent,
+            held_usd=totals.held_usd,
+            remaining_usd=max(policy.budget.limit - spent - totals.held_usd, 0.0),
+        )
+    return SpendReport(
+        key=policy.name, day_usd=totals.day, month_usd=totals.month, total_usd=totals.total,
+        estimated_usd=totals.estimated_usd, unpriced_calls=totals.unpriced_calls, budget=budget,
+    )  # fmt: skip
+
+
 class SpendStore(Protocol):
     """Where totals and holds live."""
 
@@ -344,10 +392,6 @@ class Ledger:
         CURRENT_TAB.set(tab)
         return tab
 
-    def now(self) -> float:
-        """The ledger's wall-clock time."""
-        return self._clock()
-
     def periods(self, now: float) -> dict[BudgetPeriod, str]:
         """The current period of every kind."""
         return {per: period_id(per, now) for per in PERIODS}
@@ -373,6 +417,11 @@ class Ledger:
         if budget is not None:
             self._on_period_spend(policy.name, totals.spent(budget.per))
         return totals
+
+    async def report(self, policy: KeyPolicy) -> SpendReport:
+        """``policy``'s key name's report (raises as ``totals`` does)."""
+        now = self._clock()
+        return spend_report(policy, await self.totals(policy), now)
 
     async def hold(self, policy: KeyPolicy, usd: float) -> Hold | None:
         """Hold ``usd`` against ``policy``'s budget (``None`` without a budget, or when the

@@ -466,6 +466,9 @@ RUN_ELSEWHERE = {
         "tests/test_readme.py (test_eval_quick_start_runs)"
     ),
     "-d '{": "the curl command it continues (tests/test_readme.py)",
+    # README "Teams, keys and budgets": the gateway run as printed, its curl and fusion spend.
+    "export TEAM_A_KEY=": "tests/test_readme_keys.py (the printed fixture)",
+    ".venv/bin/fusion serve": "tests/test_readme_keys.py (the printed fixture runs fusion serve)",
     # README "Use it from your agent": the Claude Code block, run as printed (opt-in).
     "export ANTHROPIC_": "tests/test_readme_agents.py (test_claude_code_block_...)",
     "export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1": "tests/test_readme_agents.py",

@@ -446,7 +446,7 @@ def test_cost_table_says_where_the_time_went(session: Session, fake: FakeUpstrea
     shown = dict(zip(["members", "judge", "gateway"], map(_ms, texts), strict=True))
     assert 300 <= shown["members"] < 1500
     assert 200 <= shown["judge"] < 1500
-    assert shown["gateway"] < 200
+    assert shown["gateway"] < 400  # the gateway's own share plus a local network and a browser
     run = page.evaluate("JSON.parse(localStorage.getItem('fusion-ui.history'))[0]")
     fusion_ms = run["result"]["total_latency_ms"]
     assert shown["members"] + shown["judge"] == pytest.approx(fusion_ms, abs=2)  # 1 ms rounding

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from fusion_engine.config import load_config
 from fusion_engine.errors import ConfigError
+from fusion_engine.server.metrics import Metrics
 from fusion_engine.server.serving import check_auth_binding
 from fusion_engine.settings import Settings
 
@@ -686,26 +688,132 @@ def test_selectors_match_their_pods() -> None:
     )
 
 
-def test_dashboard_charts_the_design_metrics() -> None:
-    """The Grafana dashboard queries every design metric, and only metrics the code defines."""
-    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
-    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+def dashboard() -> dict[str, Any]:
+    board: dict[str, Any] = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    return board
+
+
+def dashboard_exprs(board: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of the dashboard: its panels' and its variables' queries."""
+    exprs = [target["expr"] for panel in board["panels"] for target in panel.get("targets", [])]
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs.append(variable["query"]["query"])
+    return exprs
+
+
+def registered_series() -> dict[str, frozenset[str]]:
+    """Every series name a gateway's ``Metrics`` registry exposes, with the labels it may
+    carry: read from the registry itself, so a family renamed or dropped in the code fails
+    here."""
+    metrics = Metrics()
+    # prometheus-client keeps a family's label names on its wrapper only (a family without
+    # samples has none to read them from).
+    labels = {
+        wrapper._name: frozenset(wrapper._labelnames)
+        for wrapper in vars(metrics).values()
+        if isinstance(wrapper, MetricWrapperBase)
+    }
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    series: dict[str, frozenset[str]] = {}
+    for family in metrics.registry.collect():
+        for suffix in suffixes[family.type]:
+            extra = {"le"} if suffix == "_bucket" else set()
+            series[family.name + suffix] = labels.get(family.name, frozenset()) | extra
+    return series
+
+
+def family_of(series: str) -> str:
+    return re.sub(r"_(bucket|sum|count)$", "", series)
+
+
+def test_dashboard_charts_every_registered_family() -> None:
+    """The dashboard charts the design's metric families and every other one the gateway
+    registers (docs/operations.md says so), and queries only series the gateway exposes."""
+    exposed = registered_series()
     used = {
-        re.sub(r"_(bucket|sum|count)$", "", name)
-        for expr in exprs
-        for name in re.findall(r"\bfusion_[a-z_]+", expr)
+        name for expr in dashboard_exprs(dashboard()) for name in re.findall(r"\bfusion_\w+", expr)
     }
-    assert used >= DESIGN_METRICS, DESIGN_METRICS - used
-    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
-    defined = set(re.findall(r"(?:Counter|Gauge|Histogram|Summary)\(\s*\"(fusion_\w+)\"", source))
-    histograms = set(re.findall(r"Histogram\(\s*\"(fusion_\w+)\"", source))
-    assert used <= defined, used - defined
-    bucketed = {
-        m.removesuffix("_bucket") for e in exprs for m in re.findall(r"fusion_\w+_bucket", e)
+    assert used <= set(exposed), f"not exposed by the gateway: {sorted(used - set(exposed))}"
+    charted = {family_of(name) for name in used}
+    assert charted >= DESIGN_METRICS, DESIGN_METRICS - charted
+    assert charted == {family_of(name) for name in exposed}, {
+        family_of(n) for n in exposed
+    } - charted
+
+
+def test_dashboard_queries_use_only_their_metrics_labels() -> None:
+    """A selector names only labels of its series; ``by (...)`` groups by labels one of the
+    expression's series has: a label the code does not set would chart nothing, silently."""
+    exposed = registered_series()
+    for expr in dashboard_exprs(dashboard()):
+        names = re.findall(r"\bfusion_\w+", expr)
+        for name, selector in re.findall(r"\b(fusion_\w+)\{([^}]*)\}", expr):
+            matched = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector))
+            assert matched <= exposed[name], f"{expr}: {name} has no {matched - exposed[name]}"
+        grouped = {
+            label.strip()
+            for clause in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+            for label in clause.split(",")
+        }
+        known = frozenset().union(*(exposed[name] for name in names))
+        assert grouped <= known, f"{expr}: no series has {grouped - known}"
+        for name, label in re.findall(r"label_values\((fusion_\w+),\s*(\w+)\)", expr):
+            assert label in exposed[name], expr
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+
+
+#: Variables Grafana defines for every dashboard.
+GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range"}
+
+
+def test_dashboard_variables_are_defined_and_used() -> None:
+    """Every ``$variable`` a query uses is defined; every query variable is used by a panel;
+    the ``key`` picker lists the key names that requests were counted under."""
+    board = dashboard()
+    variables = {variable["name"]: variable for variable in board["templating"]["list"]}
+    panel_exprs = [t["expr"] for panel in board["panels"] for t in panel.get("targets", [])]
+    referenced = {name for expr in panel_exprs for name in re.findall(r"\$\{?(\w+)", expr)}
+    datasources = {
+        json.dumps(thing["datasource"], sort_keys=True)
+        for panel in board["panels"]
+        for thing in [panel, *panel.get("targets", [])]
+        if "datasource" in thing
     }
-    assert bucketed and bucketed <= histograms
-    ids = [panel["id"] for panel in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
+    assert datasources == {json.dumps({"type": "prometheus", "uid": "${datasource}"})}
+    assert referenced <= set(variables) | GRAFANA_VARIABLES, referenced - set(variables)
+    queried = {name for name, variable in variables.items() if variable["type"] == "query"}
+    assert queried <= referenced, queried - referenced
+    assert variables["key"]["query"]["query"] == "label_values(fusion_requests_total, key)"
+    key_filtered = [expr for expr in panel_exprs if 'key=~"$key"' in expr]
+    assert any("fusion_key_spend_usd_total" in expr for expr in key_filtered)
+    assert any("fusion_key_budget_usd" in expr for expr in key_filtered)
+
+
+def test_dashboard_panels_have_unique_ids_and_a_sane_layout() -> None:
+    """Ids are unique; every panel lies within Grafana's 24 columns and none overlaps another;
+    rows span the width; each panel's targets have distinct refIds."""
+    panels = dashboard()["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), ids
+    boxes = []
+    for panel in panels:
+        grid = panel["gridPos"]
+        x, y, w, h = (grid[k] for k in "xywh")
+        assert all(isinstance(v, int) for v in (x, y, w, h)), panel["title"]
+        assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= 24, panel["title"]
+        if panel["type"] == "row":
+            assert (x, w, h) == (0, 24, 1), panel["title"]
+        boxes.append((panel["title"], x, y, w, h))
+        refs = [target["refId"] for target in panel.get("targets", [])]
+        assert len(refs) == len(set(refs)), panel["title"]
+        assert panel["type"] == "row" or refs, f"{panel['title']} queries nothing"
+    for i, (a, ax, ay, aw, ah) in enumerate(boxes):
+        for b, bx, by, bw, bh in boxes[i + 1 :]:
+            apart = ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+            assert apart, f"{a!r} overlaps {b!r}"
+    # Listed top to bottom, left to right, as Grafana saves them.
+    assert boxes == sorted(boxes, key=lambda box: (box[2], box[1]))
 
 
 # --- make image in CI ---------------------------------------------------------------------------

@@ -67,9 +67,16 @@ def post(gateway: GatewayProcess, path: str, body: dict[str, object]) -> httpx.R
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/v1/chat/completions", {"model": "fusion/trio", "messages": USER}),
-        ("/v1/responses", {"model": "fusion/trio", "input": USER[0]["content"]}),
-        ("/v1/messages", {"model": "fusion/trio", "max_tokens": 64, "messages": USER}),
+        ("/v1/chat/completions", {"model": "fusion/trio", "messages": USER, "temperature": 0.7}),
+        (
+            "/v1/responses",
+            {"model": "fusion/trio", "input": USER[0]["content"], "temperature": 0.7},
+        ),
+        (
+            "/v1/messages",
+            {"model": "fusion/trio", "max_tokens": 64, "messages": USER, "temperature": 0.7},
+        ),
+        ("/fuse", {"panel": "trio", "messages": USER}),  # takes no generation parameters
     ],
 )
 def test_fused_replies_say_where_their_time_went(
@@ -80,7 +87,7 @@ def test_fused_replies_say_where_their_time_went(
     for slug in MEMBERS:
         fake.script(slug, Reply(text="Soon.", delay_s=0.3))
     fake.script("e2e/judge", Reply(text="Soon enough.", delay_s=0.2))
-    reply = post(gateway, path, {**body, "temperature": 0.7})
+    reply = post(gateway, path, body)
     stages = timings(reply)
     assert set(stages) == {"members", "judge", "gateway"}
     assert 300 <= stages["members"] < 1500
@@ -100,6 +107,13 @@ def test_streams_and_passthrough_carry_no_stage_timing(
     )  # fmt: skip
     assert streamed.status_code == 200
     assert "server-timing" not in streamed.headers
+    progress = httpx.post(
+        f"{gateway.base_url}/fuse", json={"panel": "trio", "prompt": "Soon?", "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+    )  # fmt: skip
+    assert progress.status_code == 200
+    assert "event: result" in progress.text
+    assert "server-timing" not in progress.headers
     plain = post(gateway, "/v1/chat/completions", {"model": "e2e/alpha", "messages": USER})
     assert "server-timing" not in plain.headers
 

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from fusion_engine.results import FusionResult, PanelResponse
 from fusion_engine.server.ui import CONTENT_SECURITY_POLICY
+from fusion_engine.stage_timing import stage_times
 from fusion_engine.testing import FakeUpstream, Reply
 
 from .helpers import (
@@ -58,7 +61,7 @@ LEFT, RIGHT = "ui/left", "ui/right"
 FUSED = "Paris is the capital of France, as the whole panel agrees."
 MODULES = (
     "app.js", "api.js", "sse.js", "markdown.js", "diff.js", "dom.js", "views.js",
-    "conversation.js", "runs.js", "store.js",
+    "conversation.js", "runs.js", "store.js", "timing.js",
 )  # fmt: skip
 FINISHED = re.compile(r"^(done|failed|stopped)$")
 
@@ -419,6 +422,70 @@ def test_cost_table_lists_every_call_and_the_total(session: Session, fake: FakeU
         r["tokens_in"] for r in [*exported["panel_responses"], *exported["judge_attempts"]]
     )
     expect(page.get_by_role("status")).to_contain_text("total cost $0.010000")
+
+
+def _ms(text: str) -> float:
+    """A duration as the page writes it ("850 ms", "1.24 s") in milliseconds."""
+    number, unit = text.split()
+    return float(number) * (1000 if unit == "s" else 1)
+
+
+def test_cost_table_says_where_the_time_went(session: Session, fake: FakeUpstream) -> None:
+    """Members scripted at 0.3 s and a judge at 0.2 s show as the members' and the judge's time;
+    the gateway's share (timed by the page, as the stream has no Server-Timing) is small, and
+    the three add up to what the page waited. A run re-opened from the history shows the same."""
+    for slug in (ALPHA, BETA, GAMMA):
+        fake.script(slug, Reply(text="Paris is the capital of France.", delay_s=0.3))
+    fake.script(JUDGE, Reply(text=FUSED, delay_s=0.2))
+    page = session.open()
+    session.run("What is the capital of France?")
+    stages = page.locator("#cost-table tfoot tr.stage")
+    expect(stages.locator("th")).to_have_text(["members", "judge", "gateway"])
+    cells = stages.locator('td[data-label="Latency"]')
+    texts = cells.all_inner_texts()
+    shown = dict(zip(["members", "judge", "gateway"], map(_ms, texts), strict=True))
+    assert 300 <= shown["members"] < 1500
+    assert 200 <= shown["judge"] < 1500
+    assert shown["gateway"] < 400  # the gateway's own share plus a local network and a browser
+    run = page.evaluate("JSON.parse(localStorage.getItem('fusion-ui.history'))[0]")
+    fusion_ms = run["result"]["total_latency_ms"]
+    assert shown["members"] + shown["judge"] == pytest.approx(fusion_ms, abs=2)  # 1 ms rounding
+    assert sum(shown.values()) == pytest.approx(run["elapsed_ms"], abs=2)
+    expect(stages.nth(2)).to_contain_text("this page waited")
+
+    page.reload()
+    expect(page.locator("html[data-ready=true]")).to_have_count(1)
+    page.locator(".history-item").first.click()
+    expect(cells).to_have_text(texts)
+
+
+def test_stage_split_matches_the_gateways(session: Session) -> None:
+    """The page's timing.js splits a result as stage_timing.py does (judge fallbacks summed, a
+    cache hit all gateway); a run without its own clock has no gateway figure."""
+    attempts = [PanelResponse(index=0, model="j1", latency_ms=50.0, error="down"),
+                PanelResponse(index=0, model="j2", latency_ms=150.0)]  # fmt: skip
+    cases = [
+        (FusionResult(answer="x", total_latency_ms=500.0, judge_attempts=attempts), 512.5),
+        (FusionResult(answer="x", total_latency_ms=420.0), 400.0),  # clocks disagree: not < 0
+        (FusionResult(answer="x", total_latency_ms=900.0, cached=True), 3.0),
+    ]
+    page = session.open()
+    split = page.evaluate(
+        """async ([cases]) => {
+            const timing = await import('/ui/timing.js');
+            return {
+                cases: cases.map(([result, elapsed]) => timing.stageTimes(result, elapsed)),
+                unmeasured: timing.stageTimes(cases[0][0], null),
+                none: timing.stageTimes(null, 10),
+            };
+        }""",
+        [[[msgspec.to_builtins(result), elapsed] for result, elapsed in cases]],
+    )
+    assert split["cases"] == [
+        msgspec.to_builtins(stage_times(result, elapsed)) for result, elapsed in cases
+    ]
+    assert split["unmeasured"] == {"members_ms": 300, "judge_ms": 200, "gateway_ms": None}
+    assert split["none"] is None
 
 
 def test_word_diff_between_members_and_against_the_fused_answer(

@@ -20,11 +20,10 @@ from ..chat_stream import AnswerApi, ChatAnswer, StreamRenderer
 from ..errors import FusionError, InvalidRequestError
 from ..plan import FusionPlan, PanelArg, panel_of_model
 from ..protocol import GenerationParams, split_validation_error
-from ..stage_timing import server_timing, stage_times
 from .admission import CHAT_SHAPE, Admitted, check_lists
 from .errors import json_response
 from .gateway import Gateway, gateway_of
-from .observe import facts_of, record_result
+from .observe import facts_of, record_result, server_timing_now
 from .passthrough import passthrough
 from .request_id import new_id
 from .runs import until_disconnect
@@ -133,8 +132,7 @@ async def serve_chat(
     answer = answer_of(result, options.detail)
     await api.answered(answer)
     headers = fused_headers(result, outcome)
-    elapsed_ms = (time.perf_counter() - facts.started) * 1000
-    headers["Server-Timing"] = server_timing(stage_times(result, elapsed_ms))
+    headers["Server-Timing"] = server_timing_now(facts, result)
     return json_response(api.reply(answer), headers=headers)
 
 

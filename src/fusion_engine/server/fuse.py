@@ -21,7 +21,7 @@ from ..results import FusionResult, JudgeDelta, MemberFinished
 from .admission import admit
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
-from .observe import RequestFacts, facts_of, record_result
+from .observe import RequestFacts, facts_of, record_result, server_timing_now
 from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
 from .schema import FuseRequest, fused_headers
 from .streaming import KEEPALIVE, SSE_HEADERS, start_fusion
@@ -50,7 +50,9 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
                 ),
             )
         record_result(facts, result, outcome)
-        return json_response(result, headers=fused_headers(result, outcome))
+        headers = fused_headers(result, outcome)
+        headers["Server-Timing"] = server_timing_now(facts, result)
+        return json_response(result, headers=headers)
     ticket, run = await start_fusion(
         request, gateway, plan, slot=slot, cache_control=cache_control, scope=scope
     )

@@ -20,6 +20,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from ..cache import CacheResult
 from ..results import FusionResult
 from ..spend import Tab
+from ..stage_timing import server_timing, stage_times
 from .metrics import NO_KEY, Metrics
 from .request_id import request_id
 
@@ -125,3 +126,10 @@ def record_result(facts: RequestFacts, result: FusionResult, outcome: CacheResul
     facts.upstream_ms = 0.0 if result.cached else result.total_latency_ms
     if result.agreement is not None and not result.cached:
         facts.agreement = result.agreement.score
+
+
+def server_timing_now(facts: RequestFacts, result: FusionResult) -> str:
+    """The ``Server-Timing`` header of a non-streamed fused reply about to be sent: the
+    request's time so far, split by stage."""
+    elapsed_ms = (time.perf_counter() - facts.started) * 1000
+    return server_timing(stage_times(result, elapsed_ms))

@@ -350,7 +350,12 @@ async function startRun(event) {
   setStatus(`Asking the ${run.members.length} members of ${request.panel}…`);
   try {
     const key = store.apiKey.get() ?? "";
-    for await (const item of streamFusion(run.body, { key, signal: controller.signal })) onEvent(run, item);
+    const sent = performance.now();
+    for await (const item of streamFusion(run.body, { key, signal: controller.signal })) {
+      // The stream has no Server-Timing: the page times the request itself (see timing.js).
+      if (item.event === "result") run.elapsed_ms = performance.now() - sent;
+      onEvent(run, item);
+    }
     if (run.status === "running") {
       run.error = new GatewayError(null, "the stream ended before the fused result arrived").toJSON();
       run.status = "failed";

@@ -29,6 +29,7 @@ export function newRun(request, panel) {
     responses: [], // PanelResponse by member index, as the `member` events arrive
     answer: "", // the judge's text so far
     result: null, // the FusionResult of the `result` event
+    elapsed_ms: null, // from sending the request to the `result` event, by the page's clock
     error: null, // {status, message, type, param, code, request_id}
     request_id: null,
     cache: null,

@@ -3,6 +3,7 @@
 import { diffWords, sharedTerms, similarity } from "./diff.js";
 import { duration, fill, h, money, percent } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
+import { stageTimes } from "./timing.js";
 
 // --- panel -----------------------------------------------------------------------------------
 
@@ -141,7 +142,38 @@ export function renderCostTable(table, run) {
         cell(6, money(result.total_cost), "total-cost"),
       )
     : h("tr", { class: "total" }, h("th", { scope: "row" }, "total"), h("td", { colspan: 6, class: "text" }, run.status === "running" ? "when the fusion finishes" : "not available"));
-  fill(table, h("caption", { class: "visually-hidden" }, "Latency, tokens and cost of every call, with the total"), head, h("tbody", {}, rows), h("tfoot", {}, total));
+  fill(
+    table,
+    h("caption", { class: "visually-hidden" }, "Latency, tokens and cost of every call, with the total and where the time went"),
+    head,
+    h("tbody", {}, rows),
+    h("tfoot", {}, total, stageRows(run)),
+  );
+}
+
+/** Members, judge and gateway time of a finished run: what `Server-Timing` says of non-streamed replies. */
+function stageRows(run) {
+  const times = stageTimes(run.result, run.elapsed_ms);
+  if (!times) return [];
+  const waited = run.elapsed_ms === null || run.elapsed_ms === undefined ? null : duration(run.elapsed_ms);
+  const stages = [
+    ["members", times.members_ms, run.result.cached ? "none: the cache answered" : "from the first member call until the panel had answered"],
+    ["judge", times.judge_ms, run.result.cached ? "none: the cache answered" : "every judge call, one after another"],
+    ["gateway", times.gateway_ms, waited ? `the rest of the ${waited} this page waited (the network included)` : "not measured for this run"],
+  ];
+  return [
+    h("tr", { class: "stages-head" }, h("th", { scope: "colgroup", colspan: COLUMNS.length }, "Where the time went")),
+    stages.map(([stage, ms, what]) =>
+      h(
+        "tr",
+        { class: "stage", "data-stage": stage },
+        h("th", { scope: "row" }, stage),
+        h("td", { class: "text", colspan: 2 }, what),
+        cell(3, duration(ms)),
+        h("td", { colspan: 3 }),
+      ),
+    ),
+  ];
 }
 
 // --- agreement -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fusion_engine.config import GatewayConfig, RateLimitSpec, load_config
+from fusion_engine.config import BudgetSpec, GatewayConfig, RateLimitSpec, load_config
 from fusion_engine.costs import PriceBook
 from fusion_engine.errors import (
     BudgetExceededError,
@@ -18,7 +18,7 @@ from fusion_engine.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from fusion_engine.keys import key_ring
+from fusion_engine.keys import KeyPolicy, key_ring
 from fusion_engine.redis_client import SharedRedis
 from fusion_engine.results import PanelResponse
 from fusion_engine.settings import Settings
@@ -171,42 +171,37 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SpendStore]:
     await redis.aclose()
 
 
-def budgeted(limit: float) -> tuple[object, str]:
+def budgeted(limit: float) -> tuple[KeyPolicy, str]:
+    """A key name of its own (the shared Redis keeps totals) with a monthly budget."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    policy = msgspec.structs.replace(
-        key_ring((), (), RateLimitSpec()).policy(name),
-        budget=msgspec.convert({"limit": limit, "per": "month"}, type=_budget_type()),
-    )
-    return policy, name
-
-
-def _budget_type() -> type:
-    from fusion_engine.config import BudgetSpec
-
-    return BudgetSpec
+    return KeyPolicy(name=name, budget=BudgetSpec(limit=limit, per="month")), name
 
 
 async def test_holds_count_against_the_budget_until_settled(store: SpendStore) -> None:
     """Spent + held + the new estimate must fit: holds block what in-flight requests may
     spend, settling turns a hold into its real charge."""
-    ledger = Ledger(store, Pricing({}, PriceBook()))
+    seen: list[tuple[str, float]] = []
+    ledger = Ledger(
+        store, Pricing({}, PriceBook()), on_period_spend=lambda key, usd: seen.append((key, usd))
+    )
     policy, name = budgeted(1.0)
-    first = await ledger.hold(policy, 0.4)  # type: ignore[arg-type]
-    second = await ledger.hold(policy, 0.4)  # type: ignore[arg-type]
+    first = await ledger.hold(policy, 0.4)
+    second = await ledger.hold(policy, 0.4)
     with pytest.raises(BudgetExceededError, match=r"\$0.8000 held") as refused:
-        await ledger.hold(policy, 0.4)  # type: ignore[arg-type]
+        await ledger.hold(policy, 0.4)
     assert "$0.2000 left" in refused.value.message
-    await ledger.settle(name, Charge(usd=0.1), first)
-    await ledger.settle(name, Charge(usd=0.1), second)
-    totals = await ledger.totals(policy)  # type: ignore[arg-type]
+    await ledger.settle(policy, Charge(usd=0.1), first)
+    await ledger.settle(policy, Charge(usd=0.1), second)
+    totals = await ledger.totals(policy)
     assert (totals.month, totals.total, totals.held_usd) == (
         pytest.approx(0.2), pytest.approx(0.2), 0.0,
     )  # fmt: skip
-    assert await ledger.hold(policy, 0.8) is not None  # type: ignore[arg-type]
+    assert await ledger.hold(policy, 0.8) is not None
+    assert seen[-1] == (name, pytest.approx(0.2))  # the period's spend, for the gauge
     # Over the limit by spend alone: even an unknown (0) estimate is refused.
-    await ledger.settle(name, Charge(usd=0.85), None)
+    await ledger.settle(policy, Charge(usd=0.85), None)
     with pytest.raises(BudgetExceededError):
-        await ledger.hold(policy, 0.0)  # type: ignore[arg-type]
+        await ledger.hold(policy, 0.0)
 
 
 async def test_charges_redis_did_not_take_are_kept_for_the_next_settle() -> None:
@@ -215,18 +210,18 @@ async def test_charges_redis_did_not_take_are_kept_for_the_next_settle() -> None
     class Flaky(MemorySpendStore):
         down = True
 
-        async def charge(self, *args: object, **kwargs: object) -> None:
+        async def charge(self, *args: object, **kwargs: object) -> dict[str, float]:
             if self.down:
                 raise ConnectionError("down")
-            await super().charge(*args, **kwargs)  # type: ignore[arg-type]
+            return await super().charge(*args, **kwargs)  # type: ignore[arg-type, return-value]
 
     store = Flaky()
     ledger = Ledger(store, Pricing({}, PriceBook()))
-    policy, name = budgeted(10.0)
-    await ledger.settle(name, Charge(usd=1.0), None)
+    policy, _ = budgeted(10.0)
+    await ledger.settle(policy, Charge(usd=1.0), None)
     store.down = False
-    await ledger.settle(name, Charge(usd=0.5, estimated_usd=0.5), None)
-    totals = await ledger.totals(policy)  # type: ignore[arg-type]
+    await ledger.settle(policy, Charge(usd=0.5, estimated_usd=0.5), None)
+    totals = await ledger.totals(policy)
     assert (totals.total, totals.estimated_usd) == (1.5, 0.5)
 
 
@@ -240,7 +235,7 @@ async def test_a_tab_prices_what_the_provider_did_not() -> None:
     pricing = Pricing({"local/model": PriceSpec(input_per_mtok=1000, output_per_mtok=2000)}, book)
     ledger = Ledger(MemorySpendStore(), pricing)
     policy, _ = budgeted(1.0)
-    tab = ledger.open(policy)  # type: ignore[arg-type]
+    tab = ledger.open(policy)
     assert CURRENT_TAB.get() is tab
     tab.prompt = [{"role": "user", "content": "x" * 320}]  # 350 characters of JSON: 100 tokens
     charge_call(PanelResponse(index=0, model="cloud/model", tokens_in=5, cost_usd=0.01))

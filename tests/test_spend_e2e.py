@@ -396,6 +396,9 @@ def test_the_key_name_labels_requests_and_spend_in_metrics(
     assert spent is not None and float(spent.group(1)) == pytest.approx(FUSION_USD)
     budget = re.search(rf'fusion_key_budget_usd{{key="{keys.team}"}} (\S+)', text)
     assert budget is not None and float(budget.group(1)) == pytest.approx(0.01)
+    # Updated as the fusion settled, not only at the next budget check.
+    period = re.search(rf'fusion_key_period_spend_usd{{key="{keys.team}"}} (\S+)', text)
+    assert period is not None and float(period.group(1)) == pytest.approx(FUSION_USD)
 
 
 # --- holds bound the overspend of a burst ------------------------------------------------------

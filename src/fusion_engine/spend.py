@@ -172,8 +172,9 @@ class SpendStore(Protocol):
 
     async def charge(
         self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
-    ) -> None:
-        """Add ``charge`` to every period's total and release ``hold``."""
+    ) -> dict[BudgetPeriod, float]:
+        """Add ``charge`` to every period's total and release ``hold``; the new totals (none
+        when ``charge`` has no USD)."""
         ...
 
     async def totals(
@@ -209,10 +210,11 @@ class MemorySpendStore:
 
     async def charge(
         self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
-    ) -> None:
-        for period in periods.values():
+    ) -> dict[BudgetPeriod, float]:
+        totals: dict[BudgetPeriod, float] = {}
+        for per, period in periods.items():
             key = f"{name}:{period}"
-            self._totals[key] = self._totals.get(key, 0.0) + charge.usd
+            totals[per] = self._totals[key] = self._totals.get(key, 0.0) + charge.usd
         for field, value in (
             ("estimated", charge.estimated_usd),
             ("unpriced", charge.unpriced_calls),
@@ -220,6 +222,7 @@ class MemorySpendStore:
             self._totals[f"{name}:{field}"] = self._totals.get(f"{name}:{field}", 0.0) + value
         if hold is not None:
             self._holds.get(f"{name}:{hold.period}", {}).pop(hold.member, None)
+        return totals
 
     async def totals(
         self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
@@ -276,25 +279,28 @@ class RedisSpendStore:
 
     async def charge(
         self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
-    ) -> None:
-        async def write(client: Any) -> None:
+    ) -> dict[BudgetPeriod, float]:
+        written = list(periods.items()) if charge.usd else []
+
+        async def write(client: Any) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                if charge.usd:
-                    for per, period in periods.items():
-                        key = f"{SPEND_KEY}{name}:{period}"
-                        pipe.incrbyfloat(key, charge.usd)
-                        if (ttl := PERIOD_TTL_S[per]) is not None:
-                            pipe.expire(key, ttl)
+                for _, period in written:  # first: their replies are the new totals
+                    pipe.incrbyfloat(f"{SPEND_KEY}{name}:{period}", charge.usd)
+                for per, period in written:
+                    if (ttl := PERIOD_TTL_S[per]) is not None:
+                        pipe.expire(f"{SPEND_KEY}{name}:{period}", ttl)
                 if charge.estimated_usd:
                     pipe.incrbyfloat(f"{SPEND_KEY}{name}:estimated", charge.estimated_usd)
                 if charge.unpriced_calls:
                     pipe.incrby(f"{SPEND_KEY}{name}:unpriced", charge.unpriced_calls)
                 if hold is not None:
                     pipe.zrem(f"{SPEND_KEY}{name}:{hold.period}:holds", hold.member)
-                await pipe.execute()
+                replies: list[Any] = await pipe.execute()
+                return replies
 
         # A hold must be released even right after an outage: it would block the budget.
-        await self._redis.run(write, skip_if_down=hold is None)
+        replies = await self._redis.run(write, skip_if_down=hold is None)
+        return {per: float(total) for (per, _), total in zip(written, replies, strict=False)}
 
     async def totals(
         self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
@@ -451,8 +457,9 @@ class Ledger:
             raise BudgetExceededError(_over_budget(policy, period, spent, others, usd))
         return Hold(period=period, member=member, usd=usd) if usd > 0 else None
 
-    async def settle(self, name: str, charge: Charge, hold: Hold | None) -> None:
+    async def settle(self, policy: KeyPolicy, charge: Charge, hold: Hold | None) -> None:
         """Write ``charge`` (and any charge kept from an outage) and release ``hold``."""
+        name = policy.name
         pending = self._unsent.pop(name, None)
         if pending is not None:
             pending.add(charge)
@@ -460,16 +467,18 @@ class Ledger:
         if charge.empty and hold is None:
             return
         try:
-            await self.store.charge(name, self.periods(self._clock()), charge, hold)
+            totals = await self.store.charge(name, self.periods(self._clock()), charge, hold)
         except Exception as error:  # kept for the next settle of this name
             self._unsent.setdefault(name, Charge()).add(charge)
             self._store_failed(error)
             return
         self._on_charge(name, charge.usd)
+        if policy.budget is not None and policy.budget.per in totals:
+            self._on_period_spend(name, totals[policy.budget.per])
 
-    def settle_later(self, name: str, charge: Charge) -> None:
+    def settle_later(self, policy: KeyPolicy, charge: Charge) -> None:
         """Settle a charge that arrived after its request ended (a call cut off late)."""
-        task = asyncio.get_running_loop().create_task(self.settle(name, charge, None))
+        task = asyncio.get_running_loop().create_task(self.settle(policy, charge, None))
         self._late.add(task)
         task.add_done_callback(self._late.discard)
 
@@ -562,7 +571,7 @@ class Tab:
         else:
             return
         if self._settled:
-            self._ledger.settle_later(self.policy.name, charge)
+            self._ledger.settle_later(self.policy, charge)
         else:
             self._charge.add(charge)
 
@@ -571,7 +580,7 @@ class Tab:
         if self._settled:
             return
         self._settled = True
-        await self._ledger.settle(self.policy.name, self._charge, self._hold)
+        await self._ledger.settle(self.policy, self._charge, self._hold)
 
 
 def charge_call(response: PanelResponse) -> None:

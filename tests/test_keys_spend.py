@@ -22,15 +22,12 @@ from fusion_engine.keys import KeyPolicy, key_ring
 from fusion_engine.redis_client import SharedRedis
 from fusion_engine.results import PanelResponse
 from fusion_engine.settings import Settings
-from fusion_engine.spend import (
-    CURRENT_TAB,
+from fusion_engine.spend import CURRENT_TAB, Ledger, Pricing, charge_call
+from fusion_engine.spend_store import (
     Charge,
-    Ledger,
     MemorySpendStore,
-    Pricing,
     RedisSpendStore,
     SpendStore,
-    charge_call,
     period_id,
 )
 

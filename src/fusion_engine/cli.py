@@ -28,7 +28,8 @@ from .panels import Panel
 from .redis_client import SharedRedis
 from .results import FusionEvent, FusionResult, JudgeStarted, MemberFinished, PanelResponse
 from .settings import Settings
-from .spend import Ledger, Pricing, RedisSpendStore
+from .spend import Ledger, Pricing
+from .spend_store import RedisSpendStore
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -21,7 +21,8 @@ from ..redis_client import SharedRedis
 from ..response_store import ResponseStore
 from ..results import PanelResponse
 from ..settings import Settings
-from ..spend import Ledger, MemorySpendStore, Pricing, RedisSpendStore, SpendStore, charge_call
+from ..spend import Ledger, Pricing, charge_call
+from ..spend_store import MemorySpendStore, RedisSpendStore, SpendStore
 from .metrics import Metrics
 from .model_list import ModelListCache
 

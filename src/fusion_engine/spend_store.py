@@ -1,0 +1,256 @@
+"""Where spend lives: each key name's totals per period and the holds of requests in flight,
+in this process or in Redis (``spend.py`` decides what to hold and charge).
+
+In Redis: ``fusion:spend:<name>:<period>`` is a float (``INCRBYFLOAT``) per UTC day, calendar
+month and all time, kept a few days, two months and for good; ``fusion:spend:<name>:estimated``
+and ``:unpriced`` are all-time; ``fusion:spend:<name>:<period>:holds`` is a sorted set of
+``<token>:<usd>`` members scored by their expiry, so a hold outlives a worker that died holding
+it by at most ``HOLD_S``. Holding is one Lua script: drop expired holds, then add ours only if
+spent + held + ours stays within the limit, so concurrent requests can never all pass one check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from .config import BudgetPeriod
+from .redis_client import SharedRedis
+
+SPEND_KEY = "fusion:spend:"
+PERIODS: tuple[BudgetPeriod, ...] = ("day", "month", "total")
+#: How long a period's total is kept after its last charge (a day's for a few days, a month's
+#: for two months); all-time totals are kept for good.
+PERIOD_TTL_S: Mapping[BudgetPeriod, int | None] = {
+    "day": 3 * 86400,
+    "month": 62 * 86400,
+    "total": None,
+}
+#: A hold outlives a worker that died holding it by at most this long.
+HOLD_S = 900
+
+
+def period_id(per: BudgetPeriod, now: float) -> str:
+    """The period ``now`` falls in: ``2026-12-07`` (day), ``2026-12`` (month) or ``total``."""
+    if per == "total":
+        return "total"
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.strftime("%Y-%m-%d" if per == "day" else "%Y-%m")
+
+
+class Charge(msgspec.Struct, kw_only=True):
+    """USD owed by one request (or several): ``estimated_usd`` is the part priced by the
+    gateway; ``unpriced_calls`` produced tokens that no price covers (charged nothing, and
+    reported so, never silently)."""
+
+    usd: float = 0.0
+    estimated_usd: float = 0.0
+    unpriced_calls: int = 0
+
+    def add(self, other: Charge) -> None:
+        """Add ``other`` to this charge."""
+        self.usd += other.usd
+        self.estimated_usd += other.estimated_usd
+        self.unpriced_calls += other.unpriced_calls
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is nothing to write."""
+        return not (self.usd or self.unpriced_calls)
+
+
+class Hold(msgspec.Struct, frozen=True, kw_only=True):
+    """An amount held against a budget period until the request settles."""
+
+    period: str
+    member: str
+    usd: float
+
+
+class SpendTotals(msgspec.Struct, kw_only=True):
+    """A key name's figures: spend per period, the part estimated, what is held now."""
+
+    day: float = 0.0
+    month: float = 0.0
+    total: float = 0.0
+    estimated_usd: float = 0.0
+    unpriced_calls: int = 0
+    held_usd: float = 0.0
+
+    def spent(self, per: BudgetPeriod) -> float:
+        """The spend of the current ``per`` period."""
+        value: float = getattr(self, per)
+        return value
+
+
+class SpendStore(Protocol):
+    """Where totals and holds live."""
+
+    async def hold(
+        self, name: str, period: str, member: str, usd: float, limit: float, now: float
+    ) -> tuple[bool, float, float]:
+        """Hold ``usd`` if it fits under ``limit``: (held, spent, already held)."""
+        ...
+
+    async def charge(
+        self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
+    ) -> dict[BudgetPeriod, float]:
+        """Add ``charge`` to every period's total and release ``hold``; the new totals (none
+        when ``charge`` has no USD)."""
+        ...
+
+    async def totals(
+        self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
+    ) -> SpendTotals:
+        """The key name's figures (``held_in``: the period whose holds to count)."""
+        ...
+
+
+class MemorySpendStore:
+    """Totals in this process (one worker, lost at restart)."""
+
+    def __init__(self) -> None:
+        self._totals: dict[str, float] = {}
+        self._holds: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def _held(self, key: str, now: float) -> float:
+        holds = self._holds.setdefault(key, {})
+        for member in [m for m, (_, expiry) in holds.items() if expiry <= now]:
+            del holds[member]
+        return sum(usd for usd, _ in holds.values())
+
+    async def hold(
+        self, name: str, period: str, member: str, usd: float, limit: float, now: float
+    ) -> tuple[bool, float, float]:
+        key = f"{name}:{period}"
+        spent, held = self._totals.get(key, 0.0), self._held(key, now)
+        if spent + held >= limit or spent + held + usd > limit:
+            return False, spent, held
+        if usd > 0:
+            self._holds[key][member] = (usd, now + HOLD_S)
+        return True, spent, held
+
+    async def charge(
+        self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
+    ) -> dict[BudgetPeriod, float]:
+        totals: dict[BudgetPeriod, float] = {}
+        for per, period in periods.items():
+            key = f"{name}:{period}"
+            totals[per] = self._totals[key] = self._totals.get(key, 0.0) + charge.usd
+        for field, value in (
+            ("estimated", charge.estimated_usd),
+            ("unpriced", charge.unpriced_calls),
+        ):
+            self._totals[f"{name}:{field}"] = self._totals.get(f"{name}:{field}", 0.0) + value
+        if hold is not None:
+            self._holds.get(f"{name}:{hold.period}", {}).pop(hold.member, None)
+        return totals
+
+    async def totals(
+        self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
+    ) -> SpendTotals:
+        figures = {
+            per: self._totals.get(f"{name}:{period}", 0.0) for per, period in periods.items()
+        }
+        return SpendTotals(
+            **figures,
+            estimated_usd=self._totals.get(f"{name}:estimated", 0.0),
+            unpriced_calls=int(self._totals.get(f"{name}:unpriced", 0.0)),
+            held_usd=self._held(f"{name}:{held_in}", now) if held_in else 0.0,
+        )
+
+
+# Hold an amount atomically: drop expired holds, sum the rest (each member is
+# "<token>:<usd>"), and add ours only if spent + held + ours stays within the limit. Numbers go
+# back as strings: Redis turns a Lua number into an integer.
+_HOLD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local held = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  held = held + tonumber(string.match(member, ':([^:]*)$'))
+end
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local limit = tonumber(ARGV[2])
+local usd = tonumber(ARGV[3])
+if spent + held >= limit or spent + held + usd > limit then
+  return {0, tostring(spent), tostring(held)}
+end
+if usd > 0 then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return {1, tostring(spent), tostring(held)}
+"""
+
+
+class RedisSpendStore:
+    """Totals and holds in Redis, shared by every worker and replica."""
+
+    def __init__(self, redis: SharedRedis) -> None:
+        self._redis = redis
+        self._hold = redis.client.register_script(_HOLD)
+
+    async def hold(
+        self, name: str, period: str, member: str, usd: float, limit: float, now: float
+    ) -> tuple[bool, float, float]:
+        keys = [f"{SPEND_KEY}{name}:{period}", f"{SPEND_KEY}{name}:{period}:holds"]
+        args: list[str | float] = [now, repr(limit), repr(usd), now + HOLD_S, member, HOLD_S]
+        reply = await self._redis.run(lambda client: self._hold(keys=keys, args=args))
+        taken, spent, held = reply
+        return bool(int(taken)), float(spent), float(held)
+
+    async def charge(
+        self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
+    ) -> dict[BudgetPeriod, float]:
+        written = list(periods.items()) if charge.usd else []
+
+        async def write(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for _, period in written:  # first: their replies are the new totals
+                    pipe.incrbyfloat(f"{SPEND_KEY}{name}:{period}", charge.usd)
+                for per, period in written:
+                    if (ttl := PERIOD_TTL_S[per]) is not None:
+                        pipe.expire(f"{SPEND_KEY}{name}:{period}", ttl)
+                if charge.estimated_usd:
+                    pipe.incrbyfloat(f"{SPEND_KEY}{name}:estimated", charge.estimated_usd)
+                if charge.unpriced_calls:
+                    pipe.incrby(f"{SPEND_KEY}{name}:unpriced", charge.unpriced_calls)
+                if hold is not None:
+                    pipe.zrem(f"{SPEND_KEY}{name}:{hold.period}:holds", hold.member)
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        # A hold must be released even right after an outage: it would block the budget.
+        replies = await self._redis.run(write, skip_if_down=hold is None)
+        return {per: float(total) for (per, _), total in zip(written, replies, strict=False)}
+
+    async def totals(
+        self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float
+    ) -> SpendTotals:
+        async def read(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for period in periods.values():
+                    pipe.get(f"{SPEND_KEY}{name}:{period}")
+                pipe.get(f"{SPEND_KEY}{name}:estimated")
+                pipe.get(f"{SPEND_KEY}{name}:unpriced")
+                if held_in:
+                    holds = f"{SPEND_KEY}{name}:{held_in}:holds"
+                    pipe.zrangebyscore(holds, now, "+inf")
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        replies = await self._redis.run(read)
+        figures = {per: float(value or 0) for per, value in zip(periods, replies, strict=False)}
+        rest = replies[len(periods) :]
+        held = 0.0
+        if held_in:
+            held = sum(float(member.rsplit(b":", 1)[1]) for member in rest[2])
+        return SpendTotals(
+            **figures,
+            estimated_usd=float(rest[0] or 0),
+            unpriced_calls=int(rest[1] or 0),
+            held_usd=held,
+        )

@@ -80,11 +80,14 @@ def request_observer(metrics: Metrics) -> Any:
                 await app(scope, receive, watch)
             finally:
                 metrics.inflight.dec()
+                _account(metrics, scope, status, time.perf_counter() - started)
                 tab = scope["state"][_FACTS].tab
                 if tab is not None:
-                    # Shielded: a request cancelled at its end must still pay and let go.
+                    # After the accounting, which times the reply, not this write. Until the
+                    # charge is written the request's hold stands in for it, so the next
+                    # request's budget check is never short. Shielded: a request cancelled at
+                    # its end must still pay and let go.
                     await asyncio.shield(tab.settle())
-                _account(metrics, scope, status, time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("request_id")
 
         return observed

@@ -417,9 +417,10 @@ def test_a_burst_of_200_cannot_overspend_a_tight_budget(
         # One fusion teaches the gateway the prices (the first estimate is unknown).
         client(gateway, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)
         spent_settles(gateway, keys.team_key, FUSION_USD)
-        statuses = asyncio.run(_burst(gateway, keys.team_key, 200))
+        statuses, _ = asyncio.run(_burst(gateway, keys.team_key, 200))
         admitted = statuses.count(200)
         report = spent_settles(gateway, keys.team_key, (admitted + 1) * FUSION_USD)
+    print(f"burst of 200 at ${limit}: {admitted} admitted, spent ${report['total_usd']:.4f}")
     assert set(statuses) <= {200, 402}, statuses
     assert admitted >= 1 and statuses.count(402) >= 150
     assert report["total_usd"] == pytest.approx((admitted + 1) * FUSION_USD)
@@ -427,19 +428,56 @@ def test_a_burst_of_200_cannot_overspend_a_tight_budget(
     assert report["budget"]["held_usd"] == 0.0  # every hold was released
 
 
-async def _burst(gateway: GatewayProcess, key: str, count: int) -> list[int]:
+def test_underestimated_fusions_overspend_by_at_most_their_shortfall(
+    upstream: FakeInThread, fake: FakeUpstream, keys: Keys, tmp_path: Path, backend: str
+) -> None:
+    """The bound, measured where it bites: the prices are learnt at $0.0015 a call, then every
+    call costs 3 times that. Each admitted fusion was held at its estimate E (the 402s name it)
+    and costs C = $0.018, so the overspend is at most admitted * (C - E); it is there, and no
+    more."""
+    limit = 0.05
+    script_costs(fake, delay_s=0.3)
+    dearer = Reply(cost=3 * CALL_USD, delay_s=0.3)
+    with start_gateway(fake, tmp_path, keys, backend=backend, limit=limit) as gateway:
+        client(gateway, keys.team_key).chat.completions.create(model="fusion/trio", messages=USER)
+        spent_settles(gateway, keys.team_key, FUSION_USD)
+        script_fused_panel(fake, dict.fromkeys(MEMBERS, dearer), JUDGE, dearer)
+        statuses, refusals = asyncio.run(_burst(gateway, keys.team_key, 200))
+        admitted = statuses.count(200)
+        cost = 4 * 3 * CALL_USD
+        report = spent_settles(gateway, keys.team_key, FUSION_USD + admitted * cost)
+    estimates = {float(m) for m in re.findall(r"estimate of \$([\d.]+)", " ".join(refusals))}
+    assert len(estimates) == 1, estimates  # one conversation, one estimate
+    estimate = estimates.pop()
+    overspend = report["total_usd"] - limit
+    bound = admitted * (cost - estimate)
+    print(
+        f"underestimated burst: estimate ${estimate:.4f}, cost ${cost:.4f}, {admitted} admitted,"
+        f" spent ${report['total_usd']:.4f} of ${limit}: overspend ${overspend:.4f},"
+        f" bound ${bound:.4f}"
+    )
+    assert admitted >= 1 and set(statuses) <= {200, 402}
+    assert report["total_usd"] == pytest.approx(FUSION_USD + admitted * cost)
+    rounding = admitted * 5e-5 + 1e-9  # the message shows the estimate to 4 decimals
+    assert FUSION_USD + admitted * estimate <= limit + rounding  # what was held fitted
+    assert overspend <= bound + rounding
+
+
+async def _burst(gateway: GatewayProcess, key: str, count: int) -> tuple[list[int], list[str]]:
+    """``count`` concurrent fused requests: their statuses, and the messages of the refused."""
     limits = httpx.Limits(max_connections=count)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
 
-        async def one() -> int:
-            reply = await http.post(
+        async def one() -> httpx.Response:
+            return await http.post(
                 f"{gateway.base_url}/v1/chat/completions",
                 json={"model": "fusion/trio", "messages": USER},
                 headers={"Authorization": f"Bearer {key}"},
             )
-            return reply.status_code
 
-        return list(await asyncio.gather(*(one() for _ in range(count))))
+        replies = await asyncio.gather(*(one() for _ in range(count)))
+    refused = [r.json()["error"]["message"] for r in replies if r.status_code == 402]
+    return [reply.status_code for reply in replies], refused
 
 
 # --- two processes, one budget -----------------------------------------------------------------

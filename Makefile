@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,eval,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,eval,dev,otel]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its extras

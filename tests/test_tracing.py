@@ -4,21 +4,28 @@ received by a small collector in the test and decoded with ``opentelemetry-proto
 from __future__ import annotations
 
 import gzip
+import json
 import os
+import re
 import secrets
+import shlex
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from fusion_engine.testing import FakeUpstream, Reply
 
 from .helpers import (
+    E2E_FILES,
     ROOT,
     FakeInThread,
     GatewayProcess,
@@ -26,6 +33,7 @@ from .helpers import (
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
     wait_until,
 )
+from .test_readme import PRINTED_BASE, code_block
 
 pytest.importorskip("opentelemetry.proto", reason="the `otel` extra is not installed")
 
@@ -379,3 +387,108 @@ def test_without_an_endpoint_opentelemetry_is_never_imported(
         outputs[traced] = run.stdout.strip().splitlines()[-1]
     assert outputs[False] == "[]"
     assert "opentelemetry.sdk.trace" in outputs[True] and "opentelemetry.trace" in outputs[True]
+
+
+def test_the_readme_tracing_commands_trace_a_fusion(
+    upstream: FakeInThread, fake: FakeUpstream, collector: Collector
+) -> None:
+    """README "Tracing": the printed `fusion serve` (its endpoint pointed at the test's
+    collector) and curl give the caller's trace a server span, ``fusion budget`` and a span per
+    member and judge. The export interval is set past the test: the spans arrive because the
+    gateway flushes them when it shuts down."""
+    script = code_block("## Tracing", "sh")
+    serve, curl = script.replace("\\\n", "").strip().splitlines()
+    words = shlex.split(serve)
+    assert words[-2:] == ["fusion", "serve"]
+    variables = dict(word.split("=", 1) for word in words[:-2])
+    assert variables.pop("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://127.0.0.1:4318"
+    env = {
+        "OPENROUTER_BASE_URL": fake.base_url, "OPENROUTER_API_KEY": "x", **variables,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }  # fmt: skip
+    match = re.search(r"traceparent: 00-(\w{32})-(\w{16})-01", curl)
+    assert match
+    trace_id, parent_id = bytes.fromhex(match.group(1)), bytes.fromhex(match.group(2))
+    with GatewayProcess(env) as gateway:
+        ran = subprocess.run(
+            ["bash", "-c", curl.replace(PRINTED_BASE, gateway.base_url) + " --fail-with-body"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ran.returncode == 0, (ran.stdout, ran.stderr)
+        assert json.loads(ran.stdout)["object"] == "chat.completion"
+    collector.wait_for(lambda _: len(named(collector.trace(trace_id), "fusion budget")) == 1)
+    spans = collector.trace(trace_id)
+    (server,) = [span for span in spans if span.kind == SERVER]
+    (fusion,) = named(spans, "fusion budget")
+    calls = [span for span in spans if span.parent_span_id == fusion.span_id]
+    assert server.parent_span_id == parent_id and fusion.parent_span_id == server.span_id
+    assert sorted(attrs(span)["fusion.role"] for span in calls) == ["judge"] + ["member"] * 3
+    assert attrs(server)["http.route"] == "/v1/chat/completions"
+    assert {attrs(span)["gen_ai.request.model"] for span in calls} == {
+        "xiaomi/mimo-v2.5", "deepseek/deepseek-v4-flash", "xiaomi/mimo-v2.5-pro",
+        "qwen/qwen3.7-plus",
+    }  # fmt: skip
+
+
+def cancelled(span: Span) -> bool:
+    return span.status.code == ERROR and "cancelled" in [event.name for event in span.events]
+
+
+def test_a_client_that_leaves_cancels_the_spans_of_its_fusion(
+    gateway: GatewayProcess, fake: FakeUpstream, collector: Collector
+) -> None:
+    """A client that gives up on a non-streamed fusion (members still working): its member
+    spans, the fusion span and the server span (status 499) end with a ``cancelled`` event."""
+    for slug in ("e2e/patient-a", "e2e/patient-b"):
+        fake.script(slug, Reply(hang=True))
+    trace_id, _, header = traceparent()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.base_url}/v1/chat/completions",
+            json={"model": "fusion/patient", "messages": [{"role": "user", "content": "Hi"}]},
+            headers={"Authorization": f"Bearer {KEY}", "traceparent": header}, timeout=1.0,
+        )  # fmt: skip
+    collector.wait_for(
+        lambda _: (
+            any(s.kind == SERVER for s in collector.trace(trace_id))
+            and len(named(collector.trace(trace_id), "chat e2e/patient-b")) == 1
+        )
+    )
+    spans = collector.trace(trace_id)
+    (server,) = [span for span in spans if span.kind == SERVER]
+    assert attrs(server)["http.response.status_code"] == 499 and cancelled(server)
+    for name in ("fusion patient", "chat e2e/patient-a", "chat e2e/patient-b"):
+        (span,) = named(spans, name)
+        assert cancelled(span), name
+
+
+def test_stragglers_cut_at_the_deadline_end_cancelled(
+    upstream: FakeInThread, fake: FakeUpstream, collector: Collector, tmp_path: Path
+) -> None:
+    """A member still working when the panel's deadline passes with the quorum in: its span
+    ends cancelled, the others and the judge's do not, and the fusion goes on."""
+    panels = tmp_path / "panels"
+    shutil.copytree(E2E_FILES / "panels", panels)
+    (panels / "hasty.yaml").write_text(
+        "schema_version: 1\nname: hasty\nmodels:\n  - slug: e2e/on-time\n  - slug: e2e/late\n"
+        "judge_model: e2e/hasty-judge\ndeadline_s: 0.3\nmin_responses: 1\n"
+    )
+    fake.script("e2e/on-time", Reply(text="Here."))
+    fake.script("e2e/late", Reply(hang=True))
+    fake.script("e2e/hasty-judge", Reply(text="Here, fused."))
+    with GatewayProcess(
+        {**tracing_env(upstream, collector), "FUSION_PANELS_DIR": str(panels)}
+    ) as process:
+        trace_id, _, header = traceparent()
+        reply = client(process).chat.completions.create(
+            model="fusion/hasty", messages=[{"role": "user", "content": "Hi"}],
+            extra_headers={"traceparent": header},
+        )  # fmt: skip
+        assert reply.choices[0].message.content == "Here, fused."
+        collector.wait_for(lambda _: len(named(collector.trace(trace_id), "fusion hasty")) == 1)
+    spans = collector.trace(trace_id)
+    (late,) = named(spans, "chat e2e/late")
+    assert cancelled(late)
+    for name in ("chat e2e/on-time", "chat e2e/hasty-judge", "fusion hasty"):
+        (span,) = named(spans, name)
+        assert span.status.code != ERROR, name

@@ -81,6 +81,10 @@ CPU_BASELINE := bench/peers/cpu-baseline.json
 bench-guard: $(STAMP) ## CI's CPU regression guard: passthrough and fused vs $(CPU_BASELINE), the Responses and Messages workloads vs chat × 1.25 (about 3 min)
 	$(BIN)/python bench/cpu_guard.py --guard $(CPU_BASELINE)
 
+.PHONY: bench-tracing
+bench-tracing: $(STAMP) ## gateway CPU per request with OpenTelemetry tracing off vs on (to a discarding OTLP sink; about 2 min)
+	$(BIN)/python bench/bench_tracing.py
+
 .PHONY: bench-baseline
 bench-baseline: $(STAMP) ## measure this machine again and rewrite $(CPU_BASELINE) (commit it)
 	$(BIN)/python bench/cpu_guard.py --write-baseline $(CPU_BASELINE)

@@ -164,26 +164,29 @@ class OtelSpan(TraceSpan):
 
     def record_call(self, response: PanelResponse) -> None:
         span = self._span
-        span.set_attribute("gen_ai.usage.input_tokens", response.tokens_in)
-        span.set_attribute("gen_ai.usage.output_tokens", response.tokens_out)
+        # One set_attributes: the SDK takes its span lock once per call, not per attribute.
+        figures: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": response.tokens_in,
+            "gen_ai.usage.output_tokens": response.tokens_out,
+        }
         if response.finish_reason:
-            span.set_attribute("gen_ai.response.finish_reasons", [response.finish_reason])
+            figures["gen_ai.response.finish_reasons"] = [response.finish_reason]
         if response.cost_usd is not None:
-            span.set_attribute("fusion.cost_usd", response.cost_usd)
+            figures["fusion.cost_usd"] = response.cost_usd
         if response.attempts > 1:
-            span.set_attribute("fusion.attempts", response.attempts)
+            figures["fusion.attempts"] = response.attempts
         if response.error is not None:
             kind = response.error_kind or "error"
-            span.set_attribute("error.type", kind)
+            figures["error.type"] = kind
             span.add_event(
                 "exception", {"exception.type": kind, "exception.message": response.error}
             )
             span.set_status(Status(StatusCode.ERROR, response.error))
         elif self._tracing.capture_content:
-            span.set_attribute(
-                "gen_ai.output.messages",
-                _output_messages(response.content, response.tool_calls, response.finish_reason),
+            figures["gen_ai.output.messages"] = _output_messages(
+                response.content, response.tool_calls, response.finish_reason
             )
+        span.set_attributes(figures)
 
     def record_completion(self, completion: ChatCompletion) -> None:
         span = self._span
@@ -210,24 +213,25 @@ class OtelSpan(TraceSpan):
             )
 
     def record_fusion(self, result: FusionResult, cache: str) -> None:
-        span = self._span
-        span.set_attribute("fusion.cache", cache)
-        span.set_attribute("gen_ai.usage.input_tokens", result.tokens_in)
-        span.set_attribute("gen_ai.usage.output_tokens", result.tokens_out)
+        figures: dict[str, Any] = {
+            "fusion.cache": cache,
+            "gen_ai.usage.input_tokens": result.tokens_in,
+            "gen_ai.usage.output_tokens": result.tokens_out,
+        }
         if result.total_cost is not None:
-            span.set_attribute("fusion.cost_usd", result.total_cost)
+            figures["fusion.cost_usd"] = result.total_cost
         if result.agreement is not None:
-            span.set_attribute("fusion.agreement", result.agreement.score)
+            figures["fusion.agreement"] = result.agreement.score
         if result.degraded is not None:
-            span.set_attribute("fusion.degraded", result.degraded)
+            figures["fusion.degraded"] = result.degraded
         if result.judge_skipped is not None:
-            span.set_attribute("fusion.judge_skipped", result.judge_skipped)
+            figures["fusion.judge_skipped"] = result.judge_skipped
+        self._span.set_attributes(figures)
 
     def record_http(self, route: str, status: int) -> None:
         span = self._span
         span.update_name(f"{self._method} {route}")
-        span.set_attribute("http.route", route)
-        span.set_attribute("http.response.status_code", status)
+        span.set_attributes({"http.route": route, "http.response.status_code": status})
         if status == _CLIENT_CLOSED:
             self._cancelled("the client disconnected")
         elif status >= 500:

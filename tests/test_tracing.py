@@ -29,6 +29,7 @@ from .helpers import (
     ROOT,
     FakeInThread,
     GatewayProcess,
+    free_port,
     gateway_env,
     reset_fake,  # noqa: F401 - the `fake` fixture: the shared fake upstream, reset
     wait_until,
@@ -492,3 +493,22 @@ def test_stragglers_cut_at_the_deadline_end_cancelled(
     for name in ("chat e2e/on-time", "chat e2e/hasty-judge", "fusion hasty"):
         (span,) = named(spans, name)
         assert span.status.code != ERROR, name
+
+
+def test_an_endpoint_without_the_extra_refuses_to_serve(tmp_path: Path) -> None:
+    """``fusion serve`` with an OTLP endpoint but no OpenTelemetry installed (a stand-in
+    ``opentelemetry`` package hides the real one) stops before serving, saying what to install."""
+    shadow = tmp_path / "opentelemetry"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    env = {
+        "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "FUSION_PORT": str(free_port()),
+        "OPENROUTER_API_KEY": "x",
+    }  # fmt: skip
+    ran = subprocess.run(
+        [sys.executable, "-m", "fusion_engine.cli", "serve"], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode != 0
+    assert "pip install 'fusion-engine[otel]'" in ran.stderr

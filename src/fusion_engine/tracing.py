@@ -19,10 +19,13 @@ would cost every call an argument for a feature that is usually off.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 #: The variables that turn tracing on (the OTLP exporter's own).
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+#: What ``otel_traces`` imports: the ``otel`` extra.
+EXTRA_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
 #: ``true`` puts prompts and answers into ``chat`` spans (GenAI ``gen_ai.*.messages``).
 CAPTURE_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
@@ -97,6 +102,26 @@ NO_SPAN = TraceSpan()
 def wanted(environ: Mapping[str, str]) -> bool:
     """Whether ``environ`` asks for traces."""
     return any(environ.get(name) for name in ENDPOINT_VARIABLES)
+
+
+def require_extra(environ: Mapping[str, str]) -> None:
+    """Check, before serving, that tracing asked for can be done.
+
+    Raises:
+        ConfigError: an OTLP endpoint is set but the ``otel`` extra is not installed.
+    """
+    if wanted(environ) and not all(_importable(module) for module in EXTRA_MODULES):
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed: "
+            "pip install 'fusion-engine[otel]' (or unset it to serve without traces)"
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def active() -> bool:

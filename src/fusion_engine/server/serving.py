@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from .. import tracing
 from ..engine import FusionEngine
 from ..errors import ConfigError
 from ..settings import Settings
@@ -47,6 +48,7 @@ def run_server(environ: Mapping[str, str], *, dev: bool) -> int:
     """
     settings = Settings.from_environ(environ)
     check_auth_binding(settings)
+    tracing.require_extra(environ)
     engine = FusionEngine(settings=settings)  # loads and validates every file
     if dev:
         import uvicorn

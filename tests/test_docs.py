@@ -466,6 +466,7 @@ RUN_ELSEWHERE = {
         "tests/test_readme.py (test_eval_quick_start_runs)"
     ),
     "-d '{": "the curl command it continues (tests/test_readme.py)",
+    "OTEL_EXPORTER_OTLP_ENDPOINT=": "tests/test_tracing.py (test_the_readme_tracing_commands_...)",
     # README "Use it from your agent": the Claude Code block, run as printed (opt-in).
     "export ANTHROPIC_": "tests/test_readme_agents.py (test_claude_code_block_...)",
     "export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1": "tests/test_readme_agents.py",

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import __version__
-from .tracing import CAPTURE_VARIABLE, Role, TraceSpan, is_cancellation
+from .tracing import Role, TraceSpan, captures_content, is_cancellation
 
 if TYPE_CHECKING:
     from typing import Self
@@ -58,8 +58,7 @@ class OtelTracing:
         default = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": "fusion-engine"}
         provider = TracerProvider(resource=Resource.create(default))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        capture = environ.get(CAPTURE_VARIABLE, "").strip().lower() == "true"
-        return cls(provider, capture_content=capture)
+        return cls(provider, capture_content=captures_content(environ))
 
     def shutdown(self) -> None:
         self._provider.shutdown()

@@ -34,12 +34,8 @@ if TYPE_CHECKING:
     from .protocol import ChatCompletion
     from .results import FusionResult, PanelResponse
 
-#: The variables that turn tracing on (the OTLP exporter's own).
-ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 #: What ``otel_traces`` imports: the ``otel`` extra.
 EXTRA_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
-#: ``true`` puts prompts and answers into ``chat`` spans (GenAI ``gen_ai.*.messages``).
-CAPTURE_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 Role = Literal["member", "judge", "passthrough"]
 
@@ -100,8 +96,17 @@ NO_SPAN = TraceSpan()
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
-    """Whether ``environ`` asks for traces."""
-    return any(environ.get(name) for name in ENDPOINT_VARIABLES)
+    """Whether ``environ`` asks for traces: it names an endpoint for the OTLP exporter."""
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def captures_content(environ: Mapping[str, str]) -> bool:
+    """Whether prompts and answers go into ``chat`` spans (GenAI ``gen_ai.*.messages``)."""
+    capture = environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+    return capture.strip().lower() == "true"
 
 
 def require_extra(environ: Mapping[str, str]) -> None:

@@ -512,3 +512,50 @@ def test_an_endpoint_without_the_extra_refuses_to_serve(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ran.returncode != 0
     assert "pip install 'fusion-engine[otel]'" in ran.stderr
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fuse_requests_are_traced_alike(
+    gateway: GatewayProcess, fake: FakeUpstream, collector: Collector, stream: bool
+) -> None:
+    """``POST /fuse``, whole or streamed as progress events: the same tree under its server
+    span, the fusion span ending after the last event."""
+    script_panel(fake)
+    trace_id, _, header = traceparent()
+    reply = httpx.post(
+        f"{gateway.base_url}/fuse",
+        json={"panel": "trio", "prompt": "Capital of France?", "stream": stream},
+        headers={"Authorization": f"Bearer {KEY}", "traceparent": header}, timeout=30,
+    )  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    server, fusion, members, judge = fused_tree(collector, trace_id)
+    assert server.name == "POST /fuse" and fusion.parent_span_id == server.span_id
+    assert [attrs(span)["fusion.member.index"] for span in members] == [0, 1, 2]
+    assert judge.parent_span_id == fusion.span_id
+    assert fusion.end_time_unix_nano >= judge.end_time_unix_nano
+    assert attrs(fusion)["fusion.cost_usd"] > 0
+
+
+def test_a_cache_hit_is_a_fusion_span_without_calls(
+    upstream: FakeInThread, fake: FakeUpstream, collector: Collector
+) -> None:
+    """Answered from the cache (whole or streamed): the fusion span says ``hit`` and has no
+    ``chat`` spans under it."""
+    script_panel(fake)
+    body = {"model": "fusion/trio", "seed": 7, "messages": [{"role": "user", "content": "Hi"}]}
+    with GatewayProcess({**tracing_env(upstream, collector), "FUSION_CACHE": "memory"}) as process:
+        client(process).chat.completions.create(**body)  # type: ignore[call-overload]
+        for stream in (False, True):
+            trace_id, _, header = traceparent()
+            created = client(process).chat.completions.create(
+                **body, stream=stream, extra_headers={"traceparent": header}
+            )  # type: ignore[call-overload]
+            if stream:
+                assert list(created)
+            collector.wait_for(
+                lambda _, t=trace_id: any(s.kind == SERVER for s in collector.trace(t))
+            )
+            spans = collector.trace(trace_id)
+            (fusion,) = named(spans, "fusion trio")
+            assert attrs(fusion)["fusion.cache"] == "hit"
+            assert [span.name for span in spans if span.kind == CLIENT] == []

@@ -10,7 +10,7 @@
 # Builds with the legacy builder as well as BuildKit: no `# syntax=` line (BuildKit would fetch
 # that frontend from Docker Hub, and fail offline). `make image` builds it as fusion-engine:local.
 
-# --- builder: the project and its server extra in a venv, from wheels ----------------------------
+# --- builder: the project and its server and otel extras in a venv, from wheels -------------------
 FROM python:3.11-slim AS builder
 # Marks this stage's images (kept untagged as build cache) so `make image` can drop stale ones.
 LABEL org.fusion-engine.stage=builder
@@ -24,7 +24,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies come as binary wheels only (no compiler in either stage); the project itself is
 # pure Python and is built by hatchling in pip's throwaway build environment.
-# (`./[server]` is this directory with its extra: the versions are bounded in pyproject.toml.)
+# (`./[server,otel]` is this directory with its extras: the versions are bounded in
+# pyproject.toml. `otel` lets a container turn tracing on with OTEL_EXPORTER_OTLP_ENDPOINT alone;
+# it is imported only then, so a container without it set pays disk space, not CPU.)
 COPY pyproject.toml README.md ./
 COPY src/ src/
 COPY panels/ panels/
@@ -33,9 +35,9 @@ COPY judges/ judges/
 # one: pip, setuptools and wheel, and polyfactory with Faker (25 MB), which litestar requires
 # but imports only for OpenAPI examples (OpenAPIConfig.create_examples, off in this app). The
 # import check fails the build if the app ever needs them.
-RUN pip install --no-cache-dir --only-binary=:all: "./[server]" \
+RUN pip install --no-cache-dir --only-binary=:all: "./[server,otel]" \
     && pip uninstall --yes polyfactory faker \
-    && python -c "import fusion_engine.server.app, gunicorn.app.base, uvicorn_worker" \
+    && python -c "import fusion_engine.server.app, fusion_engine.otel_traces, gunicorn.app.base, uvicorn_worker" \
     && pip uninstall --yes setuptools wheel pip
 
 # --- runtime ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,eval,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,eval,dev,otel]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its extras
@@ -80,6 +80,10 @@ CPU_BASELINE := bench/peers/cpu-baseline.json
 .PHONY: bench-guard
 bench-guard: $(STAMP) ## CI's CPU regression guard: passthrough and fused vs $(CPU_BASELINE), the Responses and Messages workloads vs chat × 1.25 (about 3 min)
 	$(BIN)/python bench/cpu_guard.py --guard $(CPU_BASELINE)
+
+.PHONY: bench-tracing
+bench-tracing: $(STAMP) ## gateway CPU per request with OpenTelemetry tracing off vs on (to a discarding OTLP sink; about 2 min)
+	$(BIN)/python bench/bench_tracing.py
 
 .PHONY: bench-baseline
 bench-baseline: $(STAMP) ## measure this machine again and rewrite $(CPU_BASELINE) (commit it)

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,12 +195,16 @@ def start_floor(fake_url: str) -> Server:
     return Server("floor", f"http://127.0.0.1:{port}/v1/chat/completions", {}, process)
 
 
-def start_fusion(fake_url: str, workers: int, log_level: str) -> Server:
+def start_fusion(
+    fake_url: str, workers: int, log_level: str, extra_env: Mapping[str, str] | None = None
+) -> Server:
+    """``fusion serve`` on the fake; ``extra_env`` added last (e.g. an OTLP endpoint)."""
     port = free_port()
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("FUSION_", "REDIS_", "OPENROUTER_", "PROMETHEUS_"))
+        # OTEL_: tracing is on only where a run asks for it (bench/bench_tracing.py).
+        if not key.startswith(("FUSION_", "REDIS_", "OPENROUTER_", "PROMETHEUS_", "OTEL_"))
     }
     env |= {
         "OPENROUTER_API_KEY": "bench",
@@ -215,6 +219,7 @@ def start_fusion(fake_url: str, workers: int, log_level: str) -> Server:
         "FUSION_WORKERS": str(workers),
         "FUSION_LOG_LEVEL": log_level,
         "FUSION_LOG_FORMAT": "json",
+        **(extra_env or {}),
     }
     command = [sys.executable, "-m", "fusion_engine.cli", "serve"]
     process = subprocess.Popen(

@@ -469,6 +469,7 @@ RUN_ELSEWHERE = {
     # README "Teams, keys and budgets": the gateway run as printed, its curl and fusion spend.
     "export TEAM_A_KEY=": "tests/test_readme_keys.py (the printed fixture)",
     ".venv/bin/fusion serve": "tests/test_readme_keys.py (the printed fixture runs fusion serve)",
+    "OTEL_EXPORTER_OTLP_ENDPOINT=": "tests/test_tracing.py (test_the_readme_tracing_commands_...)",
     # README "Use it from your agent": the Claude Code block, run as printed (opt-in).
     "export ANTHROPIC_": "tests/test_readme_agents.py (test_claude_code_block_...)",
     "export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1": "tests/test_readme_agents.py",

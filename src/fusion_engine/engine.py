@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from . import tracing
 from .agreement import measure_agreement
 from .calls import failed_response, response_from_reply
 from .config import Provider, ResolvedConfig, load_config
@@ -349,7 +350,15 @@ class FusionEngine:
     async def _ask_member(self, plan: FusionPlan, index: int, member: PanelMember) -> PanelResponse:
         provider = plan.member_providers[index]
         body = member_body(plan, member)
-        return await self._call(index, member.slug, provider, body, plan.panel.member_timeout_s)
+        span = tracing.chat(
+            member.slug, provider.kind, body, role="member", index=index, panel=plan.panel.name
+        )
+        with span:  # a straggler cancelled at the deadline ends it cancelled
+            response = await self._call(
+                index, member.slug, provider, body, plan.panel.member_timeout_s
+            )
+            span.record_call(response)
+        return response
 
     async def _call(
         self, index: int, model: str, provider: Provider, body: dict[str, object], timeout_s: float
@@ -399,11 +408,19 @@ class FusionEngine:
                 # No tool call reached the tool quorum: the judge must answer in words.
                 body["tool_choice"] = "none"
             timeout_s = plan.panel.member_timeout_s
-            if stream:
-                verdict = await self._stream_judge(plan, position, model, body, notify)
-            else:
-                verdict = await self._call(position, model, plan.judge_provider, body, timeout_s)
-            verdict = _check_verdict(verdict)
+            span = tracing.chat(
+                model, plan.judge_provider.kind, body, role="judge", index=position,
+                panel=plan.panel.name,
+            )  # fmt: skip
+            with span:
+                if stream:
+                    verdict = await self._stream_judge(plan, position, model, body, notify)
+                else:
+                    verdict = await self._call(
+                        position, model, plan.judge_provider, body, timeout_s
+                    )
+                verdict = _check_verdict(verdict)
+                span.record_call(verdict)
             attempts.append(verdict)
             if verdict.ok:
                 return verdict, attempts

@@ -24,6 +24,7 @@ import aiohttp.http_exceptions
 import msgspec
 import structlog
 
+from . import tracing
 from .bounded_reads import (
     MAX_ANSWER_BYTES,
     MAX_ERROR_BODY_BYTES,
@@ -134,6 +135,7 @@ class UpstreamClient:
     ) -> UpstreamReply:
         payload = _encode(prepare_body(provider, body, stream=False))
         headers = request_headers(provider)
+        tracing.inject(headers)  # the call's chat span, when tracing is on
         started = self.clock.monotonic()
 
         async def attempt(slot: _Slot) -> tuple[ChatCompletion, bytes]:
@@ -142,6 +144,7 @@ class UpstreamClient:
         (completion, raw), attempts, queued_s = await self._retried(
             provider, str(body.get("model", "")), started + timeout_s, attempt
         )
+        tracing.note_response_model(completion.model)
         return UpstreamReply(
             completion=completion, latency_ms=(self.clock.monotonic() - started) * 1000,
             attempts=attempts, raw=raw, queue_ms=queued_s * 1000,
@@ -193,7 +196,11 @@ class UpstreamClient:
             # aclosing: a consumer that leaves early must close the response now, not when
             # the event loop finalises the inner generator.
             async with aclosing(self._stream(provider, body, timeout_s, max_total_bytes)) as inner:
+                noted = not tracing.active()
                 async for events in inner:
+                    if not noted and events:
+                        tracing.note_response_model(events[0].chunk.model)
+                        noted = True
                     yield events
         except UpstreamError as error:
             raise scrub_error(error, provider) from error.__cause__
@@ -207,6 +214,7 @@ class UpstreamClient:
     ) -> AsyncGenerator[list[StreamEvent], None]:
         payload = _encode(prepare_body(provider, body, stream=True))
         headers = request_headers(provider)
+        tracing.inject(headers)  # the call's chat span, when tracing is on
         model = str(body.get("model", ""))
         deadline = self.clock.monotonic() + timeout_s
         attempt = 0
@@ -278,6 +286,7 @@ class UpstreamClient:
     ) -> bytes:
         payload = _encode(body)
         headers = request_headers(provider)
+        tracing.inject(headers)  # the call's chat span, when tracing is on
 
         async def attempt(slot: _Slot) -> bytes:
             return await self._attempt_post(provider, payload, headers, slot, path, max_body_bytes)

@@ -23,7 +23,7 @@ from ..protocol import GenerationParams, split_validation_error
 from .admission import CHAT_SHAPE, Admitted, check_lists
 from .errors import json_response
 from .gateway import Gateway, gateway_of
-from .observe import facts_of, record_result, server_timing_now
+from .observe import facts_of, record_result, server_timing_now, trace_fusion
 from .passthrough import passthrough
 from .request_id import new_id
 from .runs import until_disconnect
@@ -120,15 +120,17 @@ async def serve_chat(
             request, gateway, plan, spec, slot=slot, renderer=api.renderer(),
             on_answer=api.answered,
         )  # fmt: skip
-    async with slot:
-        result, outcome = await until_disconnect(
-            request,
-            gateway.cache.run(
-                plan, lambda: gateway.engine.run(plan), cache_control=cache_control, scope=scope
-            ),
-        )
-    facts = facts_of(request)
-    record_result(facts, result, outcome)
+    with trace_fusion(request, plan.panel.name):
+        async with slot:
+            result, outcome = await until_disconnect(
+                request,
+                gateway.cache.run(
+                    plan, lambda: gateway.engine.run(plan), cache_control=cache_control,
+                    scope=scope,
+                ),
+            )  # fmt: skip
+        facts = facts_of(request)
+        record_result(facts, result, outcome)
     answer = answer_of(result, options.detail)
     await api.answered(answer)
     headers = fused_headers(result, outcome)

@@ -14,7 +14,7 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.types import ExceptionHandlersMap
 
-from .. import __version__
+from .. import __version__, tracing
 from ..engine import FusionEngine
 from ..settings import Settings
 from .admission import keyless_guard
@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        # Per worker (after gunicorn's fork): the exporter's thread belongs to this process.
+        tracing.start(os.environ)
         gateway.start()
         # What start-up built (modules, the app, panels) lives as long as the worker: frozen
         # out of the collector's sight, a full collection no longer walks all of it again.
@@ -85,6 +87,8 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
             yield
         finally:
             await _shut_down(gateway, background, SHUTDOWN_BUDGET_S)
+            # Spans still buffered are exported now (blocking: in a thread, off the loop).
+            await asyncio.to_thread(tracing.shutdown)
 
     exception_handlers: ExceptionHandlersMap = {**EXCEPTION_HANDLERS, ClientGone: _client_gone}
     limits = engine.config.gateway.limits

@@ -21,7 +21,7 @@ from ..results import FusionResult, JudgeDelta, MemberFinished
 from .admission import admit
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
-from .observe import RequestFacts, facts_of, record_result, server_timing_now
+from .observe import RequestFacts, facts_of, record_result, server_timing_now, trace_fusion
 from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
 from .schema import FuseRequest, fused_headers
 from .streaming import KEEPALIVE, SSE_HEADERS, start_fusion
@@ -41,30 +41,37 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     cache_control = request.headers.get("cache-control")
     scope = scope_for(admitted.key_name, gateway.config.gateway.cache_scope)
     slot = await admitted.fusion_slot()
+    span = trace_fusion(request, plan.panel.name)
     if not body.stream:
-        async with slot:
-            result, outcome = await until_disconnect(
-                request,
-                gateway.cache.run(
-                    plan, lambda: gateway.engine.run(plan), cache_control=cache_control, scope=scope
-                ),
-            )
-        record_result(facts, result, outcome)
+        with span:
+            async with slot:
+                result, outcome = await until_disconnect(
+                    request,
+                    gateway.cache.run(
+                        plan, lambda: gateway.engine.run(plan), cache_control=cache_control,
+                        scope=scope,
+                    ),
+                )  # fmt: skip
+            record_result(facts, result, outcome)
         headers = fused_headers(result, outcome)
         headers["Server-Timing"] = server_timing_now(facts, result)
         return json_response(result, headers=headers)
-    ticket, run = await start_fusion(
-        request, gateway, plan, slot=slot, cache_control=cache_control, scope=scope
-    )
+    try:
+        with span.activate():  # the fusion's task starts in it, so its calls are its children
+            ticket, run = await start_fusion(
+                request, gateway, plan, slot=slot, cache_control=cache_control, scope=scope
+            )
+    except BaseException as error:
+        span.fail(error)
+        span.end()
+        raise
     headers = {**SSE_HEADERS, **fused_headers(ticket.result, ticket.outcome)}
     if run is None:
         assert ticket.result is not None  # start_fusion: no run means a hit
-        return Stream(_single(ticket.result), media_type="text/event-stream", headers=headers)
-    return Stream(
-        _progress(run, gateway.settings.keepalive_s, facts, ticket.outcome),
-        media_type="text/event-stream",
-        headers=headers,
-    )
+        events = _single(ticket.result)
+    else:
+        events = _progress(run, gateway.settings.keepalive_s, facts, ticket.outcome)
+    return Stream(span.follow(events), media_type="text/event-stream", headers=headers)
 
 
 async def _single(result: FusionResult) -> AsyncIterator[bytes]:

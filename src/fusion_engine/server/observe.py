@@ -17,6 +17,7 @@ from litestar import Request
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import tracing
 from ..cache import CacheResult
 from ..results import FusionResult
 from ..spend import Tab
@@ -47,6 +48,8 @@ class RequestFacts(msgspec.Struct, kw_only=True):
     tab: Tab | None = None
     #: When the request reached the gateway (``time.perf_counter``), for its stage timings.
     started: float = msgspec.field(default_factory=time.perf_counter)
+    #: The request's ``fusion <panel>`` span (``trace_fusion``), which ``record_result`` fills.
+    fusion_span: tracing.TraceSpan = tracing.NO_SPAN
 
 
 def facts_of(request: Request[Any, Any, Any]) -> RequestFacts:
@@ -54,6 +57,14 @@ def facts_of(request: Request[Any, Any, Any]) -> RequestFacts:
     state = request.scope.setdefault("state", {})
     facts: RequestFacts = state.setdefault(_FACTS, RequestFacts())
     return facts
+
+
+def trace_fusion(request: Request[Any, Any, Any], panel: str) -> tracing.TraceSpan:
+    """Start the request's ``fusion <panel>`` span (under its server span); ``record_result``
+    records the fusion's figures on it. The caller ends it (``with``, or ``follow`` a stream)."""
+    span = tracing.fusion(panel)
+    facts_of(request).fusion_span = span
+    return span
 
 
 def request_observer(metrics: Metrics) -> Any:
@@ -76,11 +87,18 @@ def request_observer(metrics: Metrics) -> Any:
                 await send(message)
 
             metrics.inflight.inc()
+            span = tracing.server(scope["method"], scope["path"], scope["headers"])
             try:
-                await app(scope, receive, watch)
+                with span.activate():
+                    await app(scope, receive, watch)
+            except BaseException as error:
+                span.fail(error)
+                raise
             finally:
                 metrics.inflight.dec()
-                _account(metrics, scope, status, time.perf_counter() - started)
+                route = _account(metrics, scope, status, time.perf_counter() - started)
+                span.record_http(route, status)
+                span.end()
                 tab = scope["state"][_FACTS].tab
                 if tab is not None:
                     # After the accounting, which times the reply, not this write. Until the
@@ -95,7 +113,8 @@ def request_observer(metrics: Metrics) -> Any:
     return middleware
 
 
-def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
+def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> str:
+    """Count and log the request; its route."""
     facts: RequestFacts = scope.get("state", {}).get(_FACTS) or RequestFacts()
     handler = scope.get("route_handler")
     route = min(handler.paths) if handler is not None else scope.get("path", "-")
@@ -118,11 +137,13 @@ def _account(metrics: Metrics, scope: Scope, status: int, seconds: float) -> Non
         tokens_out=facts.tokens_out,
         degraded=facts.degraded,
     )
+    return str(route)
 
 
 def record_result(facts: RequestFacts, result: FusionResult, outcome: CacheResult) -> None:
-    """Note a fusion's figures for the request's log line."""
+    """Note a fusion's figures for the request's log line and its fusion span."""
     facts.cache = outcome
+    facts.fusion_span.record_fusion(result, outcome)
     facts.cost_usd = result.total_cost
     facts.tokens_in, facts.tokens_out = result.tokens_in, result.tokens_out
     facts.degraded = result.degraded

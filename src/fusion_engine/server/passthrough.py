@@ -22,6 +22,7 @@ import msgspec
 from litestar import MediaType, Request, Response
 from litestar.response import Stream
 
+from .. import tracing
 from ..chat_stream import AnswerApi, ChatAnswer, TokenUsage
 from ..config import Provider
 from ..errors import FusionError, NotFoundError
@@ -72,14 +73,17 @@ async def passthrough(
     provider = passthrough_provider(gateway, chat.model)
     upstream = gateway.engine.upstream
     tab = CURRENT_TAB.get()
+    span = tracing.chat(chat.model, provider.kind, raw, role="passthrough")
     if not chat.stream:
-        reply = await until_disconnect(
-            request,
-            upstream.chat(
-                provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
-                max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
-            ),
-        )  # fmt: skip
+        with span:
+            reply = await until_disconnect(
+                request,
+                upstream.chat(
+                    provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                    max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+                ),
+            )  # fmt: skip
+            span.record_completion(reply.completion)
         facts_of(request).upstream_ms = reply.latency_ms
         _charge(gateway, tab, chat.model, reply.completion.usage)
         if api is None:
@@ -97,10 +101,13 @@ async def passthrough(
     # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
     try:
-        first = await until_disconnect(request, anext(batches))
+        with span.activate():  # the request goes out in the first step: its traceparent
+            first = await until_disconnect(request, anext(batches))
     except StopAsyncIteration:
         first = None
-    except BaseException:
+    except BaseException as error:
+        span.fail(error)
+        span.end()
         await batches.aclose()
         raise
     if api is None:
@@ -108,7 +115,7 @@ async def passthrough(
         events = _relay(first, batches, include_usage=include_usage)
     else:
         events = _translated(first, batches, AnswerFeed(api.renderer()), api)
-    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    return Stream(span.follow(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _charge(gateway: Gateway, tab: Tab | None, model: str, usage: Usage | None) -> None:

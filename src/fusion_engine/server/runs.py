@@ -28,6 +28,9 @@ T = TypeVar("T")
 class ClientGone(Exception):
     """The client disconnected; the work was cancelled and nobody is listening for a reply."""
 
+    #: Spans record it as a cancellation, not a failure (``tracing.is_cancellation``).
+    cancellation = True
+
 
 class Finished(msgspec.Struct, frozen=True):
     """The fusion's result."""

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from .. import tracing
 from ..engine import FusionEngine
 from ..errors import ConfigError
 from ..settings import Settings
@@ -52,6 +53,7 @@ def run_server(environ: Mapping[str, str], *, dev: bool) -> int:
         ConfigError: anything invalid, reported before a worker starts.
     """
     settings = Settings.from_environ(environ)
+    tracing.require_extra(environ)
     engine = FusionEngine(settings=settings)  # loads and validates every file
     check_auth_binding(settings, yaml_keys=bool(engine.config.keys))
     if dev:

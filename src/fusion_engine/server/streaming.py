@@ -27,7 +27,7 @@ from ..ratelimit import Lease
 from ..results import FusionResult, JudgeDelta, MemberFinished
 from .errors import error_payload, status_of
 from .gateway import Gateway
-from .observe import RequestFacts, facts_of, record_result
+from .observe import RequestFacts, facts_of, record_result, trace_fusion
 from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
 from .schema import (
     ChunkChoiceOut,
@@ -279,11 +279,33 @@ async def fused_stream(
 
     ``slot`` (the caller's concurrent-fusion slot) is handed to the live fusion, which gives
     it back when it ends, fails or is cancelled because the client left; it is given back
-    here when no fusion runs.
+    here when no fusion runs. The request's fusion span ends with the stream.
 
     Raises:
         FusionError: the fusion failed before the stream started.
     """
+    span = trace_fusion(request, plan.panel.name)
+    try:
+        with span.activate():  # the fusion's task starts in it, so its calls are its children
+            return await _fused_stream(
+                request, gateway, plan, spec, slot=slot, renderer=renderer, on_answer=on_answer
+            )
+    except BaseException as error:
+        span.fail(error)
+        span.end()
+        raise
+
+
+async def _fused_stream(
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    plan: FusionPlan,
+    spec: StreamSpec,
+    *,
+    slot: Lease,
+    renderer: StreamRenderer,
+    on_answer: OnAnswer | None,
+) -> Response[Any]:
     facts = facts_of(request)
     ticket, run = await start_fusion(
         request, gateway, plan, slot=slot, cache_control=spec.cache_control,
@@ -298,8 +320,9 @@ async def fused_stream(
         if on_answer is not None:
             await on_answer(feed.answer())
         return Stream(
-            _once(replay + renderer.close()), media_type="text/event-stream", headers=headers
-        )
+            facts.fusion_span.follow(_once(replay + renderer.close())),
+            media_type="text/event-stream", headers=headers,
+        )  # fmt: skip
     keepalive_s = gateway.settings.keepalive_s
     try:
         held = await until_disconnect(request, _hold(run, keepalive_s))
@@ -315,7 +338,7 @@ async def fused_stream(
         run, held, feed, keepalive_s,
         detail=spec.detail, facts=facts, outcome=ticket.outcome, on_answer=on_answer,
     )  # fmt: skip
-    return Stream(events, media_type="text/event-stream", headers=headers)
+    return Stream(facts.fusion_span.follow(events), media_type="text/event-stream", headers=headers)
 
 
 async def start_fusion(

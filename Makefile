@@ -85,6 +85,10 @@ bench-guard: $(STAMP) ## CI's CPU regression guard: passthrough and fused vs $(C
 bench-tracing: $(STAMP) ## gateway CPU per request with OpenTelemetry tracing off vs on (to a discarding OTLP sink; about 2 min)
 	$(BIN)/python bench/bench_tracing.py
 
+.PHONY: bench-spend
+bench-spend: $(STAMP) redis ## gateway CPU per request with spend accounting, a budget, a budget on Redis (about 3 min)
+	$(BIN)/python bench/bench_spend.py
+
 .PHONY: bench-baseline
 bench-baseline: $(STAMP) ## measure this machine again and rewrite $(CPU_BASELINE) (commit it)
 	$(BIN)/python bench/cpu_guard.py --write-baseline $(CPU_BASELINE)

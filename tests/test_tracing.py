@@ -191,6 +191,7 @@ def test_a_fused_request_is_one_trace_continued_from_the_client(
     assert server.parent_span_id == parent_id
     assert server.name == "POST /v1/chat/completions"
     assert attrs(server)["http.response.status_code"] == 200
+    assert attrs(server)["fusion.key"] == "key1"  # the key's name (unnamed: key1), never the key
     assert fusion.parent_span_id == server.span_id and fusion.kind == INTERNAL
     fused = attrs(fusion)
     assert fused["fusion.panel"] == "trio" and fused["fusion.cache"] == "off"

@@ -227,10 +227,12 @@ class OtelSpan(TraceSpan):
             figures["fusion.judge_skipped"] = result.judge_skipped
         self._span.set_attributes(figures)
 
-    def record_http(self, route: str, status: int) -> None:
+    def record_http(self, route: str, status: int, key: str | None = None) -> None:
         span = self._span
         span.update_name(f"{self._method} {route}")
         span.set_attributes({"http.route": route, "http.response.status_code": status})
+        if key is not None:  # a name from the config, never the key itself
+            span.set_attribute("fusion.key", key)
         if status == _CLIENT_CLOSED:
             self._cancelled("the client disconnected")
         elif status >= 500:

@@ -186,12 +186,34 @@ return {1, tostring(spent), tostring(held)}
 """
 
 
+# Charge one request in one command (cheaper for the gateway's CPU than a pipeline of seven):
+# add the USD to each period's total (KEYS[1..3]: day, month, all time; ARGV[4..5] the day's and
+# the month's lifetimes), the estimated part and the unpriced calls (KEYS[4], KEYS[5]), and
+# release the hold (KEYS[6], member ARGV[6], if any). The new totals go back as strings.
+_CHARGE = """
+local totals = {}
+local usd = tonumber(ARGV[1])
+if usd ~= 0 then
+  for i = 1, 3 do
+    totals[i] = redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+if tonumber(ARGV[2]) ~= 0 then redis.call('INCRBYFLOAT', KEYS[4], ARGV[2]) end
+if tonumber(ARGV[3]) ~= 0 then redis.call('INCRBY', KEYS[5], ARGV[3]) end
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[6], ARGV[6]) end
+return totals
+"""
+
+
 class RedisSpendStore:
     """Totals and holds in Redis, shared by every worker and replica."""
 
     def __init__(self, redis: SharedRedis) -> None:
         self._redis = redis
         self._hold = redis.client.register_script(_HOLD)
+        self._charge = redis.client.register_script(_CHARGE)
 
     async def hold(
         self, name: str, period: str, member: str, usd: float, limit: float, now: float
@@ -205,27 +227,22 @@ class RedisSpendStore:
     async def charge(
         self, name: str, periods: Mapping[BudgetPeriod, str], charge: Charge, hold: Hold | None
     ) -> dict[BudgetPeriod, float]:
-        written = list(periods.items()) if charge.usd else []
-
-        async def write(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for _, period in written:  # first: their replies are the new totals
-                    pipe.incrbyfloat(f"{SPEND_KEY}{name}:{period}", charge.usd)
-                for per, period in written:
-                    if (ttl := PERIOD_TTL_S[per]) is not None:
-                        pipe.expire(f"{SPEND_KEY}{name}:{period}", ttl)
-                if charge.estimated_usd:
-                    pipe.incrbyfloat(f"{SPEND_KEY}{name}:estimated", charge.estimated_usd)
-                if charge.unpriced_calls:
-                    pipe.incrby(f"{SPEND_KEY}{name}:unpriced", charge.unpriced_calls)
-                if hold is not None:
-                    pipe.zrem(f"{SPEND_KEY}{name}:{hold.period}:holds", hold.member)
-                replies: list[Any] = await pipe.execute()
-                return replies
-
+        prefix = f"{SPEND_KEY}{name}:"
+        keys = [
+            prefix + periods["day"], prefix + periods["month"], prefix + periods["total"],
+            prefix + "estimated", prefix + "unpriced",
+            f"{prefix}{hold.period}:holds" if hold is not None else prefix + "holds",
+        ]  # fmt: skip
+        args: list[str | int] = [
+            repr(charge.usd), repr(charge.estimated_usd), charge.unpriced_calls,
+            PERIOD_TTL_S["day"] or 0, PERIOD_TTL_S["month"] or 0,
+            hold.member if hold is not None else "",
+        ]  # fmt: skip
         # A hold must be released even right after an outage: it would block the budget.
-        replies = await self._redis.run(write, skip_if_down=hold is None)
-        return {per: float(total) for (per, _), total in zip(written, replies, strict=False)}
+        totals = await self._redis.run(
+            lambda client: self._charge(keys=keys, args=args), skip_if_down=hold is None
+        )
+        return {per: float(total) for per, total in zip(PERIODS, totals, strict=False)}
 
     async def totals(
         self, name: str, periods: Mapping[BudgetPeriod, str], held_in: str | None, now: float

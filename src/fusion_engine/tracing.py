@@ -78,8 +78,8 @@ class TraceSpan:
     def record_fusion(self, result: FusionResult, cache: str) -> None:
         """A ``fusion`` span's figures: cost, tokens, agreement, degradation, cache result."""
 
-    def record_http(self, route: str, status: int) -> None:
-        """A server span's route and status (known once the request is answered)."""
+    def record_http(self, route: str, status: int, key: str | None = None) -> None:
+        """A server span's route, status and caller's key name (known once it is answered)."""
 
     def fail(self, error: BaseException) -> None:
         """Record ``error`` (a cancellation as such); the span still has to be ended."""

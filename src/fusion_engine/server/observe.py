@@ -97,7 +97,7 @@ def request_observer(metrics: Metrics) -> Any:
             finally:
                 metrics.inflight.dec()
                 route = _account(metrics, scope, status, time.perf_counter() - started)
-                span.record_http(route, status)
+                span.record_http(route, status, scope["state"][_FACTS].key)
                 span.end()
                 tab = scope["state"][_FACTS].tab
                 if tab is not None:

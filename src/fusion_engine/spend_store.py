@@ -89,6 +89,10 @@ class SpendTotals(msgspec.Struct, kw_only=True):
 class SpendStore(Protocol):
     """Where totals and holds live."""
 
+    #: Whether writes go over the network (a write must then be shielded from cancellation;
+    #: an in-process one completes without yielding).
+    remote: bool
+
     async def hold(
         self, name: str, period: str, member: str, usd: float, limit: float, now: float
     ) -> tuple[bool, float, float]:
@@ -111,6 +115,8 @@ class SpendStore(Protocol):
 
 class MemorySpendStore:
     """Totals in this process (one worker, lost at restart)."""
+
+    remote = False
 
     def __init__(self) -> None:
         self._totals: dict[str, float] = {}
@@ -209,6 +215,8 @@ return totals
 
 class RedisSpendStore:
     """Totals and holds in Redis, shared by every worker and replica."""
+
+    remote = True
 
     def __init__(self, redis: SharedRedis) -> None:
         self._redis = redis

@@ -7,7 +7,6 @@ from the response start, and takes what the handler learnt (panel, cost, cache r
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -103,9 +102,8 @@ def request_observer(metrics: Metrics) -> Any:
                 if tab is not None:
                     # After the accounting, which times the reply, not this write. Until the
                     # charge is written the request's hold stands in for it, so the next
-                    # request's budget check is never short. Shielded: a request cancelled at
-                    # its end must still pay and let go.
-                    await asyncio.shield(tab.settle())
+                    # request's budget check is never short.
+                    await tab.settle()
                 structlog.contextvars.unbind_contextvars("request_id")
 
         return observed

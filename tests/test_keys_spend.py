@@ -245,3 +245,25 @@ async def test_a_tab_prices_what_the_provider_did_not() -> None:
     assert charged.usd == pytest.approx(0.01 + 0.05 + 0.001)
     assert charged.estimated_usd == pytest.approx(0.05 + 0.001)
     assert charged.unpriced_calls == 1
+
+
+async def test_on_redis_only_budgeted_charges_are_written_at_once() -> None:
+    """A budgeted key's charge is written as its request settles (it releases the hold);
+    a key without a budget is queued and written by the next flush, one write per name."""
+    require_redis()
+    redis = SharedRedis.connect(REDIS_URL)
+    try:
+        ledger = Ledger(RedisSpendStore(redis), Pricing({}, PriceBook()))
+        policy, _ = budgeted(1.0)
+        free = KeyPolicy(name=f"free-{uuid.uuid4().hex[:8]}")
+        await ledger.settle(policy, Charge(usd=0.25), await ledger.hold(policy, 0.3))
+        for _ in range(3):
+            await ledger.settle(free, Charge(usd=0.5), None)
+        assert (await ledger.totals(policy)).total == 0.25
+        assert (await ledger.totals(free)).total == 0.0  # queued
+        await ledger.flush()
+        assert (await ledger.totals(free)).total == 1.5
+        await ledger.flush()  # nothing left to write twice
+        assert (await ledger.totals(free)).total == 1.5
+    finally:
+        await redis.aclose()

@@ -11,8 +11,10 @@ So concurrent requests cannot all pass a check against the same remaining budget
 is bounded by how far the requests in flight cost more than their estimates.
 
 Totals and holds live in a ``spend_store`` (Redis when configured: shared by every worker and
-replica, surviving restarts; else this process). Redis that is down fails open: requests are
-served, and charges that could not be written are kept and added with the next settle.
+replica, surviving restarts; else this process). In Redis, a budgeted key's charge is written
+as its request ends (it releases the hold); other keys' charges are written together once a
+second (and at shutdown), which saves most requests a round trip. Redis that is down fails
+open: requests are served, and charges that could not be written are kept for the next write.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .spend_store import PERIODS, Charge, Hold, SpendStore, SpendTotals, period_
 
 log = structlog.get_logger("fusion_engine.spend")
 _encode = msgspec.json.Encoder().encode
+#: How often the charges of key names without a budget are written to a remote store.
+FLUSH_S = 1.0
 #: Call outcomes that mean the call was in flight when it was cut off (the provider read the
 #: prompt, and may have billed it).
 _CUT_OFF = ("cancelled", "deadline")
@@ -149,8 +153,9 @@ class Ledger:
         self._on_charge = on_charge
         self._on_period_spend = on_period_spend
         self._clock = clock
-        #: Charges Redis could not take, by key name, added with that name's next settle.
-        self._unsent: dict[str, Charge] = {}
+        #: Charges not written yet, by key name: those of names without a budget (written
+        #: together every ``FLUSH_S``) and those the store could not take (written next time).
+        self._pending: dict[str, Charge] = {}
         #: Settles started by calls that reported after their request had ended.
         self._late: set[asyncio.Task[None]] = set()
         self._last_logged = 0.0
@@ -227,9 +232,18 @@ class Ledger:
         return Hold(period=period, member=member, usd=usd) if usd > 0 else None
 
     async def settle(self, policy: KeyPolicy, charge: Charge, hold: Hold | None) -> None:
-        """Write ``charge`` (and any charge kept from an outage) and release ``hold``."""
+        """Write ``charge`` (and any charge kept from an outage) and release ``hold``.
+
+        A remote store's charges for names without a budget are only queued: ``flush`` writes
+        them, one write per name every ``FLUSH_S`` instead of one per request (a Redis round
+        trip is 0.2 ms of the gateway's CPU). Nothing is held for them, so nothing waits.
+        """
         name = policy.name
-        pending = self._unsent.pop(name, None)
+        if hold is None and policy.budget is None and self.store.remote:
+            self._pending.setdefault(name, Charge()).add(charge)
+            self._on_charge(name, charge.usd)
+            return
+        pending = self._pending.pop(name, None)
         if pending is not None:
             pending.add(charge)
             charge = pending
@@ -238,12 +252,33 @@ class Ledger:
         try:
             totals = await self.store.charge(name, self.periods(self._clock()), charge, hold)
         except Exception as error:  # kept for the next settle of this name
-            self._unsent.setdefault(name, Charge()).add(charge)
+            self._pending.setdefault(name, Charge()).add(charge)
             self._store_failed(error)
             return
         self._on_charge(name, charge.usd)
         if policy.budget is not None and policy.budget.per in totals:
             self._on_period_spend(name, totals[policy.budget.per])
+
+    async def flush(self) -> None:
+        """Write every queued charge (a failed write stays queued for the next flush)."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        periods = self.periods(self._clock())
+        for name, charge in pending.items():
+            try:
+                await self.store.charge(name, periods, charge, None)
+            except Exception as error:
+                self._pending.setdefault(name, Charge()).add(charge)
+                self._store_failed(error)
+
+    async def flush_forever(self, interval_s: float = FLUSH_S) -> None:
+        """Forever (a remote store only): write the queued charges every ``interval_s``."""
+        if not self.store.remote:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush()
 
     def settle_later(self, policy: KeyPolicy, charge: Charge) -> None:
         """Settle a charge that arrived after its request ended (a call cut off late)."""

@@ -78,7 +78,10 @@ def create_app(settings: Settings | None = None, *, engine: FusionEngine | None 
         # What start-up built (modules, the app, panels) lives as long as the worker: frozen
         # out of the collector's sight, a full collection no longer walks all of it again.
         gc.freeze()
-        background = [asyncio.create_task(gateway.share_prices())]
+        background = [
+            asyncio.create_task(gateway.share_prices()),
+            asyncio.create_task(gateway.ledger.flush_forever()),
+        ]
         if settings.reload_interval_s > 0:
             background.append(
                 asyncio.create_task(watch_definitions(gateway, settings.reload_interval_s))

@@ -164,6 +164,7 @@ class Gateway:
     async def aclose(self) -> None:
         """Stop serving: close the cache, the Redis client and the upstream session."""
         self.draining = True
+        await self.ledger.flush()  # the charges still queued, while Redis is connected
         await self.cache.aclose()
         await self.responses.aclose()
         if self.redis is not None:

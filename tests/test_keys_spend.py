@@ -240,10 +240,14 @@ async def test_a_tab_prices_what_the_provider_did_not() -> None:
     charge_call(PanelResponse(index=2, model="learnt/model", error_kind="cancelled"))
     charge_call(PanelResponse(index=3, model="unknown/model", tokens_in=1, tokens_out=1))
     charge_call(PanelResponse(index=4, model="unknown/model", error="refused"))  # cost nothing
+    # An answer from a server that reported no usage at all: 100 prompt tokens, 35 characters
+    # of answer (10 tokens), at the configured price.
+    charge_call(PanelResponse(index=5, model="local/model", content="y" * 35))
     charged = tab.charged
-    # 0.01 reported; 10 * 1000 / 1e6 + 20 * 2000 / 1e6 configured; 100 tokens * 1e-5 learnt.
-    assert charged.usd == pytest.approx(0.01 + 0.05 + 0.001)
-    assert charged.estimated_usd == pytest.approx(0.05 + 0.001)
+    # 0.01 reported; 10 * 1000 / 1e6 + 20 * 2000 / 1e6 configured; 100 tokens * 1e-5 learnt;
+    # 100 * 1000 / 1e6 + 10 * 2000 / 1e6 configured.
+    assert charged.usd == pytest.approx(0.01 + 0.05 + 0.001 + 0.12)
+    assert charged.estimated_usd == pytest.approx(0.05 + 0.001 + 0.12)
     assert charged.unpriced_calls == 1
 
 

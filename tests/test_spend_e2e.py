@@ -360,6 +360,20 @@ def test_a_panel_allow_list_and_the_passthrough_switch(
     client(gateway, OPS_KEY).chat.completions.create(model=PLAIN_MODEL, messages=USER)
 
 
+def test_the_model_list_shows_a_key_what_it_may_use(
+    gateway: GatewayProcess, fake: FakeUpstream, keys: Keys
+) -> None:
+    """A key with an allow-list sees its panels and no provider models (passthrough off);
+    an unrestricted key, and a caller sending no key, see everything."""
+    fake.script(PLAIN_MODEL, Reply())
+    narrow = [model.id for model in client(gateway, keys.narrow_key).models.list()]
+    assert narrow == ["fusion/quick"]
+    everything = [model.id for model in client(gateway, OPS_KEY).models.list()]
+    assert {"fusion/quick", "fusion/trio"} <= set(everything) and len(everything) > 3
+    anonymous = httpx.get(f"{gateway.base_url}/v1/models", timeout=10).json()["data"]
+    assert [model["id"] for model in anonymous] == everything
+
+
 def _message_for(api: openai.OpenAI, model: str) -> str:
     try:
         api.chat.completions.create(model=model, messages=USER)

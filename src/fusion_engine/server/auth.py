@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Request
 
 from ..errors import AuthenticationError
-from ..keys import ANONYMOUS, KeyRing
+from ..keys import ANONYMOUS, KeyPolicy, KeyRing
 from .gateway import gateway_of
 
 
@@ -33,6 +33,18 @@ def check_bearer(authorization: str | None, keys: KeyRing) -> str:
     if matched is None:
         raise AuthenticationError("invalid API key")
     return matched
+
+
+def caller_policy(request: Request[Any, Any, Any]) -> KeyPolicy | None:
+    """The policy of the key a request carries, if it carries a valid one (routes that need
+    no key, such as ``/v1/models``, tailor their answer to a caller that names itself)."""
+    gateway = gateway_of(request)
+    if not gateway.keys:
+        return None
+    try:
+        return gateway.keys.policy(authenticate(request))
+    except AuthenticationError:
+        return None
 
 
 def authenticate(request: Request[Any, Any, Any]) -> str:

@@ -1,7 +1,8 @@
 """Model ids: ``GET /v1/models``, ``GET /v1/models/{id}`` and ``POST /v1/embeddings``.
 
 The list names the panels first (``fusion/<panel>``), then, when passthrough is on, the
-passthrough provider's own models (its ``GET /models``, kept 10 minutes per worker; when that
+passthrough provider's own models (a caller that sends a key with an allow-list sees only what
+it may use) (its ``GET /models``, kept 10 minutes per worker; when that
 fails, the panels alone). One model is found by its id as the client wrote it: ``fusion/<panel>``
 or its alias ``fusion-<panel>``, or a provider model. Embeddings are passed through like any
 call that is not fused.
@@ -14,8 +15,10 @@ from typing import Any
 from litestar import Request, Response, get, post
 
 from ..errors import InvalidRequestError, UnknownModelError
+from ..keys import KeyPolicy
 from ..plan import MODEL_PREFIX, panel_of_model
 from .admission import admit
+from .auth import caller_policy
 from .errors import json_response
 from .gateway import Gateway, gateway_of
 from .model_list import ModelCard, ModelList, provider_cards
@@ -41,11 +44,13 @@ async def provider_models(gateway: Gateway) -> list[ModelCard]:
     return await gateway.provider_models.get(fetch)
 
 
-def panel_cards(gateway: Gateway) -> list[ModelCard]:
-    """One ``fusion/<panel>`` model per loaded panel."""
+def panel_cards(gateway: Gateway, policy: KeyPolicy | None = None) -> list[ModelCard]:
+    """One ``fusion/<panel>`` model per loaded panel (those on ``policy``'s allow-list)."""
+    allowed = policy.panels if policy is not None else None
     return [
         ModelCard(id=f"{MODEL_PREFIX}{name}", created=gateway.started_at)
         for name in gateway.engine.panels
+        if allowed is None or name in allowed
     ]
 
 
@@ -55,9 +60,13 @@ def panel_cards(gateway: Gateway) -> list[ModelCard]:
     operation_class=documented({"200": json_reply("OpenAI's model list.", schema_of(ModelList))}),
 )
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """The panels as ``fusion/<panel>``, then the passthrough provider's models."""
+    """The panels as ``fusion/<panel>``, then the passthrough provider's models; for a caller
+    that sends its key, only what that key may use."""
     gateway = gateway_of(request)
-    cards = panel_cards(gateway) + await provider_models(gateway)
+    policy = caller_policy(request)
+    cards = panel_cards(gateway, policy)
+    if policy is None or policy.passthrough:
+        cards += await provider_models(gateway)
     return json_response(ModelList(data=cards))
 
 

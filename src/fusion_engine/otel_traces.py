@@ -32,7 +32,7 @@ from .tracing import Role, TraceSpan, captures_content, is_cancellation
 if TYPE_CHECKING:
     from typing import Self
 
-    from .protocol import ChatCompletion
+    from .protocol import ChatCompletion, Usage
     from .results import FusionResult, PanelResponse
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -210,6 +210,15 @@ class OtelSpan(TraceSpan):
                     choice.message.content, choice.message.tool_calls, choice.finish_reason
                 ),
             )
+
+    def record_usage(self, usage: Usage) -> None:
+        figures: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+        }
+        if usage.cost is not None:
+            figures["fusion.cost_usd"] = usage.cost
+        self._span.set_attributes(figures)
 
     def record_fusion(self, result: FusionResult, cache: str) -> None:
         figures: dict[str, Any] = {

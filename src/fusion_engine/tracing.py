@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from .otel_traces import OtelTracing
-    from .protocol import ChatCompletion
+    from .protocol import ChatCompletion, Usage
     from .results import FusionResult, PanelResponse
 
 #: What ``otel_traces`` imports: the ``otel`` extra.
@@ -74,6 +74,9 @@ class TraceSpan:
 
     def record_completion(self, completion: ChatCompletion) -> None:
         """A passed-through ``chat`` span's outcome, from the provider's completion."""
+
+    def record_usage(self, usage: Usage) -> None:
+        """A streamed passed-through ``chat`` span's tokens and cost (its usage chunk)."""
 
     def record_fusion(self, result: FusionResult, cache: str) -> None:
         """A ``fusion`` span's figures: cost, tokens, agreement, degradation, cache result."""

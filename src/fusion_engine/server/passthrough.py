@@ -29,6 +29,7 @@ from ..errors import FusionError, NotFoundError
 from ..protocol import ChatCompletion, Usage
 from ..spend import CURRENT_TAB, Tab
 from ..stream_events import StreamEvent
+from ..tracing import TraceSpan
 from .errors import error_payload, json_response
 from .gateway import Gateway
 from .observe import facts_of
@@ -96,7 +97,7 @@ async def passthrough(
     raw["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
     batches = _charged(
         upstream.stream(provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S, max_total_bytes=None),
-        gateway, tab, chat.model,
+        gateway, tab, chat.model, span,
     )  # fmt: skip
     # The first events are awaited before answering, so a provider error before the stream
     # starts reaches the client as a proper status, not as an in-band event.
@@ -130,7 +131,11 @@ def _charge(gateway: Gateway, tab: Tab | None, model: str, usage: Usage | None) 
 
 
 async def _charged(
-    batches: AsyncGenerator[list[StreamEvent], None], gateway: Gateway, tab: Tab | None, model: str
+    batches: AsyncGenerator[list[StreamEvent], None],
+    gateway: Gateway,
+    tab: Tab | None,
+    model: str,
+    span: TraceSpan,
 ) -> AsyncGenerator[list[StreamEvent], None]:
     """``batches`` as they come; the stream's usage is charged to ``tab`` when it ends, however
     it ends (a stream cut off after it began, before its usage chunk, is charged its prompt,
@@ -148,6 +153,7 @@ async def _charged(
     finally:
         if usage is not None:
             _charge(gateway, tab, model, usage)
+            span.record_usage(usage)
         elif began and tab is not None:
             tab.add_usage(model, 0, 0, None, cut_off=True)
 

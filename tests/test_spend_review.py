@@ -1,0 +1,75 @@
+"""Review of keys, budgets and spend: ways a caller or a provider could spend without being
+charged, or get around a budget, and config that silently means no budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from fusion_engine.config import BudgetSpec, load_config
+from fusion_engine.costs import PriceBook
+from fusion_engine.errors import ConfigFileError
+from fusion_engine.keys import KeyPolicy
+from fusion_engine.results import PanelResponse
+from fusion_engine.server.passthrough import _charge
+from fusion_engine.settings import Settings
+from fusion_engine.spend import Ledger, Pricing, charge_call
+from fusion_engine.spend_store import MemorySpendStore
+
+
+def config_error(tmp_path: Path, text: str, **environ: str) -> str:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigFileError) as raised:
+        load_config(Settings.from_environ({"FUSION_CONFIG": str(path), **environ}))
+    return str(raised.value)
+
+
+def budgeted_tab(limit: float = 1.0) -> tuple[Ledger, Any]:
+    from fusion_engine.config import PriceSpec
+
+    pricing = Pricing({"local/model": PriceSpec(input_per_mtok=1000, output_per_mtok=1000)}, PriceBook())
+    ledger = Ledger(MemorySpendStore(), pricing)
+    policy = KeyPolicy(name="team", budget=BudgetSpec(limit=limit, per="month"))
+    return ledger, ledger.open(policy)
+
+
+async def test_a_negative_cost_reported_by_a_provider_never_lowers_the_spend() -> None:
+    """A provider (or a compromised/buggy one) reporting ``usage.cost: -5`` must not credit
+    the key: spend only goes up, and the price book does not learn a negative price."""
+    _, tab = budgeted_tab()
+    charge_call(PanelResponse(index=0, model="local/model", tokens_in=10, tokens_out=10, cost_usd=-5.0))
+    assert tab.charged.usd >= 0
+    book = PriceBook()
+    book.learn_usage("cloud/model", 10, 10, -5.0)
+    assert "cloud/model" not in book.prices or book.prices["cloud/model"].cost_usd >= 0
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("keys: [{name: t, key_env: K, budget_usd: {limit: .nan}}]", "keys[0] (t).budget_usd.limit"),
+        ("keys: [{name: t, key_env: K, budget_usd: {limit: .inf}}]", "keys[0] (t).budget_usd.limit"),
+        ("prices: {m: {input_per_mtok: .nan, output_per_mtok: 1}}", "prices.m"),
+        ("prices: {m: {input_per_mtok: 1, output_per_mtok: .inf}}", "prices.m"),
+    ],
+)
+def test_a_budget_or_price_that_is_not_a_number_is_refused(
+    tmp_path: Path, text: str, names: str
+) -> None:
+    """``limit: .nan`` compares false with everything, so it passed ``<= 0`` and then every
+    hold passed too: a budget that silently was none. A NaN price poisons every charge."""
+    assert names in config_error(tmp_path, text, K="v")
+
+
+async def test_a_passthrough_answer_without_usage_is_charged_its_prompt() -> None:
+    """A non-streamed passthrough answer whose provider reported no ``usage`` was charged
+    nothing: a key could spend on such a provider for free. It is charged its prompt (at
+    least), estimated, as a stream without a usage chunk is."""
+    _, tab = budgeted_tab()
+    tab.prompt = [{"role": "user", "content": "x" * 320}]
+    _charge(cast(Any, None), tab, "local/model", None)
+    assert tab.charged.usd > 0
+    assert tab.charged.estimated_usd == tab.charged.usd

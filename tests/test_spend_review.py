@@ -30,7 +30,9 @@ def config_error(tmp_path: Path, text: str, **environ: str) -> str:
 def budgeted_tab(limit: float = 1.0) -> tuple[Ledger, Any]:
     from fusion_engine.config import PriceSpec
 
-    pricing = Pricing({"local/model": PriceSpec(input_per_mtok=1000, output_per_mtok=1000)}, PriceBook())
+    pricing = Pricing(
+        {"local/model": PriceSpec(input_per_mtok=1000, output_per_mtok=1000)}, PriceBook()
+    )
     ledger = Ledger(MemorySpendStore(), pricing)
     policy = KeyPolicy(name="team", budget=BudgetSpec(limit=limit, per="month"))
     return ledger, ledger.open(policy)
@@ -40,7 +42,11 @@ async def test_a_negative_cost_reported_by_a_provider_never_lowers_the_spend() -
     """A provider (or a compromised/buggy one) reporting ``usage.cost: -5`` must not credit
     the key: spend only goes up, and the price book does not learn a negative price."""
     _, tab = budgeted_tab()
-    charge_call(PanelResponse(index=0, model="local/model", tokens_in=10, tokens_out=10, cost_usd=-5.0))
+    charge_call(
+        PanelResponse(index=0, model="local/model", tokens_in=10, tokens_out=10, cost_usd=-5.0)
+    )
+    # Negative token counts without a cost, priced at configured prices, must not credit it.
+    charge_call(PanelResponse(index=1, model="local/model", tokens_in=-(10**9), tokens_out=1))
     assert tab.charged.usd >= 0
     book = PriceBook()
     book.learn_usage("cloud/model", 10, 10, -5.0)
@@ -50,8 +56,14 @@ async def test_a_negative_cost_reported_by_a_provider_never_lowers_the_spend() -
 @pytest.mark.parametrize(
     ("text", "names"),
     [
-        ("keys: [{name: t, key_env: K, budget_usd: {limit: .nan}}]", "keys[0] (t).budget_usd.limit"),
-        ("keys: [{name: t, key_env: K, budget_usd: {limit: .inf}}]", "keys[0] (t).budget_usd.limit"),
+        (
+            "keys: [{name: t, key_env: K, budget_usd: {limit: .nan}}]",
+            "keys[0] (t).budget_usd.limit",
+        ),
+        (
+            "keys: [{name: t, key_env: K, budget_usd: {limit: .inf}}]",
+            "keys[0] (t).budget_usd.limit",
+        ),
         ("prices: {m: {input_per_mtok: .nan, output_per_mtok: 1}}", "prices.m"),
         ("prices: {m: {input_per_mtok: 1, output_per_mtok: .inf}}", "prices.m"),
     ],

@@ -365,6 +365,11 @@ class Tab:
     ) -> None:
         """Charge one upstream call by what its provider reported."""
         charge = Charge()
+        if cost_usd is not None and cost_usd < 0:
+            # A provider's negative cost would credit the key (and lower its period's spend
+            # under its budget): priced by its tokens instead, as an unreported cost is.
+            cost_usd = None
+        tokens_in, tokens_out = max(tokens_in, 0), max(tokens_out, 0)
         if cost_usd is not None:
             charge.usd = cost_usd
         elif tokens_in or tokens_out or cut_off:

@@ -122,6 +122,10 @@ def _charge(gateway: Gateway, tab: Tab | None, model: str, usage: Usage | None) 
     """Charge a passthrough call to the request's tab by the usage its provider reported (and
     learn the model's price from it, for the next estimate)."""
     if usage is None:
+        # A provider that reports no usage still read the prompt and answered: charged the
+        # prompt at least (estimated), as a stream without its usage chunk is, never free.
+        if tab is not None:
+            tab.add_usage(model, 0, 0, None, cut_off=True)
         return
     tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
     gateway.prices.learn_usage(model, tokens_in, tokens_out, usage.cost)

@@ -3,18 +3,25 @@ charged, or get around a budget, and config that silently means no budget."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from fusion_engine.config import BudgetSpec, load_config
+from fusion_engine.config import (
+    BudgetSpec,
+    ConfiguredKey,
+    KeySpec,
+    RateLimitSpec,
+    load_config,
+)
 from fusion_engine.costs import PriceBook
-from fusion_engine.errors import ConfigFileError
-from fusion_engine.keys import KeyPolicy
+from fusion_engine.errors import ConfigError, ConfigFileError
+from fusion_engine.keys import KeyPolicy, key_ring
 from fusion_engine.results import PanelResponse
 from fusion_engine.server.passthrough import _charge
-from fusion_engine.settings import Settings
+from fusion_engine.settings import ApiKey, Secret, Settings
 from fusion_engine.spend import Ledger, Pricing, charge_call
 from fusion_engine.spend_store import MemorySpendStore
 
@@ -85,3 +92,25 @@ async def test_a_passthrough_answer_without_usage_is_charged_its_prompt() -> Non
     _charge(cast(Any, None), tab, "local/model", None)
     assert tab.charged.usd > 0
     assert tab.charged.estimated_usd == tab.charged.usd
+
+
+def test_one_key_under_two_names_is_refused() -> None:
+    """The same secret as ``free:<key>`` in FUSION_SERVER_API_KEYS and as a budgeted YAML key
+    (or as two YAML names) matched the first name only: the budget, allow-list and limits the
+    operator wrote for the other name silently never applied. It is refused, without the key."""
+    secret = "shared-secret-key"
+    budgeted = ConfiguredKey(
+        digest=hashlib.sha256(secret.encode()).digest(),
+        spec=KeySpec(name="team", key_env="TEAM_KEY", budget_usd=BudgetSpec(limit=1.0)),
+    )
+    with pytest.raises(ConfigError) as raised:
+        key_ring([ApiKey(name="free", secret=Secret(secret))], [budgeted], RateLimitSpec())
+    assert "team" in str(raised.value) and "free" in str(raised.value)
+    assert secret not in str(raised.value)
+    other = ConfiguredKey(digest=budgeted.digest, spec=KeySpec(name="other", key_env="OTHER"))
+    with pytest.raises(ConfigError):
+        key_ring([], [budgeted, other], RateLimitSpec())
+    # Rotation (two entries of one name) and unset keys (``fusion spend``) stay allowed.
+    key_ring([], [budgeted, budgeted], RateLimitSpec())
+    unset = [ConfiguredKey(digest=b"", spec=KeySpec(name=n, key_env="X")) for n in ("a", "b")]
+    key_ring([], unset, RateLimitSpec())

@@ -4,9 +4,12 @@ charged, or get around a budget, and config that silently means no budget."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
+import openai
 import pytest
 
 from fusion_engine.config import (
@@ -24,6 +27,11 @@ from fusion_engine.server.passthrough import _charge
 from fusion_engine.settings import ApiKey, Secret, Settings
 from fusion_engine.spend import Ledger, Pricing, charge_call
 from fusion_engine.spend_store import MemorySpendStore
+from fusion_engine.testing import FakeUpstream, Reply
+
+from .helpers import FakeInThread, GatewayProcess
+from .helpers import reset_fake as reset_fake
+from .test_spend_e2e import CALL_USD, PLAIN_MODEL, USER, Keys, client, script_costs, start_gateway
 
 
 def config_error(tmp_path: Path, text: str, **environ: str) -> str:
@@ -114,3 +122,35 @@ def test_one_key_under_two_names_is_refused() -> None:
     key_ring([], [budgeted, budgeted], RateLimitSpec())
     unset = [ConfiguredKey(digest=b"", spec=KeySpec(name=n, key_env="X")) for n in ("a", "b")]
     key_ring([], unset, RateLimitSpec())
+
+
+@pytest.fixture
+def narrow_gateway(upstream: FakeInThread, tmp_path: Path) -> Iterator[tuple[GatewayProcess, Keys]]:
+    keys = Keys()
+    with start_gateway(upstream.fake, tmp_path, keys, backend="memory") as process:
+        yield process, keys
+
+
+def test_a_judge_model_override_is_not_a_way_around_the_allow_list(
+    narrow_gateway: tuple[GatewayProcess, Keys], fake: FakeUpstream
+) -> None:
+    """The narrow key may fuse ``quick`` only and has no passthrough; ``fusion.judge_model``
+    (chat) or ``judge_model`` (/fuse) on its allowed panel ran any model it named as the
+    judge: a plain call to a model it may not use, at that model's price. Overriding the
+    judge is choosing models, as an ad-hoc member list is: it needs ``ad-hoc``."""
+    gateway, keys = narrow_gateway
+    script_costs(fake)
+    fake.script(PLAIN_MODEL, Reply(text="expensive judge", cost=CALL_USD))
+    narrow = client(gateway, keys.narrow_key)
+    with pytest.raises(openai.PermissionDeniedError):
+        narrow.chat.completions.create(
+            model="fusion/quick", messages=USER, extra_body={"fusion": {"judge_model": PLAIN_MODEL}}
+        )
+    fused = httpx.post(
+        f"{gateway.base_url}/fuse",
+        headers={"Authorization": f"Bearer {keys.narrow_key}"},
+        json={"panel": "quick", "prompt": "hi", "judge_model": PLAIN_MODEL},
+        timeout=30,
+    )
+    assert fused.status_code == 403, fused.text
+    assert fake.requests_for(PLAIN_MODEL) == []

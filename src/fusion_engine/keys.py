@@ -48,8 +48,9 @@ class KeyPolicy(msgspec.Struct, frozen=True, kw_only=True):
             if AD_HOC_PANEL in self.panels:
                 return
             raise PermissionDeniedError(
-                f"the key {self.name!r} may not send its own member list (fusion.models); "
-                "ask the operator to add 'ad-hoc' to its panels",
+                f"the key {self.name!r} may not send its own member list or judge model "
+                "(fusion.models, fusion.judge_model); ask the operator to add 'ad-hoc' to its "
+                "panels",
                 param="fusion.models",
             )
         if panel not in self.panels:

@@ -154,3 +154,16 @@ def test_a_judge_model_override_is_not_a_way_around_the_allow_list(
     )
     assert fused.status_code == 403, fused.text
     assert fake.requests_for(PLAIN_MODEL) == []
+
+
+def test_a_negative_cost_does_not_break_the_call_metrics() -> None:
+    """Every call goes through ``Metrics.observe_call`` before it is charged; a Prometheus
+    counter raises on a negative increment, so a provider's ``usage.cost: -1`` raised out of
+    the engine's call observer (the request failed, and the call was never charged)."""
+    from fusion_engine.server.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_call(
+        PanelResponse(index=0, model="cloud/model", tokens_in=1, tokens_out=1, cost_usd=-1.0)
+    )
+    metrics.observe_call(PanelResponse(index=1, model="cloud/model", tokens_in=-1, tokens_out=-1))

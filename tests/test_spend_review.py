@@ -31,7 +31,17 @@ from fusion_engine.testing import FakeUpstream, Reply
 
 from .helpers import FakeInThread, GatewayProcess
 from .helpers import reset_fake as reset_fake
-from .test_spend_e2e import CALL_USD, PLAIN_MODEL, USER, Keys, client, script_costs, start_gateway
+from .test_spend_e2e import (
+    CALL_USD,
+    OPS_KEY,
+    PLAIN_MODEL,
+    USER,
+    Keys,
+    client,
+    script_costs,
+    spent_settles,
+    start_gateway,
+)
 
 
 def config_error(tmp_path: Path, text: str, **environ: str) -> str:
@@ -167,3 +177,28 @@ def test_a_negative_cost_does_not_break_the_call_metrics() -> None:
         PanelResponse(index=0, model="cloud/model", tokens_in=1, tokens_out=1, cost_usd=-1.0)
     )
     metrics.observe_call(PanelResponse(index=1, model="cloud/model", tokens_in=-1, tokens_out=-1))
+
+
+def test_a_passthrough_call_the_client_left_is_charged_its_prompt(
+    narrow_gateway: tuple[GatewayProcess, Keys], fake: FakeUpstream
+) -> None:
+    """A non-streamed passthrough call the client hung up on was cancelled and charged
+    nothing, though the provider had read (and bills) the prompt: a caller could run any
+    number of calls for free by leaving just before each answer. It is charged its prompt
+    at the model's price, as a fusion's member cut off in flight is."""
+    gateway, _ = narrow_gateway
+    fake.script(PLAIN_MODEL, Reply(cost=CALL_USD))  # teaches the gateway the model's price
+    client(gateway, OPS_KEY).chat.completions.create(model=PLAIN_MODEL, messages=USER)
+    before = spent_settles(gateway, OPS_KEY, CALL_USD)["total_usd"]
+    fake.script(PLAIN_MODEL, Reply(cost=CALL_USD, delay_s=3))
+    long_prompt = [{"role": "user", "content": "word " * 2_000}]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{gateway.base_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {OPS_KEY}"},
+            json={"model": PLAIN_MODEL, "messages": long_prompt},
+            timeout=1.0,
+        )
+    report = spent_settles(gateway, OPS_KEY, before + 1e-6)
+    assert report["total_usd"] > before
+    assert report["estimated_usd"] > 0

@@ -14,9 +14,10 @@ event is bounded (the SSE decoder's 8 MiB), not the stream's total.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import MediaType, Request, Response
@@ -32,10 +33,11 @@ from ..stream_events import StreamEvent
 from .errors import error_payload, json_response
 from .gateway import Gateway
 from .observe import facts_of
-from .runs import until_disconnect
+from .runs import ClientGone, until_disconnect
 from .schema import ChatRequest
 from .streaming import DONE, SSE_HEADERS, AnswerFeed, failure_of, sse_data
 
+T = TypeVar("T")
 #: An unfused call has no panel budget; this matches the openai SDK's own default timeout.
 PASSTHROUGH_TIMEOUT_S = 600.0
 #: A non-streamed passthrough reply is held whole: larger than a fused member's 8 MiB because a
@@ -76,11 +78,14 @@ async def passthrough(
     span = tracing.chat(chat.model, provider.kind, raw, role="passthrough")
     if not chat.stream:
         with span:
-            reply = await until_disconnect(
-                request,
-                upstream.chat(
-                    provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
-                    max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+            reply = await _cut_off_charged(
+                tab, chat.model,
+                until_disconnect(
+                    request,
+                    upstream.chat(
+                        provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                        max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+                    ),
                 ),
             )  # fmt: skip
             span.record_completion(reply.completion)
@@ -149,11 +154,25 @@ async def _charged(
                     if event.chunk.usage is not None:
                         usage = event.chunk.usage
                 yield events
+    except (asyncio.CancelledError, GeneratorExit):
+        began = True  # cut off in flight (the client left before the first event): as began
+        raise
     finally:
         if usage is not None:
             _charge(gateway, tab, model, usage)
         elif began and tab is not None:
             tab.add_usage(model, 0, 0, None, cut_off=True)
+
+
+async def _cut_off_charged(tab: Tab | None, model: str, call: Awaitable[T]) -> T:
+    """``call``'s result; a call cut off in flight (the client left) is charged its prompt,
+    estimated: the provider read it, and may bill it, answered or not."""
+    try:
+        return await call
+    except (asyncio.CancelledError, ClientGone):
+        if tab is not None:
+            tab.add_usage(model, 0, 0, None, cut_off=True)
+        raise
 
 
 def _answer_of(completion: ChatCompletion) -> ChatAnswer:
@@ -203,11 +222,14 @@ async def passthrough_post(
     """Relay a non-streamed request other than chat (``/embeddings``) to the passthrough
     provider, under the same bounds, and its JSON answer back as the provider sent it."""
     provider = passthrough_provider(gateway, model)
-    reply = await until_disconnect(
-        request,
-        gateway.engine.upstream.post(
-            provider, path, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
-            max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+    reply = await _cut_off_charged(
+        CURRENT_TAB.get(), model,
+        until_disconnect(
+            request,
+            gateway.engine.upstream.post(
+                provider, path, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+            ),
         ),
     )  # fmt: skip
     try:

@@ -202,3 +202,13 @@ def test_a_passthrough_call_the_client_left_is_charged_its_prompt(
     report = spent_settles(gateway, OPS_KEY, before + 1e-6)
     assert report["total_usd"] > before
     assert report["estimated_usd"] > 0
+
+
+async def test_a_call_that_timed_out_in_flight_is_charged_its_prompt() -> None:
+    """A member or judge that ran out of time was generating (and is billed) until then, but
+    ``timeout`` was charged nothing, unlike ``cancelled`` or ``deadline``: a prompt that makes
+    a reasoning model think past the panel's timeout spent for free. Charged its prompt."""
+    _, tab = budgeted_tab()
+    tab.prompt = [{"role": "user", "content": "x" * 320}]
+    charge_call(PanelResponse(index=0, model="local/model", error="slow", error_kind="timeout"))
+    assert tab.charged.usd > 0

@@ -41,8 +41,8 @@ _encode = msgspec.json.Encoder().encode
 #: How often the charges of key names without a budget are written to a remote store.
 FLUSH_S = 1.0
 #: Call outcomes that mean the call was in flight when it was cut off (the provider read the
-#: prompt, and may have billed it).
-_CUT_OFF = ("cancelled", "deadline")
+#: prompt, and may have billed it; one that timed out was generating until then).
+_CUT_OFF = ("cancelled", "deadline", "timeout")
 
 #: The tab of the request being served: the engine's call observer charges calls to it.
 CURRENT_TAB: contextvars.ContextVar[Tab | None] = contextvars.ContextVar(

@@ -26,7 +26,7 @@ from litestar.response import Stream
 from .. import tracing
 from ..chat_stream import AnswerApi, ChatAnswer, TokenUsage
 from ..config import Provider
-from ..errors import FusionError, NotFoundError
+from ..errors import FusionError, NotFoundError, UpstreamTimeoutError
 from ..protocol import ChatCompletion, Usage
 from ..spend import CURRENT_TAB, Tab
 from ..stream_events import StreamEvent
@@ -165,11 +165,12 @@ async def _charged(
 
 
 async def _cut_off_charged(tab: Tab | None, model: str, call: Awaitable[T]) -> T:
-    """``call``'s result; a call cut off in flight (the client left) is charged its prompt,
+    """``call``'s result; a call cut off in flight (the client left, or it timed out) is
+    charged its prompt,
     estimated: the provider read it, and may bill it, answered or not."""
     try:
         return await call
-    except (asyncio.CancelledError, ClientGone):
+    except (asyncio.CancelledError, ClientGone, UpstreamTimeoutError):
         if tab is not None:
             tab.add_usage(model, 0, 0, None, cut_off=True)
         raise

@@ -166,8 +166,7 @@ async def _charged(
 
 async def _cut_off_charged(tab: Tab | None, model: str, call: Awaitable[T]) -> T:
     """``call``'s result; a call cut off in flight (the client left, or it timed out) is
-    charged its prompt,
-    estimated: the provider read it, and may bill it, answered or not."""
+    charged its prompt, estimated: the provider read it, and may bill it, answered or not."""
     try:
         return await call
     except (asyncio.CancelledError, ClientGone, UpstreamTimeoutError):

@@ -73,6 +73,12 @@ async def test_a_negative_cost_reported_by_a_provider_never_lowers_the_spend() -
     # Negative token counts without a cost, priced at configured prices, must not credit it.
     charge_call(PanelResponse(index=1, model="local/model", tokens_in=-(10**9), tokens_out=1))
     assert tab.charged.usd >= 0
+    # An answer with a negative cost and no tokens is one with no usage: estimated, not free.
+    _, tab = budgeted_tab()
+    tab.prompt = [{"role": "user", "content": "x" * 320}]
+    charge_call(PanelResponse(index=2, model="local/model", content="answer", cost_usd=-1.0))
+    charge_call(PanelResponse(index=3, model="local/model", content="answer", tokens_in=-5))
+    assert tab.charged.usd > 0.19  # two prompts of 100 tokens at $1000 per million
     book = PriceBook()
     book.learn_usage("cloud/model", 10, 10, -5.0)
     assert "cloud/model" not in book.prices or book.prices["cloud/model"].cost_usd >= 0

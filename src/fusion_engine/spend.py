@@ -343,14 +343,16 @@ class Tab:
 
     def add_call(self, response: PanelResponse) -> None:
         """Charge one member or judge call."""
-        tokens_in, tokens_out = response.tokens_in, response.tokens_out
-        if response.ok and response.cost_usd is None and not (tokens_in or tokens_out):
+        # A negative cost or token count is no report at all (``add_usage``).
+        cost = response.cost_usd if response.cost_usd is None or response.cost_usd >= 0 else None
+        tokens_in, tokens_out = max(response.tokens_in, 0), max(response.tokens_out, 0)
+        if response.ok and cost is None and not (tokens_in or tokens_out):
             # A server that reports no usage at all (llama.cpp's streams): the answer was
             # written, so its tokens are estimated (at least the request's prompt), never 0.
             tokens_in = round(self.prompt_tokens)
             tokens_out = max(round(len(response.content or "") / CHARS_PER_TOKEN), 1)
         self.add_usage(
-            response.model, tokens_in, tokens_out, response.cost_usd,
+            response.model, tokens_in, tokens_out, cost,
             cut_off=response.error_kind in _CUT_OFF,
         )  # fmt: skip
 

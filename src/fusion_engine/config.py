@@ -8,6 +8,7 @@ a request can never supply a base URL.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
@@ -229,7 +230,8 @@ def resolve_config(
         if getattr(gateway.limits, field) < 1:
             raise ConfigFileError(source, f"limits.{field}", "must be at least 1")
     for model, price in gateway.prices.items():
-        if price.input_per_mtok < 0 or price.output_per_mtok < 0:
+        # ``not >= 0`` so a NaN (which compares false with everything) is refused too.
+        if not (0 <= price.input_per_mtok < math.inf and 0 <= price.output_per_mtok < math.inf):
             raise ConfigFileError(source, f"prices.{model}", "prices must be 0 or more")
     keys = tuple(
         _resolve_key(index, spec, environ, source, need_keys)
@@ -270,7 +272,8 @@ def _resolve_key(
             raise ConfigFileError(
                 source, f"{where}.key_sha256", "must be 64 hex digits (a SHA-256)"
             )
-    if spec.budget_usd is not None and spec.budget_usd.limit <= 0:
+    # ``not 0 < limit < inf``: a NaN limit passed ``<= 0`` and then let every request through.
+    if spec.budget_usd is not None and not 0 < spec.budget_usd.limit < math.inf:
         raise ConfigFileError(source, f"{where}.budget_usd.limit", "must be greater than 0")
     if spec.rate_limit is not None:
         for field in ("requests_per_minute", "concurrent_fusions"):

@@ -67,8 +67,12 @@ class PriceBook:
         self, model: str, tokens_in: int, tokens_out: int, cost_usd: float | None
     ) -> None:
         """Add one call (member, judge or passthrough) whose provider reported a cost."""
-        if cost_usd is None or not (tokens_in or tokens_out):
-            return
+        if (
+            cost_usd is None
+            or min(cost_usd, tokens_in, tokens_out) < 0
+            or not (tokens_in or tokens_out)
+        ):
+            return  # a negative cost would teach every key's estimates a negative price
         # Most recently learnt last, so the bound drops models nobody calls any more.
         self.prices[model] = self.prices.pop(model) if model in self.prices else ModelPrice()
         while len(self.prices) > MAX_MODELS:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import msgspec
 
 from .config import BudgetSpec, ConfiguredKey, RateLimitSpec
-from .errors import NotFoundError, PermissionDeniedError
+from .errors import ConfigError, NotFoundError, PermissionDeniedError
 from .settings import ApiKey
 
 #: The caller's name when the server has no keys (loopback only, or FUSION_ALLOW_NO_AUTH=1).
@@ -48,8 +48,9 @@ class KeyPolicy(msgspec.Struct, frozen=True, kw_only=True):
             if AD_HOC_PANEL in self.panels:
                 return
             raise PermissionDeniedError(
-                f"the key {self.name!r} may not send its own member list (fusion.models); "
-                "ask the operator to add 'ad-hoc' to its panels",
+                f"the key {self.name!r} may not send its own member list or judge model "
+                "(fusion.models, fusion.judge_model); ask the operator to add 'ad-hoc' to its "
+                "panels",
                 param="fusion.models",
             )
         if panel not in self.panels:
@@ -150,4 +151,24 @@ def key_ring(
             panels=frozenset(spec.panels) if spec.panels is not None else None,
             passthrough=spec.passthrough,
         )
+    _check_one_name_per_key(digests)
     return KeyRing(digests, policies, default)
+
+
+def _check_one_name_per_key(digests: Sequence[tuple[bytes, str]]) -> None:
+    """Refuse one key under two names: it would only ever match the first, so the other
+    name's budget, allow-list and limits would silently never apply.
+
+    Raises:
+        ConfigError: a key is given two names (named, never shown).
+    """
+    names: dict[bytes, str] = {}
+    for digest, name in digests:
+        if not digest:  # a key_env that is unset (``fusion spend``): matches no key
+            continue
+        first = names.setdefault(digest, name)
+        if first != name:
+            raise ConfigError(
+                f"the key names {first!r} and {name!r} are given the same key "
+                "(FUSION_SERVER_API_KEYS or keys:); give each name its own key"
+            )

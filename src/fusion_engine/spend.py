@@ -41,8 +41,8 @@ _encode = msgspec.json.Encoder().encode
 #: How often the charges of key names without a budget are written to a remote store.
 FLUSH_S = 1.0
 #: Call outcomes that mean the call was in flight when it was cut off (the provider read the
-#: prompt, and may have billed it).
-_CUT_OFF = ("cancelled", "deadline")
+#: prompt, and may have billed it; one that timed out was generating until then).
+_CUT_OFF = ("cancelled", "deadline", "timeout")
 
 #: The tab of the request being served: the engine's call observer charges calls to it.
 CURRENT_TAB: contextvars.ContextVar[Tab | None] = contextvars.ContextVar(
@@ -343,14 +343,16 @@ class Tab:
 
     def add_call(self, response: PanelResponse) -> None:
         """Charge one member or judge call."""
-        tokens_in, tokens_out = response.tokens_in, response.tokens_out
-        if response.ok and response.cost_usd is None and not (tokens_in or tokens_out):
+        # A negative cost or token count is no report at all (``add_usage``).
+        cost = response.cost_usd if response.cost_usd is None or response.cost_usd >= 0 else None
+        tokens_in, tokens_out = max(response.tokens_in, 0), max(response.tokens_out, 0)
+        if response.ok and cost is None and not (tokens_in or tokens_out):
             # A server that reports no usage at all (llama.cpp's streams): the answer was
             # written, so its tokens are estimated (at least the request's prompt), never 0.
             tokens_in = round(self.prompt_tokens)
             tokens_out = max(round(len(response.content or "") / CHARS_PER_TOKEN), 1)
         self.add_usage(
-            response.model, tokens_in, tokens_out, response.cost_usd,
+            response.model, tokens_in, tokens_out, cost,
             cut_off=response.error_kind in _CUT_OFF,
         )  # fmt: skip
 
@@ -365,6 +367,11 @@ class Tab:
     ) -> None:
         """Charge one upstream call by what its provider reported."""
         charge = Charge()
+        if cost_usd is not None and cost_usd < 0:
+            # A provider's negative cost would credit the key (and lower its period's spend
+            # under its budget): priced by its tokens instead, as an unreported cost is.
+            cost_usd = None
+        tokens_in, tokens_out = max(tokens_in, 0), max(tokens_out, 0)
         if cost_usd is not None:
             charge.usd = cost_usd
         elif tokens_in or tokens_out or cut_off:

@@ -98,7 +98,9 @@ async def serve_chat(
     plan = await admitted.admit_fusion(
         gateway,
         plan_fusion(gateway, chat, options, extra=_extra_fields(body)),
-        ad_hoc=options.models is not None,
+        # A judge model of the caller's choosing is choosing models too (any model, at its
+        # price, even for a key without passthrough): only an ``ad-hoc`` key may.
+        ad_hoc=options.models is not None or options.judge_model is not None,
     )
     facts_of(request).panel = plan.panel.name
     if api is None:

@@ -35,7 +35,9 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     admitted = await admit(request)
     gateway = gateway_of(request)
     body = parse_fuse_request(admitted.body)
-    plan = await admitted.admit_fusion(gateway, plan_from(gateway, body), ad_hoc=body.panel is None)
+    # A judge model of the caller's choosing is choosing models: only an ``ad-hoc`` key may.
+    ad_hoc = body.panel is None or body.judge_model is not None
+    plan = await admitted.admit_fusion(gateway, plan_from(gateway, body), ad_hoc=ad_hoc)
     facts = facts_of(request)
     facts.panel = plan.panel.name
     cache_control = request.headers.get("cache-control")

@@ -212,11 +212,12 @@ class Metrics:
         outcome = "ok" if response.ok else (response.error_kind or "error")
         self._upstream_requests(label, outcome).inc()
         self._upstream_duration(label).observe(response.latency_ms / 1000)
-        if response.tokens_in:
+        # ``> 0``: a counter raises on a negative increment, which a provider may report.
+        if response.tokens_in > 0:
             self._upstream_tokens(label, "prompt").inc(response.tokens_in)
-        if response.tokens_out:
+        if response.tokens_out > 0:
             self._upstream_tokens(label, "completion").inc(response.tokens_out)
-        if response.cost_usd:
+        if response.cost_usd is not None and response.cost_usd > 0:
             self._upstream_cost(label).inc(response.cost_usd)
 
     def observe_spend(self, key: str, usd: float) -> None:

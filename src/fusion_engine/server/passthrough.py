@@ -14,9 +14,10 @@ event is bounded (the SSE decoder's 8 MiB), not the stream's total.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import MediaType, Request, Response
@@ -25,7 +26,7 @@ from litestar.response import Stream
 from .. import tracing
 from ..chat_stream import AnswerApi, ChatAnswer, TokenUsage
 from ..config import Provider
-from ..errors import FusionError, NotFoundError
+from ..errors import FusionError, NotFoundError, UpstreamTimeoutError
 from ..protocol import ChatCompletion, Usage
 from ..spend import CURRENT_TAB, Tab
 from ..stream_events import StreamEvent
@@ -33,10 +34,11 @@ from ..tracing import TraceSpan
 from .errors import error_payload, json_response
 from .gateway import Gateway
 from .observe import facts_of
-from .runs import until_disconnect
+from .runs import ClientGone, until_disconnect
 from .schema import ChatRequest
 from .streaming import DONE, SSE_HEADERS, AnswerFeed, failure_of, sse_data
 
+T = TypeVar("T")
 #: An unfused call has no panel budget; this matches the openai SDK's own default timeout.
 PASSTHROUGH_TIMEOUT_S = 600.0
 #: A non-streamed passthrough reply is held whole: larger than a fused member's 8 MiB because a
@@ -77,11 +79,14 @@ async def passthrough(
     span = tracing.chat(chat.model, provider.kind, raw, role="passthrough")
     if not chat.stream:
         with span:
-            reply = await until_disconnect(
-                request,
-                upstream.chat(
-                    provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
-                    max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+            reply = await _cut_off_charged(
+                tab, chat.model,
+                until_disconnect(
+                    request,
+                    upstream.chat(
+                        provider, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                        max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+                    ),
                 ),
             )  # fmt: skip
             span.record_completion(reply.completion)
@@ -123,6 +128,10 @@ def _charge(gateway: Gateway, tab: Tab | None, model: str, usage: Usage | None) 
     """Charge a passthrough call to the request's tab by the usage its provider reported (and
     learn the model's price from it, for the next estimate)."""
     if usage is None:
+        # A provider that reports no usage still read the prompt and answered: charged the
+        # prompt at least (estimated), as a stream without its usage chunk is, never free.
+        if tab is not None:
+            tab.add_usage(model, 0, 0, None, cut_off=True)
         return
     tokens_in, tokens_out = usage.prompt_tokens, usage.completion_tokens
     gateway.prices.learn_usage(model, tokens_in, tokens_out, usage.cost)
@@ -150,12 +159,26 @@ async def _charged(
                     if event.chunk.usage is not None:
                         usage = event.chunk.usage
                 yield events
+    except (asyncio.CancelledError, GeneratorExit):
+        began = True  # cut off in flight (the client left before the first event): as began
+        raise
     finally:
         if usage is not None:
             _charge(gateway, tab, model, usage)
             span.record_usage(usage)
         elif began and tab is not None:
             tab.add_usage(model, 0, 0, None, cut_off=True)
+
+
+async def _cut_off_charged(tab: Tab | None, model: str, call: Awaitable[T]) -> T:
+    """``call``'s result; a call cut off in flight (the client left, or it timed out) is
+    charged its prompt, estimated: the provider read it, and may bill it, answered or not."""
+    try:
+        return await call
+    except (asyncio.CancelledError, ClientGone, UpstreamTimeoutError):
+        if tab is not None:
+            tab.add_usage(model, 0, 0, None, cut_off=True)
+        raise
 
 
 def _answer_of(completion: ChatCompletion) -> ChatAnswer:
@@ -205,11 +228,14 @@ async def passthrough_post(
     """Relay a non-streamed request other than chat (``/embeddings``) to the passthrough
     provider, under the same bounds, and its JSON answer back as the provider sent it."""
     provider = passthrough_provider(gateway, model)
-    reply = await until_disconnect(
-        request,
-        gateway.engine.upstream.post(
-            provider, path, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
-            max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+    reply = await _cut_off_charged(
+        CURRENT_TAB.get(), model,
+        until_disconnect(
+            request,
+            gateway.engine.upstream.post(
+                provider, path, raw, timeout_s=PASSTHROUGH_TIMEOUT_S,
+                max_body_bytes=PASSTHROUGH_MAX_BODY_BYTES,
+            ),
         ),
     )  # fmt: skip
     try:

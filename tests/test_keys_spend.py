@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from fusion_engine.config import BudgetSpec, GatewayConfig, RateLimitSpec, load_config
-from fusion_engine.costs import PriceBook
+from fusion_engine.costs import PriceBook, Pricing
 from fusion_engine.errors import (
     BudgetExceededError,
     ConfigFileError,
@@ -22,7 +22,7 @@ from fusion_engine.keys import KeyPolicy, key_ring
 from fusion_engine.redis_client import SharedRedis
 from fusion_engine.results import PanelResponse
 from fusion_engine.settings import Settings
-from fusion_engine.spend import CURRENT_TAB, Ledger, Pricing, charge_call
+from fusion_engine.spend import CURRENT_TAB, Ledger, charge_call
 from fusion_engine.spend_store import (
     Charge,
     MemorySpendStore,

@@ -19,13 +19,13 @@ from fusion_engine.config import (
     RateLimitSpec,
     load_config,
 )
-from fusion_engine.costs import PriceBook
+from fusion_engine.costs import PriceBook, Pricing
 from fusion_engine.errors import ConfigError, ConfigFileError
 from fusion_engine.keys import KeyPolicy, key_ring
 from fusion_engine.results import PanelResponse
 from fusion_engine.server.passthrough import _charge
 from fusion_engine.settings import ApiKey, Secret, Settings
-from fusion_engine.spend import Ledger, Pricing, charge_call
+from fusion_engine.spend import Ledger, charge_call
 from fusion_engine.spend_store import MemorySpendStore
 from fusion_engine.testing import FakeUpstream, Reply
 

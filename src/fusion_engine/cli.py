@@ -20,7 +20,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import load_config
-from .costs import PriceBook
+from .costs import PriceBook, Pricing
 from .engine import FusionEngine
 from .errors import FusionError, PanelFailedError, StoreUnavailableError
 from .keys import key_ring
@@ -28,7 +28,7 @@ from .panels import Panel
 from .redis_client import SharedRedis
 from .results import FusionEvent, FusionResult, JudgeStarted, MemberFinished, PanelResponse
 from .settings import Settings
-from .spend import Ledger, Pricing
+from .spend import Ledger
 from .spend_store import RedisSpendStore
 
 EXIT_ERROR = 1

@@ -1,4 +1,5 @@
-"""The per-request cost ceiling: estimate a fusion's cost before the fan-out and enforce it.
+"""Prices and estimates: the per-request cost ceiling (estimate a fusion's cost before the
+fan-out and enforce it), and ``Pricing``, the cost of a call its provider reported none for.
 
 Prices are learnt from what providers report (``usage.cost`` with its token counts) for every
 call, pooled across workers and replicas through Redis when it is configured (every 10 s); a
@@ -7,7 +8,8 @@ model never seen yet falls back to the panel's
 renewed by every write, so models nobody calls any more (random ad-hoc slugs) expire; a sync
 reads back only the models this worker prices (its panels' and those it learnt itself), never
 a scan of every key. Estimation is pure; the ceiling either refuses (402) or, with
-``cost_policy: trim``, drops the most expensive members until the fusion fits.
+``cost_policy: trim``, drops the most expensive members until the fusion fits. ``Pricing``
+adds the gateway YAML's configured ``prices:`` in front of the learnt ones, for key spend.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .config import PriceSpec
 from .errors import CostLimitError
 from .plan import FusionPlan
 from .results import PanelResponse
@@ -133,6 +136,36 @@ def _price_from(fields: Mapping[Any, Any]) -> ModelPrice:
         calls=int(value("calls")), cost_usd=value("cost_usd"),
         tokens_in=int(value("tokens_in")), tokens_out=int(value("tokens_out")),
     )  # fmt: skip
+
+
+class Pricing:
+    """What a call costs when its provider reported no cost: configured prices first, then
+    the prices learnt from other calls (``costs.PriceBook``)."""
+
+    def __init__(self, configured: Mapping[str, PriceSpec], book: PriceBook) -> None:
+        self.configured = configured
+        self._book = book
+
+    @property
+    def learnt(self) -> Mapping[str, ModelPrice]:
+        """The prices learnt so far (the book replaces its mapping at every sync)."""
+        return self._book.prices
+
+    def call_cost(self, model: str, tokens_in: float, tokens_out: float) -> float | None:
+        """The price of ``tokens_in`` + ``tokens_out`` on ``model``, or ``None`` if unpriced."""
+        price = self.configured.get(model)
+        if price is not None:
+            return (tokens_in * price.input_per_mtok + tokens_out * price.output_per_mtok) / 1e6
+        learnt = self.learnt.get(model)
+        if learnt is not None:
+            return learnt.usd_per_token * (tokens_in + tokens_out)
+        return None
+
+    def answer_cost(self, model: str, prompt_tokens: float) -> float | None:
+        """The expected cost of one call: the prompt plus the model's mean answer (learnt)."""
+        learnt = self.learnt.get(model)
+        answer = learnt.mean_tokens_out if learnt is not None else 0.0
+        return self.call_cost(model, prompt_tokens, answer)
 
 
 class CostEstimate(msgspec.Struct, frozen=True, kw_only=True):

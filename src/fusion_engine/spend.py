@@ -23,13 +23,13 @@ import asyncio
 import contextvars
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import msgspec
 import structlog
 
-from .config import BudgetPeriod, PriceSpec
-from .costs import CHARS_PER_TOKEN, ModelPrice, PriceBook
+from .config import BudgetPeriod
+from .costs import CHARS_PER_TOKEN, Pricing
 from .errors import BudgetExceededError, StoreUnavailableError
 from .keys import KeyPolicy
 from .redis_client import RedisBusy, busy_error
@@ -96,36 +96,6 @@ def spend_report(policy: KeyPolicy, totals: SpendTotals, now: float) -> SpendRep
         key=policy.name, day_usd=totals.day, month_usd=totals.month, total_usd=totals.total,
         estimated_usd=totals.estimated_usd, unpriced_calls=totals.unpriced_calls, budget=budget,
     )  # fmt: skip
-
-
-class Pricing:
-    """What a call costs when its provider reported no cost: configured prices first, then
-    the prices learnt from other calls (``costs.PriceBook``)."""
-
-    def __init__(self, configured: Mapping[str, PriceSpec], book: PriceBook) -> None:
-        self.configured = configured
-        self._book = book
-
-    @property
-    def learnt(self) -> Mapping[str, ModelPrice]:
-        """The prices learnt so far (the book replaces its mapping at every sync)."""
-        return self._book.prices
-
-    def call_cost(self, model: str, tokens_in: float, tokens_out: float) -> float | None:
-        """The price of ``tokens_in`` + ``tokens_out`` on ``model``, or ``None`` if unpriced."""
-        price = self.configured.get(model)
-        if price is not None:
-            return (tokens_in * price.input_per_mtok + tokens_out * price.output_per_mtok) / 1e6
-        learnt = self.learnt.get(model)
-        if learnt is not None:
-            return learnt.usd_per_token * (tokens_in + tokens_out)
-        return None
-
-    def answer_cost(self, model: str, prompt_tokens: float) -> float | None:
-        """The expected cost of one call: the prompt plus the model's mean answer (learnt)."""
-        learnt = self.learnt.get(model)
-        answer = learnt.mean_tokens_out if learnt is not None else 0.0
-        return self.call_cost(model, prompt_tokens, answer)
 
 
 class Ledger:

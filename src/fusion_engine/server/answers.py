@@ -20,6 +20,8 @@ from ..chat_stream import AnswerApi, ChatAnswer, StreamRenderer
 from ..errors import FusionError, InvalidRequestError
 from ..plan import FusionPlan, PanelArg, panel_of_model
 from ..protocol import GenerationParams, split_validation_error
+from ..ratelimit import Lease
+from ..results import FusionResult
 from .admission import CHAT_SHAPE, Admitted, check_lists
 from .errors import json_response
 from .gateway import Gateway, gateway_of
@@ -122,6 +124,25 @@ async def serve_chat(
             request, gateway, plan, spec, slot=slot, renderer=api.renderer(),
             on_answer=api.answered,
         )  # fmt: skip
+    result, headers = await fuse_whole(request, gateway, plan, slot, cache_control, scope)
+    answer = answer_of(result, options.detail)
+    await api.answered(answer)
+    return json_response(api.reply(answer), headers=headers)
+
+
+async def fuse_whole(
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    plan: FusionPlan,
+    slot: Lease,
+    cache_control: str | None,
+    scope: str,
+) -> tuple[FusionResult, dict[str, str]]:
+    """A non-streamed fusion (or its cached answer) under its fusion span, holding ``slot``
+    while it runs and cancelled if the client leaves; its result and its reply headers
+    (cache, degradation, ``Server-Timing``). Chat, Responses, Messages and ``/fuse`` share it.
+    """
+    facts = facts_of(request)
     with trace_fusion(request, plan.panel.name):
         async with slot:
             result, outcome = await until_disconnect(
@@ -131,13 +152,10 @@ async def serve_chat(
                     scope=scope,
                 ),
             )  # fmt: skip
-        facts = facts_of(request)
         record_result(facts, result, outcome)
-    answer = answer_of(result, options.detail)
-    await api.answered(answer)
     headers = fused_headers(result, outcome)
     headers["Server-Timing"] = server_timing_now(facts, result)
-    return json_response(api.reply(answer), headers=headers)
+    return result, headers
 
 
 def parse_chat_request(raw: dict[str, Any]) -> ChatRequest:

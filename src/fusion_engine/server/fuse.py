@@ -19,10 +19,11 @@ from ..plan import FusionPlan, PanelArg
 from ..protocol import GenerationParams, split_validation_error
 from ..results import FusionResult, JudgeDelta, MemberFinished
 from .admission import admit
+from .answers import fuse_whole
 from .errors import error_payload, json_response
 from .gateway import Gateway, gateway_of
-from .observe import RequestFacts, facts_of, record_result, server_timing_now, trace_fusion
-from .runs import Failed, Finished, FusionRun, RunItem, until_disconnect
+from .observe import RequestFacts, facts_of, record_result, trace_fusion
+from .runs import Failed, Finished, FusionRun, RunItem
 from .schema import FuseRequest, fused_headers
 from .streaming import KEEPALIVE, SSE_HEADERS, start_fusion
 
@@ -43,21 +44,10 @@ async def fuse(request: Request[Any, Any, Any]) -> Response[Any]:
     cache_control = request.headers.get("cache-control")
     scope = scope_for(admitted.key_name, gateway.config.gateway.cache_scope)
     slot = await admitted.fusion_slot()
-    span = trace_fusion(request, plan.panel.name)
     if not body.stream:
-        with span:
-            async with slot:
-                result, outcome = await until_disconnect(
-                    request,
-                    gateway.cache.run(
-                        plan, lambda: gateway.engine.run(plan), cache_control=cache_control,
-                        scope=scope,
-                    ),
-                )  # fmt: skip
-            record_result(facts, result, outcome)
-        headers = fused_headers(result, outcome)
-        headers["Server-Timing"] = server_timing_now(facts, result)
+        result, headers = await fuse_whole(request, gateway, plan, slot, cache_control, scope)
         return json_response(result, headers=headers)
+    span = trace_fusion(request, plan.panel.name)
     try:
         with span.activate():  # the fusion's task starts in it, so its calls are its children
             ticket, run = await start_fusion(

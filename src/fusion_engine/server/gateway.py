@@ -11,7 +11,7 @@ from litestar import Request
 
 from ..cache import ResultCache, build_backend
 from ..config import ResolvedConfig
-from ..costs import PriceBook, enforce, estimate
+from ..costs import PriceBook, Pricing, enforce, estimate
 from ..engine import FusionEngine
 from ..keys import key_ring
 from ..panels import Panel
@@ -21,7 +21,7 @@ from ..redis_client import SharedRedis
 from ..response_store import ResponseStore
 from ..results import PanelResponse
 from ..settings import Settings
-from ..spend import Ledger, Pricing, charge_call
+from ..spend import Ledger, charge_call
 from ..spend_store import MemorySpendStore, RedisSpendStore, SpendStore
 from .metrics import Metrics
 from .model_list import ModelListCache
